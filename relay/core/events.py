@@ -1,0 +1,45 @@
+"""What a receiving session hands out: a closed set of small immutable events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.voice.modes import CodecMode
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceFrames:
+    """Authenticated Codec2 frames from a known sender."""
+
+    sender: bytes  # the sender's full identity
+    mode: CodecMode
+    position: int  # absolute index of frames[0] in the over (unwrapped from 8 bits)
+    frames: tuple[bytes, ...]
+    counter: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    """An authenticated control packet from a known sender."""
+
+    sender: bytes
+    kind: int
+    payload: bytes
+    counter: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A packet that was dropped, and why. ``reason`` is a stable counter key:
+    malformed, version, unknown_sender, auth, replay, stale, hint."""
+
+    reason: str
+    detail: str
+    time: float
+
+
+Event = VoiceFrames | ControlMessage | Rejected
+
+__all__ = ["ControlMessage", "Event", "Rejected", "VoiceFrames"]

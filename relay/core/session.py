@@ -1,0 +1,182 @@
+"""Sending and receiving sessions for one room: bytes and time in, bytes and events out.
+
+No sockets, no clocks, no threads: ``now`` is passed in (seconds on the room's shared clock,
+UNIX time in real use), so tests drive hours of radio time in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.core import wire
+from relay.core.crypto import RoomKeys, SenderCipher, hint_epoch
+from relay.core.events import ControlMessage, Event, Rejected, VoiceFrames
+from relay.core.replay import ReplayWindow
+from relay.errors import PacketError, UsageError
+from relay.voice.modes import CodecMode
+
+COUNTER_BLOCK = 64
+HINT_TOLERANCE = 2  # epochs (hours) either side: members' clocks may be that far apart
+STREAM_GAP = 5.0  # seconds of silence after which a sender's next voice starts a new over
+
+
+class CounterSource(Protocol):
+    """Hands out blocks of never-used send counters, durably, before they are used."""
+
+    def reserve(self, name: str, count: int, limit: int) -> int:
+        """Return ``start`` such that [start, start+count) was never handed out before."""
+        ...
+
+
+class Sender:
+    """Seals this member's packets for one room."""
+
+    def __init__(
+        self,
+        keys: RoomKeys,
+        identity: bytes,
+        counters: CounterSource,
+        *,
+        block: int = COUNTER_BLOCK,
+    ) -> None:
+        self._keys = keys
+        self._cipher: SenderCipher = keys.sender(identity)
+        self._counters = counters
+        self._block = block
+        self.counter_name = f"{keys.key_id}:{identity.hex()[:32]}"
+        self._next = 0
+        self._limit = 0  # nothing reserved yet: the first packet reserves a block
+
+    @property
+    def identity(self) -> bytes:
+        return self._cipher.identity
+
+    def _take_counter(self) -> int:
+        if self._next >= self._limit:
+            start = self._counters.reserve(self.counter_name, self._block, wire.COUNTER_LIMIT)
+            self._next, self._limit = start, start + self._block
+        counter = self._next
+        self._next += 1
+        return counter
+
+    def _seal(self, ptype: int, sub: int, plaintext: bytes, now: float) -> bytes:
+        header = wire.Header(
+            ptype=ptype,
+            sub=sub,
+            hint=self._keys.hint(hint_epoch(now)),
+            sender=self._cipher.short_id,
+            counter=self._take_counter(),
+        )
+        associated = header.pack()
+        return associated + self._cipher.seal(associated, header.counter, plaintext)
+
+    def voice(self, mode: CodecMode, position: int, frames: Sequence[bytes], now: float) -> bytes:
+        """One sealed voice packet carrying ``frames``, the first at index ``position``."""
+        if position < 0:
+            raise UsageError("frame position must not be negative")
+        body = wire.VoiceBody(position % wire.POSITION_MODULUS, tuple(frames)).pack(mode)
+        return self._seal(wire.PacketType.VOICE, mode.wire_index, body, now)
+
+    def control(self, kind: int, payload: bytes, now: float) -> bytes:
+        body = wire.ControlBody(kind, payload).pack()
+        return self._seal(wire.PacketType.CONTROL, 0, body, now)
+
+    def over_end(self, frames_sent: int, now: float) -> bytes:
+        """The control packet that tells listeners an over is complete."""
+        return self.control(wire.ControlKind.OVER_END, frames_sent.to_bytes(4, "big"), now)
+
+
+@dataclass
+class _Peer:
+    cipher: SenderCipher
+    window: ReplayWindow
+    last_position: int | None = None  # absolute index of the last frame received
+    last_counter: int = 0
+    last_time: float = 0.0
+
+
+class Receiver:
+    """Opens packets for one room; rejects and counts everything that is not right."""
+
+    def __init__(
+        self, keys: RoomKeys, *, window: int = 64, hint_tolerance: int = HINT_TOLERANCE
+    ) -> None:
+        self._keys = keys
+        self._window = window
+        self._tolerance = hint_tolerance
+        self._peers: dict[bytes, _Peer] = {}
+        self._by_short: dict[int, list[_Peer]] = {}
+        self.accepted = 0
+        self.rejected: Tally[str] = Tally()
+
+    def add_sender(self, identity: bytes, highest_counter: int = -1) -> None:
+        """Admit a member. ``highest_counter`` restores a persisted replay window."""
+        if identity in self._peers:
+            return
+        cipher = self._keys.sender(identity)
+        peer = _Peer(cipher, ReplayWindow(self._window, highest_counter))
+        self._peers[identity] = peer
+        self._by_short.setdefault(cipher.short_id, []).append(peer)
+
+    def highest_counters(self) -> dict[bytes, int]:
+        """Per-sender replay marks, for persisting across restarts."""
+        return {ident: p.window.highest for ident, p in self._peers.items()}
+
+    def receive(self, packet: bytes, now: float) -> Event:
+        try:
+            return self._receive(packet, now)
+        except PacketError as exc:
+            self.rejected[exc.reason] += 1
+            return Rejected(exc.reason, str(exc), now)
+
+    def _receive(self, packet: bytes, now: float) -> Event:
+        header, associated, sealed = wire.split(packet)
+        if header.hint not in self._keys.hints_near(now, self._tolerance):
+            raise PacketError("hint", "room hint is not this room's (other room or old packet)")
+        peers = self._by_short.get(header.sender)
+        if not peers:
+            raise PacketError("unknown_sender", f"no member has short id {header.sender:04x}")
+        verdict = "auth"
+        for peer in peers:
+            problem = peer.window.check(header.counter)
+            if problem:
+                verdict = problem
+                continue
+            try:
+                plaintext = peer.cipher.open(associated, header.counter, sealed)
+            except PacketError:
+                continue
+            peer.window.accept(header.counter)
+            self.accepted += 1
+            return self._event(peer, header, plaintext, now)
+        messages = {"replay": "duplicate packet (replay)", "stale": "packet older than window"}
+        raise PacketError(verdict, messages.get(verdict, "authentication failed"))
+
+    def _event(self, peer: _Peer, header: wire.Header, plaintext: bytes, now: float) -> Event:
+        ident = peer.cipher.identity
+        if header.ptype == wire.PacketType.VOICE:
+            mode = wire.voice_mode(header)
+            body = wire.VoiceBody.parse(plaintext, mode)
+            position = self._unwrap(peer, header.counter, body, now)
+            return VoiceFrames(ident, mode, position, body.frames, header.counter, now)
+        body = wire.ControlBody.parse(plaintext)
+        if body.kind == wire.ControlKind.OVER_END:
+            peer.last_position = None
+        return ControlMessage(ident, body.kind, body.payload, header.counter, now)
+
+    @staticmethod
+    def _unwrap(peer: _Peer, counter: int, body: wire.VoiceBody, now: float) -> int:
+        if peer.last_position is None or now - peer.last_time > STREAM_GAP:
+            position = body.position
+        else:
+            n = len(body.frames)
+            expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
+            position = wire.unwrap_position(body.position, expected)
+        if peer.last_position is None or position + len(body.frames) - 1 > peer.last_position:
+            peer.last_position = position + len(body.frames) - 1
+            peer.last_counter = counter
+        peer.last_time = now
+        return position

@@ -1,0 +1,188 @@
+"""The wire format: what every relay packet looks like on the air (sans-I/O, pure bytes).
+
+A packet is a 7-byte clear header, an AES-CCM ciphertext and an 8-byte tag::
+
+    byte 0      version:2 | type:3 | sub:3     (sub = codec mode index for voice, 0 otherwise)
+    byte 1      room hint                      (rotates hourly; lets bridges route, says no name)
+    bytes 2-3   sender short id                (a per-room pseudonym, not the identity)
+    bytes 4-6   send counter (24 bits)         (the AEAD nonce; never reused, see store/)
+    ...         ciphertext
+    last 8      authentication tag             (the whole header is associated data)
+
+A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
+first frame in the over) followed by whole Codec2 frames, so the voice overhead is
+7 + 1 + 8 = 16 bytes. A control packet's plaintext is a kind byte and a payload.
+
+Parsing never raises anything but :class:`PacketError` for bytes that came from outside;
+building with impossible values raises :class:`UsageError` (that is the caller's bug).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from relay.errors import PacketError, UsageError
+from relay.voice.modes import CodecMode, mode_by_index
+
+VERSION = 1
+HEADER_LEN = 7
+TAG_LEN = 8
+VOICE_PREFIX_LEN = 1
+VOICE_PACKET_OVERHEAD = HEADER_LEN + VOICE_PREFIX_LEN + TAG_LEN  # 16 bytes, tag 64 bits
+CONTROL_PREFIX_LEN = 1
+MIN_PACKET_LEN = HEADER_LEN + 1 + TAG_LEN  # 16: also above direwolf's 15-byte floor
+COUNTER_BITS = 24
+COUNTER_LIMIT = 1 << COUNTER_BITS  # counters are 0 .. COUNTER_LIMIT - 1
+POSITION_MODULUS = 256
+
+
+class PacketType(enum.IntEnum):
+    VOICE = 0
+    CONTROL = 1
+
+
+class ControlKind(enum.IntEnum):
+    """Control packet kinds. Later features (rooms, clips) add theirs here."""
+
+    OVER_END = 1  # payload: 4-byte frame count of the over that just ended
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The clear, authenticated part of a packet."""
+
+    ptype: int
+    sub: int
+    hint: int
+    sender: int
+    counter: int
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        for name, value, limit in (
+            ("version", self.version, 4),
+            ("ptype", self.ptype, 8),
+            ("sub", self.sub, 8),
+            ("hint", self.hint, 256),
+            ("sender", self.sender, 1 << 16),
+            ("counter", self.counter, COUNTER_LIMIT),
+        ):
+            if not 0 <= value < limit:
+                raise UsageError(f"header field {name}={value} out of range 0..{limit - 1}")
+
+    def pack(self) -> bytes:
+        return bytes(
+            (
+                (self.version << 6) | (self.ptype << 3) | self.sub,
+                self.hint,
+                self.sender >> 8,
+                self.sender & 0xFF,
+                self.counter >> 16,
+                (self.counter >> 8) & 0xFF,
+                self.counter & 0xFF,
+            )
+        )
+
+    @classmethod
+    def parse(cls, packet: bytes) -> Header:
+        """Parse the header of a whole packet, checking only what the header can tell."""
+        if not isinstance(packet, bytes | bytearray | memoryview):
+            raise PacketError("malformed", f"packet must be bytes, not {type(packet).__name__}")
+        if len(packet) < MIN_PACKET_LEN:
+            raise PacketError(
+                "malformed", f"packet of {len(packet)} bytes is shorter than {MIN_PACKET_LEN}"
+            )
+        b0 = packet[0]
+        version = b0 >> 6
+        if version != VERSION:
+            raise PacketError("version", f"packet version {version} is not supported")
+        ptype = (b0 >> 3) & 0x07
+        if ptype not in PacketType._value2member_map_:
+            raise PacketError("malformed", f"unknown packet type {ptype}")
+        return cls(
+            ptype=ptype,
+            sub=b0 & 0x07,
+            hint=packet[1],
+            sender=(packet[2] << 8) | packet[3],
+            counter=(packet[4] << 16) | (packet[5] << 8) | packet[6],
+            version=version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceBody:
+    """Plaintext of a voice packet: where its first frame sits, and the frames."""
+
+    position: int  # low 8 bits of the first frame's index in the over
+    frames: tuple[bytes, ...]
+
+    def pack(self, mode: CodecMode) -> bytes:
+        if not 0 <= self.position < POSITION_MODULUS:
+            raise UsageError(f"voice position {self.position} out of range 0..255")
+        if not self.frames:
+            raise UsageError("a voice packet needs at least one frame")
+        for frame in self.frames:
+            if len(frame) != mode.bytes_per_frame:
+                raise UsageError(
+                    f"codec {mode.name} frames are {mode.bytes_per_frame} bytes, got {len(frame)}"
+                )
+        return bytes((self.position,)) + b"".join(self.frames)
+
+    @classmethod
+    def parse(cls, plaintext: bytes, mode: CodecMode) -> VoiceBody:
+        size = mode.bytes_per_frame
+        body = len(plaintext) - VOICE_PREFIX_LEN
+        if body <= 0 or body % size:
+            raise PacketError(
+                "malformed",
+                f"voice body of {max(body, 0)} bytes is not a whole number of "
+                f"{mode.name} frames ({size} bytes each)",
+            )
+        frames = tuple(bytes(plaintext[i : i + size]) for i in range(1, len(plaintext), size))
+        return cls(position=plaintext[0], frames=frames)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlBody:
+    """Plaintext of a control packet."""
+
+    kind: int
+    payload: bytes = b""
+
+    def pack(self) -> bytes:
+        if not 0 <= self.kind < 256:
+            raise UsageError(f"control kind {self.kind} out of range 0..255")
+        return bytes((self.kind,)) + bytes(self.payload)
+
+    @classmethod
+    def parse(cls, plaintext: bytes) -> ControlBody:
+        if len(plaintext) < CONTROL_PREFIX_LEN:
+            raise PacketError("malformed", "control packet has no kind byte")
+        return cls(kind=plaintext[0], payload=bytes(plaintext[1:]))
+
+
+def voice_mode(header: Header) -> CodecMode:
+    """The codec mode a voice header names, or PacketError for an unassigned index."""
+    mode = mode_by_index(header.sub)
+    if mode is None:
+        raise PacketError("malformed", f"unknown codec mode index {header.sub}")
+    return mode
+
+
+def split(packet: bytes) -> tuple[Header, bytes, bytes]:
+    """Split a packet into (header, associated data, ciphertext+tag)."""
+    header = Header.parse(packet)
+    if header.ptype != PacketType.VOICE and header.sub != 0:
+        raise PacketError("malformed", f"non-voice packet with nonzero sub field {header.sub}")
+    if header.ptype == PacketType.VOICE:
+        voice_mode(header)
+    data = bytes(packet)
+    return header, data[:HEADER_LEN], data[HEADER_LEN:]
+
+
+def unwrap_position(low: int, expected: int) -> int:
+    """The absolute frame index ≡ ``low`` (mod 256) nearest to ``expected``."""
+    base = expected - ((expected - low) % POSITION_MODULUS)
+    candidates = (base, base + POSITION_MODULUS)
+    return min(candidates, key=lambda c: (abs(c - expected), c))
