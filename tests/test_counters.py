@@ -34,6 +34,18 @@ def test_key_file_is_private(tmp_path):
     assert (tmp_path / "c.db").stat().st_mode & 0o777 == 0o600
 
 
+def test_existing_loose_file_is_tightened_and_symlinks_refused(tmp_path):
+    loose = tmp_path / "loose.db"
+    loose.touch(mode=0o644)
+    CounterStore(loose).close()
+    assert loose.stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link.db"
+    link.symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(UsageError, match="symbolic link"):
+        CounterStore(link)
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
 def test_exhausted_counter_refuses_to_send(tmp_path):
     store = CounterStore(tmp_path / "c.db")
     store.reserve("x", COUNTER_LIMIT - 10, COUNTER_LIMIT)

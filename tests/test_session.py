@@ -96,7 +96,9 @@ def test_restored_replay_marks_stop_replays_after_a_restart(room):
     for ident, highest in marks.items():
         restarted.add_sender(ident, highest)
     assert all(isinstance(restarted.receive(p, NOW), Rejected) for p in old)
-    assert isinstance(restarted.receive(sender.voice(DEFAULT_MODE, 15, FRAMES, NOW), NOW), VoiceFrames)
+    assert isinstance(
+        restarted.receive(sender.voice(DEFAULT_MODE, 15, FRAMES, NOW), NOW), VoiceFrames
+    )
 
 
 def test_unknown_sender_is_rejected(room):
@@ -106,11 +108,14 @@ def test_unknown_sender_is_rejected(room):
     assert event.reason == "unknown_sender"
 
 
-def test_old_hint_is_rejected_and_hint_rotates(room):
+def test_hint_is_a_filter_and_clock_skew_is_counted_not_fatal(room):
     keys, sender, receiver = room
     later = NOW + 10 * HINT_EPOCH_SECONDS
     event = receiver.receive(sender.voice(DEFAULT_MODE, 0, FRAMES, NOW), later)
-    assert event.reason == "hint"
+    assert isinstance(event, VoiceFrames)
+    assert receiver.hint_skew == 1
+    receiver.receive(sender.voice(DEFAULT_MODE, 5, FRAMES, later), later)
+    assert receiver.hint_skew == 1
     hints = {keys.hint(e) for e in range(200)}
     assert len(hints) > 100  # it rotates and is spread over the byte
 
@@ -208,3 +213,43 @@ class _MemoryCounters:
     def reserve(self, name, count, limit):
         start, self.next = self.next, self.next + count
         return start
+
+
+def test_oversized_packets_are_malformed_not_a_crash(room):
+    _, sender, receiver = room
+    packet = sender.voice(DEFAULT_MODE, 0, FRAMES, NOW)
+    event = receiver.receive(packet[:7] + bytes(70_000), NOW)
+    assert event.reason == "malformed"
+    with pytest.raises(UsageError):
+        sender.control(2, bytes(5000), NOW)
+
+
+def test_restored_mark_merges_with_a_known_sender(room):
+    keys, sender, receiver = room
+    old = sender.voice(DEFAULT_MODE, 0, FRAMES, NOW)
+    receiver.add_sender(b"alice-identity", highest_counter=1000)
+    assert receiver.receive(old, NOW).reason in {"replay", "stale"}
+    receiver.add_sender(b"alice-identity", highest_counter=5)  # never moves a mark back
+    assert receiver.highest_counters()[b"alice-identity"] == 1000
+
+
+def test_authenticated_but_malformed_body_does_not_move_the_window(room):
+    keys, sender, receiver = room
+    from relay.core import wire
+
+    cipher = keys.sender(b"alice-identity")
+    header = wire.Header(wire.PacketType.VOICE, DEFAULT_MODE.wire_index, 0, cipher.short_id, 77)
+    ad = header.pack()
+    bad = ad + cipher.seal(ad, 77, b"\x00" + bytes(7))  # 7 bytes: not a whole 1600 frame
+    event = receiver.receive(bad, NOW)
+    assert event.reason == "malformed"
+    assert receiver.accepted == 0
+    assert receiver.highest_counters()[b"alice-identity"] == -1
+
+
+@settings(max_examples=50)
+@given(st.binary(min_size=7, max_size=64), st.integers(4000, 70_000))
+def test_huge_arbitrary_packets_never_crash(head, size):
+    receiver = Receiver(RoomKeys(bytes(32)))
+    receiver.add_sender(b"alice")
+    assert isinstance(receiver.receive(head + bytes(size), NOW), Rejected)

@@ -33,7 +33,10 @@ def test_header_round_trip(header):
 @given(st.sampled_from(MODES), st.integers(0, 255), st.data())
 def test_voice_body_round_trip(mode, position, data):
     count = data.draw(st.integers(1, 30))
-    frames = tuple(data.draw(st.binary(min_size=mode.bytes_per_frame, max_size=mode.bytes_per_frame)) for _ in range(count))
+    frames = tuple(
+        data.draw(st.binary(min_size=mode.bytes_per_frame, max_size=mode.bytes_per_frame))
+        for _ in range(count)
+    )
     body = wire.VoiceBody(position, frames)
     packed = body.pack(mode)
     assert len(packed) == 1 + count * mode.bytes_per_frame

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from relay.core.wire import COUNTER_LIMIT, TAG_LEN
+from relay.core.wire import COUNTER_LIMIT, MAX_PACKET_LEN, TAG_LEN
 from relay.errors import PacketError, UsageError
 
 KEY_LEN = 32
@@ -90,19 +90,21 @@ class SenderCipher:
     _aead: AESCCM = field(repr=False)
 
     def seal(self, associated: bytes, counter: int, plaintext: bytes) -> bytes:
+        if len(associated) + len(plaintext) + TAG_LEN > MAX_PACKET_LEN:
+            raise UsageError(f"a packet may not exceed {MAX_PACKET_LEN} bytes")
         return self._aead.encrypt(nonce(counter), plaintext, associated)
 
     def open(self, associated: bytes, counter: int, sealed: bytes) -> bytes:
         try:
             return self._aead.decrypt(nonce(counter), sealed, associated)
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             raise PacketError("auth", "authentication failed (wrong key or altered)") from None
 
 
 class RoomKeys:
     """Everything derived from one room key. Holds the key; never prints it."""
 
-    __slots__ = ("_hint_key", "_id_key", "_room_key", "key_id")
+    __slots__ = ("_hint_key", "_hints", "_id_key", "_room_key", "key_id")
 
     def __init__(self, room_key: bytes) -> None:
         if not isinstance(room_key, bytes) or len(room_key) != KEY_LEN:
@@ -112,6 +114,7 @@ class RoomKeys:
         self._id_key = _hkdf(room_key, b"sender-id", 32)
         # A public name for this key (for file names and logs): reveals nothing about it.
         self.key_id = _hkdf(room_key, b"key-id", 8).hex()
+        self._hints: tuple[int, int, frozenset[int]] = (0, -1, frozenset())
 
     def __repr__(self) -> str:
         return f"RoomKeys(key_id={self.key_id})"
@@ -132,5 +135,10 @@ class RoomKeys:
         return hmac.new(self._hint_key, msg, hashlib.sha256).digest()[0]
 
     def hints_near(self, now: float, tolerance: int) -> frozenset[int]:
+        """Hints of the epochs within ``tolerance`` of now (cached: this runs per packet)."""
         epoch = hint_epoch(now)
-        return frozenset(self.hint(e) for e in range(epoch - tolerance, epoch + tolerance + 1))
+        cached_epoch, cached_tolerance, hints = self._hints
+        if (cached_epoch, cached_tolerance) != (epoch, tolerance):
+            hints = frozenset(self.hint(e) for e in range(epoch - tolerance, epoch + tolerance + 1))
+            self._hints = (epoch, tolerance, hints)
+        return hints

@@ -6,6 +6,8 @@ UNIX time in real use), so tests drive hours of radio time in milliseconds.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from relay.errors import PacketError, UsageError
 from relay.voice.modes import CodecMode
 
 COUNTER_BLOCK = 64
-HINT_TOLERANCE = 2  # epochs (hours) either side: members' clocks may be that far apart
+HINT_TOLERANCE = 2  # epochs (hours) either side before a hint counts as clock skew
 STREAM_GAP = 5.0  # seconds of silence after which a sender's next voice starts a new over
 
 
@@ -46,7 +48,8 @@ class Sender:
         self._cipher: SenderCipher = keys.sender(identity)
         self._counters = counters
         self._block = block
-        self.counter_name = f"{keys.key_id}:{identity.hex()[:32]}"
+        self.counter_name = f"{keys.key_id}:{hashlib.sha256(identity).hexdigest()[:32]}"
+        self._lock = threading.Lock()
         self._next = 0
         self._limit = 0  # nothing reserved yet: the first packet reserves a block
 
@@ -55,12 +58,13 @@ class Sender:
         return self._cipher.identity
 
     def _take_counter(self) -> int:
-        if self._next >= self._limit:
-            start = self._counters.reserve(self.counter_name, self._block, wire.COUNTER_LIMIT)
-            self._next, self._limit = start, start + self._block
-        counter = self._next
-        self._next += 1
-        return counter
+        with self._lock:
+            if self._next >= self._limit:
+                start = self._counters.reserve(self.counter_name, self._block, wire.COUNTER_LIMIT)
+                self._next, self._limit = start, start + self._block
+            counter = self._next
+            self._next += 1
+            return counter
 
     def _seal(self, ptype: int, sub: int, plaintext: bytes, now: float) -> bytes:
         header = wire.Header(
@@ -86,6 +90,8 @@ class Sender:
 
     def over_end(self, frames_sent: int, now: float) -> bytes:
         """The control packet that tells listeners an over is complete."""
+        if not 0 <= frames_sent < 1 << 32:
+            raise UsageError("an over's frame count must fit in 32 bits")
         return self.control(wire.ControlKind.OVER_END, frames_sent.to_bytes(4, "big"), now)
 
 
@@ -99,7 +105,17 @@ class _Peer:
 
 
 class Receiver:
-    """Opens packets for one room; rejects and counts everything that is not right."""
+    """Opens packets for one room; rejects and counts everything that is not right.
+
+    Authentication here is room-level: it proves a packet was sealed with a key derived from
+    the room key for that sender, which any holder of the room key can derive. Per-member
+    proof comes from signatures over whole overs (the rooms layer).
+
+    The room hint is a routing filter, not a security check (one byte: 5 in 256 random hints
+    match); a hint outside the clock tolerance is counted as ``hint_skew`` and the packet is
+    still tried, so members whose clocks drifted, and late store-and-forward packets, still get
+    through. Replay protection is the per-sender window, persisted by the caller.
+    """
 
     def __init__(
         self, keys: RoomKeys, *, window: int = 64, hint_tolerance: int = HINT_TOLERANCE
@@ -111,10 +127,14 @@ class Receiver:
         self._by_short: dict[int, list[_Peer]] = {}
         self.accepted = 0
         self.rejected: Tally[str] = Tally()
+        self.hint_skew = 0
 
     def add_sender(self, identity: bytes, highest_counter: int = -1) -> None:
         """Admit a member. ``highest_counter`` restores a persisted replay window."""
-        if identity in self._peers:
+        known = self._peers.get(identity)
+        if known is not None:
+            if highest_counter > known.window.highest:
+                known.window = ReplayWindow(self._window, highest_counter)
             return
         cipher = self._keys.sender(identity)
         peer = _Peer(cipher, ReplayWindow(self._window, highest_counter))
@@ -134,8 +154,6 @@ class Receiver:
 
     def _receive(self, packet: bytes, now: float) -> Event:
         header, associated, sealed = wire.split(packet)
-        if header.hint not in self._keys.hints_near(now, self._tolerance):
-            raise PacketError("hint", "room hint is not this room's (other room or old packet)")
         peers = self._by_short.get(header.sender)
         if not peers:
             raise PacketError("unknown_sender", f"no member has short id {header.sender:04x}")
@@ -149,9 +167,12 @@ class Receiver:
                 plaintext = peer.cipher.open(associated, header.counter, sealed)
             except PacketError:
                 continue
+            event = self._event(peer, header, plaintext, now)  # PacketError if body is bad
             peer.window.accept(header.counter)
             self.accepted += 1
-            return self._event(peer, header, plaintext, now)
+            if header.hint not in self._keys.hints_near(now, self._tolerance):
+                self.hint_skew += 1
+            return event
         messages = {"replay": "duplicate packet (replay)", "stale": "packet older than window"}
         raise PacketError(verdict, messages.get(verdict, "authentication failed"))
 

@@ -32,6 +32,8 @@ VOICE_PREFIX_LEN = 1
 VOICE_PACKET_OVERHEAD = HEADER_LEN + VOICE_PREFIX_LEN + TAG_LEN  # 16 bytes, tag 64 bits
 CONTROL_PREFIX_LEN = 1
 MIN_PACKET_LEN = HEADER_LEN + 1 + TAG_LEN  # 16: also above direwolf's 15-byte floor
+# Far above any radio MTU, far below what a 13-byte CCM nonce can carry (65535 bytes).
+MAX_PACKET_LEN = 4096
 COUNTER_BITS = 24
 COUNTER_LIMIT = 1 << COUNTER_BITS  # counters are 0 .. COUNTER_LIMIT - 1
 POSITION_MODULUS = 256
@@ -92,6 +94,10 @@ class Header:
         if len(packet) < MIN_PACKET_LEN:
             raise PacketError(
                 "malformed", f"packet of {len(packet)} bytes is shorter than {MIN_PACKET_LEN}"
+            )
+        if len(packet) > MAX_PACKET_LEN:
+            raise PacketError(
+                "malformed", f"packet of {len(packet)} bytes is longer than {MAX_PACKET_LEN}"
             )
         b0 = packet[0]
         version = b0 >> 6

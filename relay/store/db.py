@@ -19,12 +19,25 @@ def connect(path: str | os.PathLike[str], *, durable: bool = True) -> sqlite3.Co
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+        _create_private(path)
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        conn.execute("PRAGMA fullfsync=ON")  # macOS: fsync alone is not a write barrier
+        conn.execute("PRAGMA checkpoint_fullfsync=ON")
     except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"cannot open state database {path}: {exc}") from None
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` 0600 without following a planted symlink; tighten an existing file."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if path.is_symlink():
+            raise UsageError(f"refusing to use {path}: it is a symbolic link") from None
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    else:
+        os.close(fd)
