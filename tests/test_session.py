@@ -69,7 +69,7 @@ def test_wrong_key_is_rejected(room, tmp_path):
 
 def test_wrong_key_with_same_hint_and_short_id_fails_authentication(room):
     # Same identity, other key: forge the header so only the tag can tell.
-    keys, sender, receiver = room
+    _keys, sender, receiver = room
     packet = bytearray(sender.voice(DEFAULT_MODE, 0, FRAMES, NOW))
     packet[7:-8] = bytes(len(packet) - 15)
     assert receiver.receive(bytes(packet), NOW).reason == "auth"
@@ -225,7 +225,7 @@ def test_oversized_packets_are_malformed_not_a_crash(room):
 
 
 def test_restored_mark_merges_with_a_known_sender(room):
-    keys, sender, receiver = room
+    _keys, sender, receiver = room
     old = sender.voice(DEFAULT_MODE, 0, FRAMES, NOW)
     receiver.add_sender(b"alice-identity", highest_counter=1000)
     assert receiver.receive(old, NOW).reason in {"replay", "stale"}
@@ -234,7 +234,7 @@ def test_restored_mark_merges_with_a_known_sender(room):
 
 
 def test_authenticated_but_malformed_body_does_not_move_the_window(room):
-    keys, sender, receiver = room
+    keys, _sender, receiver = room
     from relay.core import wire
 
     cipher = keys.sender(b"alice-identity")

@@ -120,7 +120,7 @@ class RoomKeys:
         return f"RoomKeys(key_id={self.key_id})"
 
     def short_id(self, identity: bytes) -> int:
-        """The sender's 16-bit pseudonym in this room: unlinkable to the identity without the key."""
+        """The sender's 16-bit pseudonym in this room (unlinkable to it without the key)."""
         digest = hmac.new(self._id_key, _check_identity(identity), hashlib.sha256).digest()
         return int.from_bytes(digest[:2], "big")
 

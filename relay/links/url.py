@@ -21,7 +21,9 @@ def open_link(url: str) -> Link:
     """Open the link named by ``url`` (e.g. ``sim://demo?preset=SHORT_FAST&loss=0.1``)."""
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
-        raise UsageError(f"link URL {url!r} has no scheme; try sim://, e.g. sim://?preset=SHORT_FAST")
+        raise UsageError(
+            f"link URL {url!r} has no scheme; try sim://, e.g. sim://?preset=SHORT_FAST"
+        )
     module = SCHEMES.get(scheme)
     if module is None:
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES))

@@ -1,0 +1,57 @@
+"""Options several commands share, and turning them into library objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
+
+F = Callable[..., Any]
+
+
+def radio_options(func: F) -> F:
+    """--preset / --sf --bw --cr / --region / --duty-cycle."""
+    decorators = [
+        click.option(
+            "--preset",
+            default="SHORT_FAST",
+            show_default=True,
+            help="Meshtastic modem preset: SHORT_TURBO, SHORT_FAST, ... LONG_FAST, VERY_LONG_SLOW.",
+        ),
+        click.option(
+            "--sf", type=int, help="Custom LoRa spreading factor 5-12 (instead of a preset)."
+        ),
+        click.option(
+            "--bw", type=float, help="Custom LoRa bandwidth in kHz, e.g. 125 (with --sf)."
+        ),
+        click.option("--cr", type=int, help="Custom coding rate 5-8 meaning 4/5..4/8 (with --sf)."),
+        click.option("--region", help="Apply a region's duty-cycle rule, e.g. EU_868 (1 %)."),
+        click.option(
+            "--duty-cycle",
+            type=float,
+            help="Duty-cycle limit as a fraction, e.g. 0.01 for 1 % (overrides --region).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def resolve_radio(
+    preset_name: str,
+    sf: int | None,
+    bw: float | None,
+    cr: int | None,
+    region: str | None,
+    duty_cycle: float | None,
+) -> RadioProfile:
+    if sf is None and (bw is not None or cr is not None):
+        raise click.UsageError("--bw and --cr describe a custom setting: give --sf as well")
+    profile = (
+        preset(preset_name) if sf is None else custom(sf, None if bw is None else bw * 1000, cr)
+    )
+    limit = duty_cycle if duty_cycle is not None else (duty_cycle_for(region) if region else None)
+    return profile if limit is None else profile.with_duty_cycle(limit)

@@ -1,0 +1,255 @@
+"""The planner: does live voice fit this link, and with which codec mode and packet size?
+
+Pure functions over a :class:`RadioProfile` and the Codec2 mode table. A row is one
+(mode, frames per packet) choice; it fits live voice when one talker plus one relay hop
+leaves room for control traffic, the talker stays inside the regulatory duty cycle, and
+packetisation plus airtime stays under the latency a conversation tolerates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from relay.core.wire import VOICE_PACKET_OVERHEAD  # header + tag bytes per voice packet
+from relay.radio.profiles import RadioProfile
+from relay.voice.modes import MODES, CodecMode, mode_by_name
+
+MAX_OCCUPANCY = 0.9  # with one relay hop; the rest is left for control traffic
+MAX_LATENCY = 0.4  # seconds, packetisation + airtime + one frame of jitter margin
+RELAY_HOPS = 1
+# The best row leaves headroom when it can: a talker plus relay under 85 % of the channel and
+# mouth-to-ear under 300 ms is comfortable; a row that only just fits is a fallback.
+COMFORT_OCCUPANCY = 0.85
+COMFORT_LATENCY = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One codec mode at one packet size, and what it costs on this link."""
+
+    mode: CodecMode
+    frames_per_packet: int
+    datagram_bytes: int
+    airtime_per_packet: float  # seconds
+    airtime_per_second: float  # seconds of air per second of speech
+    occupancy: float  # fraction of the channel one talker uses (== airtime_per_second)
+    relay_occupancy: float  # with the relay hop(s) repeating it
+    latency: float  # seconds: packetisation + airtime + one frame of jitter margin
+    problems: tuple[str, ...]  # why it does not fit live voice; empty if it fits
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.name,
+            "bitrate": self.mode.bitrate,
+            "frames_per_packet": self.frames_per_packet,
+            "packet_ms": round(self.frames_per_packet * self.mode.frame_seconds * 1000, 1),
+            "datagram_bytes": self.datagram_bytes,
+            "airtime_per_packet_ms": round(self.airtime_per_packet * 1000, 2),
+            "airtime_per_second_s": round(self.airtime_per_second, 4),
+            "occupancy": round(self.occupancy, 4),
+            "relay_occupancy": round(self.relay_occupancy, 4),
+            "latency_ms": round(self.latency * 1000, 1),
+            "fits": self.fits,
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every row considered, the best live-voice choice (if any) and advice in words."""
+
+    profile: RadioProfile
+    duty_cycle: float
+    overhead: int
+    rows: tuple[PlanRow, ...]
+    best: PlanRow | None
+    advice: str
+
+    @property
+    def fits_live(self) -> bool:
+        return self.best is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        lora = self.profile.lora
+        return {
+            "profile": {
+                "name": self.profile.name,
+                "sf": lora.sf,
+                "bw_hz": lora.bw_hz,
+                "cr": lora.coding_rate,
+                "preamble": lora.preamble,
+                "mtu": self.profile.mtu,
+                "link_overhead_bytes": self.profile.link_overhead_bytes,
+            },
+            "duty_cycle": self.duty_cycle,
+            "voice_packet_overhead": self.overhead,
+            "fits_live": self.fits_live,
+            "best": self.best.to_dict() if self.best else None,
+            "advice": self.advice,
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+
+def max_frames_per_packet(
+    profile: RadioProfile, mode: CodecMode, overhead: int = VOICE_PACKET_OVERHEAD
+) -> int:
+    """How many frames of ``mode`` one datagram can carry (0 if not even one)."""
+    return max(0, (profile.mtu - overhead) // mode.bytes_per_frame)
+
+
+def evaluate(
+    profile: RadioProfile,
+    mode: CodecMode,
+    frames_per_packet: int,
+    *,
+    overhead: int = VOICE_PACKET_OVERHEAD,
+    duty_cycle: float | None = None,
+    relay_hops: int = RELAY_HOPS,
+    max_occupancy: float = MAX_OCCUPANCY,
+    max_latency: float = MAX_LATENCY,
+) -> PlanRow:
+    """The cost of sending ``mode`` with ``frames_per_packet`` frames per packet."""
+    dc = profile.duty_cycle if duty_cycle is None else duty_cycle
+    size = overhead + frames_per_packet * mode.bytes_per_frame
+    per_packet = profile.airtime(size)
+    per_second = per_packet * mode.frames_per_second / frames_per_packet
+    relayed = per_second * (1 + relay_hops)
+    latency = (frames_per_packet + 1) * mode.frame_seconds + per_packet
+    problems = []
+    if relayed > max_occupancy:
+        problems.append(
+            f"{relayed:.0%} of the channel with {relay_hops} relay hop(s) "
+            f"(limit {max_occupancy:.0%})"
+        )
+    if dc < 1.0 and per_second > dc:
+        problems.append(f"{per_second:.1%} airtime exceeds the {dc:.1%} duty cycle")
+    if latency > max_latency:
+        problems.append(f"{latency * 1000:.0f} ms latency (limit {max_latency * 1000:.0f} ms)")
+    return PlanRow(
+        mode=mode,
+        frames_per_packet=frames_per_packet,
+        datagram_bytes=size,
+        airtime_per_packet=per_packet,
+        airtime_per_second=per_second,
+        occupancy=per_second,
+        relay_occupancy=relayed,
+        latency=latency,
+        problems=tuple(problems),
+    )
+
+
+def speech_airtime(
+    profile: RadioProfile,
+    mode: CodecMode | str = "1600",
+    seconds: float = 1.0,
+    overhead: int = VOICE_PACKET_OVERHEAD,
+) -> float:
+    """Airtime to carry ``seconds`` of speech in the largest packets the link allows."""
+    m = mode if isinstance(mode, CodecMode) else mode_by_name(mode)
+    fpp = max_frames_per_packet(profile, m, overhead)
+    if fpp == 0:
+        return math.inf
+    frames = math.ceil(seconds * m.frames_per_second)
+    full, rest = divmod(frames, fpp)
+    total = full * profile.airtime(overhead + fpp * m.bytes_per_frame)
+    if rest:
+        total += profile.airtime(overhead + rest * m.bytes_per_frame)
+    return total
+
+
+def plan(
+    profile: RadioProfile,
+    mode: CodecMode | str | int | None = None,
+    duty_cycle: float | None = None,
+    *,
+    overhead: int = VOICE_PACKET_OVERHEAD,
+    relay_hops: int = RELAY_HOPS,
+    max_occupancy: float = MAX_OCCUPANCY,
+    max_latency: float = MAX_LATENCY,
+) -> Plan:
+    """Every (mode, frames per packet) row for ``profile``; ``mode`` restricts to one mode."""
+    dc = profile.duty_cycle if duty_cycle is None else duty_cycle
+    if mode is None:
+        modes: tuple[CodecMode, ...] = MODES
+    else:
+        modes = (mode if isinstance(mode, CodecMode) else mode_by_name(mode),)
+    rows = tuple(
+        evaluate(
+            profile,
+            m,
+            fpp,
+            overhead=overhead,
+            duty_cycle=dc,
+            relay_hops=relay_hops,
+            max_occupancy=max_occupancy,
+            max_latency=max_latency,
+        )
+        for m in modes
+        for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
+    )
+    fitting = [r for r in rows if r.fits]
+    comfortable = [
+        r
+        for r in fitting
+        if r.relay_occupancy <= COMFORT_OCCUPANCY and r.latency <= COMFORT_LATENCY
+    ]
+    best = min(comfortable or fitting, key=lambda r: (-r.mode.bitrate, r.latency), default=None)
+    return Plan(
+        profile=profile,
+        duty_cycle=dc,
+        overhead=overhead,
+        rows=rows,
+        best=best,
+        advice=_advice(profile, rows, best, dc, overhead, relay_hops, max_occupancy, max_latency),
+    )
+
+
+def _advice(
+    profile: RadioProfile,
+    rows: tuple[PlanRow, ...],
+    best: PlanRow | None,
+    duty_cycle: float,
+    overhead: int,
+    relay_hops: int,
+    max_occupancy: float,
+    max_latency: float,
+) -> str:
+    if best is not None:
+        packet_ms = best.frames_per_packet * best.mode.frame_seconds * 1000
+        return (
+            f"Live voice fits {profile.name}: Codec2 {best.mode.name} with "
+            f"{best.frames_per_packet} frames per packet ({packet_ms:.0f} ms of speech, "
+            f"{best.airtime_per_packet * 1000:.0f} ms on air) uses {best.occupancy:.0%} of the "
+            f"channel per talker, {best.relay_occupancy:.0%} with a relay hop, "
+            f"about {best.latency * 1000:.0f} ms latency."
+        )
+    if not rows:
+        return (
+            f"Live voice does not fit {profile.name}: its {profile.mtu}-byte MTU cannot carry "
+            f"even one codec frame after {overhead} bytes of packet overhead."
+        )
+    one_second = speech_airtime(profile, "1600", 1.0, overhead)
+    limit = min(max_occupancy / (1 + relay_hops), duty_cycle)
+    hops = "one relay hop" if relay_hops == 1 else f"{relay_hops} relay hops"
+    if one_second <= limit:
+        reason = (
+            f"and packets small enough for {max_latency * 1000:.0f} ms latency spend too much "
+            "airtime on LoRa preamble and headers"
+        )
+    elif duty_cycle <= max_occupancy / (1 + relay_hops):
+        reason = (
+            f"but must stay under {limit:.2f} s to respect the {duty_cycle * 100:g} % duty cycle"
+        )
+    else:
+        reason = f"but must stay under {limit:.2f} s so {hops} and control traffic still fit"
+    return (
+        f"Live voice does not fit {profile.name}: 1 s of Codec2 1600 speech takes "
+        f"{one_second:.2f} s of airtime here, {reason}. Send voice messages instead "
+        "(store-and-forward), or use a faster preset."
+    )
