@@ -43,17 +43,7 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, as_json):
         f"CR 4/{profile.lora.cr}, MTU {profile.mtu} B, duty cycle {profile.duty_cycle:.0%}"
     )
     table = Table(show_lines=False)
-    for col in (
-        "mode",
-        "frames/pkt",
-        "packet B",
-        "airtime/pkt ms",
-        "air s per s speech",
-        "occupancy",
-        "with relay",
-        "latency ms",
-        "live?",
-    ):
+    for col in ("mode", "frames", "bytes", "air ms", "air/s", "busy", "+relay", "delay ms", "live"):
         table.add_column(col, justify="right")
     rows = result.rows if all_rows else _summary(result)
     for row in rows:
@@ -61,16 +51,22 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, as_json):
         table.add_row(
             row.mode.name + (" *" if best else ""),
             str(row.frames_per_packet),
-            str(row.packet_bytes),
+            str(row.datagram_bytes),
             f"{row.airtime_per_packet * 1000:.0f}",
             f"{row.airtime_per_second:.3f}",
             f"{row.occupancy:.0%}",
-            f"{row.occupancy_with_relay:.0%}",
+            f"{row.relay_occupancy:.0%}",
             f"{row.latency * 1000:.0f}",
             "[green]yes[/]" if row.fits else "[red]no[/]",
             style="bold" if best else None,
         )
     console.print(table)
+    console.print(
+        "[dim]frames: Codec2 frames per packet; bytes: packet size; air ms: airtime of one "
+        "packet; air/s: seconds on air per second of speech; busy: share of the channel one "
+        "talker uses; +relay: with one relay hop repeating it; delay ms: packetisation + air + "
+        "jitter margin; * best live choice. --all-rows shows every packet size.[/]"
+    )
     console.print(result.advice)
 
 
