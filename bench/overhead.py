@@ -1,0 +1,69 @@
+"""Overhead per packet and airtime per second of speech, relay beside its peers, every preset.
+
+Every system here carries the same Codec2 1600 frames in packets of the same size on the same
+radio framing (Meshtastic presets: 22 B of firmware framing); only the per-packet protocol
+overhead differs. Peers' overheads are from ../shared/DESIGN.md; relay's is measured by
+sealing a real packet. Prints a Markdown table (the one in the README).
+Run: python bench/overhead.py [--frames-per-packet 5] [--mode 1600]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from relay.core import RoomKeys, Sender
+from relay.radio.profiles import presets
+from relay.voice.modes import mode_by_name
+
+
+class _Counters:
+    def reserve(self, name, count, limit):
+        return 0
+
+
+def measured_overhead(mode, fpp: int) -> int:
+    sender = Sender(RoomKeys(bytes(32)), b"bench", _Counters())
+    packet = sender.voice(mode, 0, [bytes(mode.bytes_per_frame)] * fpp, 0.0)
+    return len(packet) - fpp * mode.bytes_per_frame
+
+
+PEERS = [  # name, overhead bytes, what it buys
+    ("codec2_talkie / esp32_loradv", 28, "ChaCha20-Poly1305, no replay protection"),
+    ("Meshtastic", 20, "AES-CTR, no integrity"),
+    ("Reticulum / LXST", 67, "token + header, 67 B or more"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default="1600")
+    ap.add_argument("--frames-per-packet", type=int, default=5)
+    args = ap.parse_args()
+    mode = mode_by_name(args.mode)
+    fpp = args.frames_per_packet
+    ours = measured_overhead(mode, fpp)
+    systems = [("relay", ours, "AES-CCM 64-bit tag, replay window, durable nonces"), *PEERS]
+    codec = fpp * mode.bytes_per_frame
+    pps = 1.0 / (fpp * mode.frame_seconds)
+    print(f"Codec2 {mode.name}, {fpp} frames ({codec} B, {fpp * mode.frame_seconds * 1000:.0f} ms)")
+    print("per packet; airtime in seconds per second of speech.\n")
+    print("| system | overhead B | protection |")
+    print("|---|---|---|")
+    for name, over, what in systems:
+        print(f"| {name} | {over} | {what} |")
+    print()
+    names = " | ".join(f"{n} ({o} B)" for n, o, _ in systems)
+    print(f"| preset | {names} | relay vs codec2_talkie | relay vs LXST |")
+    print("|---|" + "---|" * (len(systems) + 2))
+    for profile in presets():
+        air = []
+        for _, over, _ in systems:
+            size = codec + over
+            air.append(profile.airtime(size) * pps if size <= profile.mtu else float("nan"))
+        cells = " | ".join(f"{a:.3f}" for a in air)
+        vs_talkie, vs_lxst = 1 - air[0] / air[1], 1 - air[0] / air[3]
+        print(f"| {profile.name} | {cells} | -{vs_talkie:.0%} | -{vs_lxst:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
