@@ -104,7 +104,7 @@ class SenderCipher:
 class RoomKeys:
     """Everything derived from one room key. Holds the key; never prints it."""
 
-    __slots__ = ("_hint_key", "_hints", "_id_key", "_room_key", "key_id")
+    __slots__ = ("_hint_key", "_hints", "_id_key", "_room_key", "announce", "key_id")
 
     def __init__(self, room_key: bytes) -> None:
         if not isinstance(room_key, bytes) or len(room_key) != KEY_LEN:
@@ -115,6 +115,8 @@ class RoomKeys:
         # A public name for this key (for file names and logs): reveals nothing about it.
         self.key_id = _hkdf(room_key, b"key-id", 8).hex()
         self._hints: tuple[int, int, frozenset[int]] = (0, -1, frozenset())
+        # Shared by all members for introductions (HELLO packets), always with random nonces.
+        self.announce = AESCCM(_hkdf(room_key, b"announce", KEY_LEN), tag_length=TAG_LEN)
 
     def __repr__(self) -> str:
         return f"RoomKeys(key_id={self.key_id})"

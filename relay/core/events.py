@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.core.identity import PublicIdentity
 from relay.voice.modes import CodecMode
 
 
@@ -21,9 +22,25 @@ class VoiceFrames:
 
 @dataclass(frozen=True, slots=True)
 class ControlMessage:
-    """An authenticated control packet from a known sender."""
+    """An authenticated control packet from a known sender.
+
+    Room-level authentication only: kinds that change room state carry a signature that the
+    rooms layer checks against ``associated`` (the packet's clear header).
+    """
 
     sender: bytes
+    kind: int
+    payload: bytes
+    counter: int
+    time: float
+    associated: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A member introduced itself; its signature over the packet has been verified."""
+
+    public: PublicIdentity
     kind: int
     payload: bytes
     counter: int
@@ -40,6 +57,6 @@ class Rejected:
     time: float
 
 
-Event = VoiceFrames | ControlMessage | Rejected
+Event = VoiceFrames | ControlMessage | Hello | Rejected
 
-__all__ = ["ControlMessage", "Event", "Rejected", "VoiceFrames"]
+__all__ = ["ControlMessage", "Event", "Hello", "Rejected", "VoiceFrames"]

@@ -7,16 +7,21 @@ UNIX time in real use), so tests drive hours of radio time in milliseconds.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
+
 from relay.core import wire
 from relay.core.crypto import RoomKeys, SenderCipher, hint_epoch
-from relay.core.events import ControlMessage, Event, Rejected, VoiceFrames
+from relay.core.events import ControlMessage, Event, Hello, Rejected, VoiceFrames
+from relay.core.identity import KEY_LEN, SIGNATURE_LEN, Identity, PublicIdentity
 from relay.core.replay import ReplayWindow
+from relay.core.signing import signed_message
 from relay.errors import PacketError, UsageError
 from relay.voice.modes import CodecMode
 
@@ -66,14 +71,17 @@ class Sender:
             self._next += 1
             return counter
 
-    def _seal(self, ptype: int, sub: int, plaintext: bytes, now: float) -> bytes:
-        header = wire.Header(
+    def _header(self, ptype: int, sub: int, now: float) -> wire.Header:
+        return wire.Header(
             ptype=ptype,
             sub=sub,
             hint=self._keys.hint(hint_epoch(now)),
             sender=self._cipher.short_id,
             counter=self._take_counter(),
         )
+
+    def _seal(self, ptype: int, sub: int, plaintext: bytes, now: float) -> bytes:
+        header = self._header(ptype, sub, now)
         associated = header.pack()
         return associated + self._cipher.seal(associated, header.counter, plaintext)
 
@@ -87,6 +95,42 @@ class Sender:
     def control(self, kind: int, payload: bytes, now: float) -> bytes:
         body = wire.ControlBody(kind, payload).pack()
         return self._seal(wire.PacketType.CONTROL, 0, body, now)
+
+    def _check_signer(self, signer: Identity) -> None:
+        if signer.identity != self.identity:
+            raise UsageError("a member signs only its own packets")
+
+    def control_signed(self, kind: int, body: bytes, signer: Identity, now: float) -> bytes:
+        """A control packet whose body the member signs (room state changes)."""
+        self._check_signer(signer)
+        header = self._header(wire.PacketType.CONTROL, 0, now)
+        associated = header.pack()
+        signature = signer.sign(
+            signed_message(self._keys.key_id, self.identity, associated, kind, body)
+        )
+        plaintext = wire.ControlBody(kind, body + signature).pack()
+        return associated + self._cipher.seal(associated, header.counter, plaintext)
+
+    def hello(self, kind: int, body: bytes, signer: Identity, now: float) -> bytes:
+        """An introduction: who this member is, readable by every holder of the room key.
+
+        Sealed under the shared announce key with a random nonce (members do not know our
+        identity yet, so they cannot derive our own key), signed by the identity it names.
+        """
+        self._check_signer(signer)
+        header = self._header(wire.PacketType.HELLO, 0, now)
+        associated = header.pack()
+        pub = signer.public
+        signed = pub.signing_key + pub.agreement_key + bytes((kind,)) + body
+        signature = signer.sign(
+            signed_message(self._keys.key_id, self.identity, associated, kind, signed)
+        )
+        nonce = os.urandom(wire.HELLO_NONCE_LEN)
+        sealed = self._keys.announce.encrypt(nonce, signed + signature, associated)
+        packet = associated + nonce + sealed
+        if len(packet) > wire.MAX_PACKET_LEN:
+            raise UsageError(f"a packet may not exceed {wire.MAX_PACKET_LEN} bytes")
+        return packet
 
     def over_end(self, frames_sent: int, now: float) -> bytes:
         """The control packet that tells listeners an over is complete."""
@@ -129,6 +173,13 @@ class Receiver:
         self.rejected: Tally[str] = Tally()
         self.hint_skew = 0
 
+    @property
+    def keys(self) -> RoomKeys:
+        return self._keys
+
+    def knows(self, identity: bytes) -> bool:
+        return identity in self._peers
+
     def add_sender(self, identity: bytes, highest_counter: int = -1) -> None:
         """Admit a member. ``highest_counter`` restores a persisted replay window."""
         known = self._peers.get(identity)
@@ -154,6 +205,8 @@ class Receiver:
 
     def _receive(self, packet: bytes, now: float) -> Event:
         header, associated, sealed = wire.split(packet)
+        if header.ptype == wire.PacketType.HELLO:
+            return self._hello(header, associated, sealed, now)
         peers = self._by_short.get(header.sender)
         if not peers:
             raise PacketError("unknown_sender", f"no member has short id {header.sender:04x}")
@@ -176,6 +229,37 @@ class Receiver:
         messages = {"replay": "duplicate packet (replay)", "stale": "packet older than window"}
         raise PacketError(verdict, messages.get(verdict, "authentication failed"))
 
+    def _hello(self, header: wire.Header, associated: bytes, sealed: bytes, now: float) -> Event:
+        n = wire.HELLO_NONCE_LEN
+        if len(sealed) < n + wire.TAG_LEN + 2 * KEY_LEN + 1 + SIGNATURE_LEN:
+            raise PacketError("malformed", "hello packet is too short")
+        try:
+            plaintext = self._keys.announce.decrypt(sealed[:n], sealed[n:], associated)
+        except (InvalidTag, ValueError):
+            raise PacketError("auth", "authentication failed") from None
+        signed, signature = plaintext[:-SIGNATURE_LEN], plaintext[-SIGNATURE_LEN:]
+        public = PublicIdentity(signed[:KEY_LEN], signed[KEY_LEN : 2 * KEY_LEN])
+        kind, body = signed[2 * KEY_LEN], signed[2 * KEY_LEN + 1 :]
+        message = signed_message(self._keys.key_id, public.identity, associated, kind, signed)
+        if not public.verify(signature, message):
+            raise PacketError("forged", "hello signature does not verify")
+        if self._keys.short_id(public.identity) != header.sender:
+            raise PacketError("forged", "hello short id does not match its identity")
+        self.add_sender(public.identity)
+        peer = self._peers[public.identity]
+        problem = peer.window.check(header.counter)
+        if problem:
+            raise PacketError(problem, "duplicate packet (replay)")
+        peer.window.accept(header.counter)
+        self.accepted += 1
+        return Hello(public, kind, bytes(body), header.counter, now)
+
+    def forget_sender(self, identity: bytes) -> None:
+        """Stop accepting a member's packets (removed from the room)."""
+        peer = self._peers.pop(identity, None)
+        if peer is not None:
+            self._by_short[peer.cipher.short_id].remove(peer)
+
     def _event(self, peer: _Peer, header: wire.Header, plaintext: bytes, now: float) -> Event:
         ident = peer.cipher.identity
         if header.ptype == wire.PacketType.VOICE:
@@ -186,7 +270,7 @@ class Receiver:
         body = wire.ControlBody.parse(plaintext)
         if body.kind == wire.ControlKind.OVER_END:
             peer.last_position = None
-        return ControlMessage(ident, body.kind, body.payload, header.counter, now)
+        return ControlMessage(ident, body.kind, body.payload, header.counter, now, header.pack())
 
     @staticmethod
     def _unwrap(peer: _Peer, counter: int, body: wire.VoiceBody, now: float) -> int:

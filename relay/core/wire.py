@@ -42,12 +42,20 @@ POSITION_MODULUS = 256
 class PacketType(enum.IntEnum):
     VOICE = 0
     CONTROL = 1
+    HELLO = 2  # a member introducing itself: identity sealed under the room's announce key
 
 
 class ControlKind(enum.IntEnum):
-    """Control packet kinds. Later features (rooms, clips) add theirs here."""
+    """Control packet kinds (the first plaintext byte of control and hello packets)."""
 
-    OVER_END = 1  # payload: 4-byte frame count of the over that just ended
+    OVER_END = 1  # frame count of the over that just ended [+ the speaker's signed digests]
+    HAND = 2  # raise or lower a hand (signed)
+    MOD = 3  # a moderator's action: grant, revoke, mute, unmute, remove, appoint (signed)
+    BEACON = 4  # the moderator's signed snapshot of the room, for late joiners
+    REKEY = 5  # a new room key, sealed to each remaining member (signed)
+
+
+HELLO_NONCE_LEN = 12
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,521 @@
+"""The room: floor control, moderation, verified overs and key rotation (sans-I/O).
+
+One ``Room`` is one member's view of one room. Methods that act (raise a hand, grant the
+floor, speak, remove someone) return the packets to send; ``receive`` takes a packet and the
+time and returns what happened. Nothing here touches a socket or a clock.
+
+Rules every receiver enforces:
+* Only a moderator's signature changes the floor, mutes, removes or appoints; holding the
+  room key is not enough. Each moderator's actions must come in increasing packet-counter
+  order, and the signature covers the packet header, so an old action cannot be replayed,
+  re-wrapped or reordered.
+* Voice is played only from the member who holds the floor, while the grant lasts, and never
+  from a muted or removed member.
+* Each over ends with the speaker's signature over digests of its frames: listeners mark it
+  verified, partial (some frames lost, nothing contradicted) or forged.
+* Removing a member rotates the room key: the new key is sealed to every remaining enrolled
+  member's X25519 key, so the removed member cannot read anything sent afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter as Tally
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from relay.core import roommsg as msg
+from relay.core.crypto import RoomKeys
+from relay.core.events import ControlMessage, Hello, Rejected, VoiceFrames
+from relay.core.identity import Identity, PublicIdentity, verify
+from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
+from relay.core.session import CounterSource, Receiver, Sender
+from relay.core.signing import signed_message, split_signature
+from relay.core.wire import VOICE_PACKET_OVERHEAD, ControlKind
+from relay.errors import PacketError, UsageError
+from relay.voice.modes import CodecMode
+
+STALE_ACTION = 600.0  # seconds: a moderation action older than this is not applied
+REKEY_GRACE = 30.0  # seconds the previous key is still accepted from remaining members
+DEFAULT_MTU = 233
+BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
+BEACON_MIN_INTERVAL = 5.0
+
+
+# ---------------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """Frames from the floor holder, to be played."""
+
+    frames: VoiceFrames
+
+
+@dataclass(frozen=True, slots=True)
+class OverEnded:
+    speaker: bytes
+    verdict: str  # verified | partial | forged | unsigned
+    frames: int
+    segments_ok: int = 0
+    segments_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FloorChanged:
+    holder: bytes | None
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class HandRaised:
+    member: bytes
+    raised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    member: bytes
+    change: str  # introduced | muted | unmuted | removed | appointed
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotated:
+    epoch: int
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A packet that reached the room but was not acted on; ``reason`` is a counter key."""
+
+    reason: str
+    detail: str
+
+
+RoomEvent = Voice | OverEnded | FloorChanged | HandRaised | MemberChanged | KeyRotated | Dropped
+
+
+@dataclass
+class _Listening:
+    """Frames of the current over of one speaker, kept to check its end-of-over seal."""
+
+    frames: dict[int, bytes] = field(default_factory=dict)
+
+
+class Room:
+    """One member's view of one room."""
+
+    def __init__(
+        self,
+        room_id: bytes,
+        key: bytes,
+        epoch: int,
+        moderators: Iterable[PublicIdentity],
+        me: Identity,
+        counters: CounterSource,
+        *,
+        roster: Iterable[PublicIdentity] = (),
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        self.room_id = room_id
+        self.me = me
+        self._counters = counters
+        self.mtu = mtu
+        self.moderators: dict[bytes, PublicIdentity] = {m.identity: m for m in moderators}
+        if not self.moderators:
+            raise UsageError("a room needs at least one moderator")
+        # Members whose X25519 key we know: they receive new keys when someone is removed.
+        self.roster: dict[bytes, PublicIdentity] = dict(self.moderators)
+        for member in roster:
+            self.roster[member.identity] = member
+        self.epoch = epoch
+        self.floor: bytes | None = None
+        self.floor_until = 0.0
+        self.grant_seq = 0
+        self.hands: list[bytes] = []
+        self.muted: set[bytes] = set()
+        self.removed: set[bytes] = set()
+        self.stats: Tally[str] = Tally()
+        # Highest packet counter of an applied action, per (key id, moderator): each room
+        # key has its own counter space.
+        self._last_action: dict[tuple[str, bytes], int] = {}
+        self._listening: dict[bytes, _Listening] = {}
+        self._my_over: dict[int, bytes] = {}
+        self._previous: tuple[Receiver, float] | None = None
+        self._install_key(key)
+        self._opened_with = self.keys
+
+    # ------------------------------------------------------------------ keys & sessions
+    def _install_key(self, key: bytes) -> None:
+        self.keys = RoomKeys(key)
+        self.sender = Sender(self.keys, self.me.identity, self._counters)
+        self.receiver = Receiver(self.keys)
+        for ident in self.roster:
+            if ident not in self.removed:
+                self.receiver.add_sender(ident)
+        if self.floor is not None:
+            self.receiver.add_sender(self.floor)
+
+    def _rotate_to(self, key: bytes, epoch: int, now: float) -> KeyRotated:
+        old = self.receiver
+        for ident in self.removed:
+            old.forget_sender(ident)
+        self._previous = (old, now + REKEY_GRACE)
+        self.epoch = epoch
+        self._install_key(key)
+        return KeyRotated(epoch, key)
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.me.identity in self.moderators
+
+    def _require_moderator(self) -> None:
+        if not self.is_moderator:
+            raise UsageError("only a moderator can do that in this room")
+
+    # ------------------------------------------------------------------ acting
+    def raise_hand(self, now: float) -> bytes:
+        """Ask for the floor. Sent as an introduction, so moderators learn who we are."""
+        if self.me.identity not in self.hands:
+            self.hands.append(self.me.identity)
+        return self.sender.hello(ControlKind.HAND, msg.pack_hand(True), self.me, now)
+
+    def lower_hand(self, now: float) -> bytes:
+        if self.me.identity in self.hands:
+            self.hands.remove(self.me.identity)
+        return self.sender.control_signed(ControlKind.HAND, msg.pack_hand(False), self.me, now)
+
+    def introduce(self, now: float) -> bytes:
+        """Tell the room who we are without asking for the floor."""
+        return self.sender.hello(ControlKind.HAND, msg.pack_hand(False), self.me, now)
+
+    def _moderate(self, action: msg.ModMessage, now: float) -> bytes:
+        self._require_moderator()
+        packet = self.sender.control_signed(ControlKind.MOD, action.pack(), self.me, now)
+        counter = int.from_bytes(packet[4:7], "big")
+        self._last_action[(self.keys.key_id, self.me.identity)] = counter
+        self._apply(action, counter, now)
+        return packet
+
+    def grant(self, member: bytes, seconds: int, now: float) -> bytes:
+        """Give ``member`` the floor for at most ``seconds``."""
+        if member in self.removed:
+            raise UsageError("that member was removed from the room")
+        if not 1 <= seconds < 1 << 16:
+            raise UsageError("a floor grant lasts 1 to 65535 seconds")
+        return self._moderate(msg.ModMessage(msg.ModAction.GRANT, member, seconds, int(now)), now)
+
+    def revoke(self, now: float) -> bytes:
+        holder = self.floor or bytes(32)
+        return self._moderate(msg.ModMessage(msg.ModAction.REVOKE, holder, 0, int(now)), now)
+
+    def mute(self, member: bytes, now: float, *, unmute: bool = False) -> bytes:
+        action = msg.ModAction.UNMUTE if unmute else msg.ModAction.MUTE
+        return self._moderate(msg.ModMessage(action, member, 0, int(now)), now)
+
+    def appoint(self, member: PublicIdentity, now: float) -> bytes:
+        action = msg.ModMessage(
+            msg.ModAction.APPOINT, member.identity, 0, int(now), member.agreement_key
+        )
+        return self._moderate(action, now)
+
+    def remove(self, member: bytes, now: float) -> list[bytes]:
+        """Remove ``member`` and rotate the room key to everyone else we know of.
+
+        Returns the packets to send in order: the signed removal (under the old key), then the
+        new key sealed to each remaining member (under the old key too: the removed member
+        sees the fragments but finds nothing it can open).
+        """
+        if member in self.moderators:
+            raise UsageError("remove a moderator's role before removing them")
+        packets = [self._moderate(msg.ModMessage(msg.ModAction.REMOVE, member, 0, int(now)), now)]
+        new_key, epoch = os.urandom(32), (self.epoch + 1) % (1 << 16)
+        recipients = [
+            p for ident, p in self.roster.items() if ident != self.me.identity and ident != member
+        ]
+        ephemeral = new_ephemeral()
+        context = self._rekey_context(epoch)
+        wraps = []
+        for person in recipients:
+            _, sealed = seal_for(person.agreement_key, new_key, context, ephemeral)
+            wraps.append((msg.wrap_tag(person.identity), sealed))
+        per_packet = self._wraps_per_packet()
+        chunks = [wraps[i : i + per_packet] for i in range(0, len(wraps), per_packet)] or [[]]
+        eph_pub = ephemeral_public(ephemeral)
+        for index, chunk in enumerate(chunks):
+            fragment = msg.RekeyFragment(epoch, index, len(chunks), eph_pub, tuple(chunk))
+            packets.append(
+                self.sender.control_signed(ControlKind.REKEY, fragment.pack(), self.me, now)
+            )
+        self._rotate_to(new_key, epoch, now)
+        return packets
+
+    def _wraps_per_packet(self) -> int:
+        fixed = VOICE_PACKET_OVERHEAD + 2 + 2 + msg.EPHEMERAL_LEN + 1 + 64
+        per = (self.mtu - fixed) // msg.WRAP_LEN
+        if per < 1:
+            raise UsageError(f"an MTU of {self.mtu} B is too small to rotate room keys")
+        return per
+
+    def _rekey_context(self, epoch: int) -> bytes:
+        return b"relay/v1 rekey" + self.room_id + epoch.to_bytes(2, "big")
+
+    def beacon(self, now: float) -> bytes:
+        """The room's state, signed, for late joiners."""
+        self._require_moderator()
+        self._expire(now)
+        beacon = msg.Beacon(
+            self.epoch,
+            self.floor,
+            max(0, math.ceil(self.floor_until - now)) if self.floor else 0,
+            self.grant_seq,
+            tuple(h[: msg.PREFIX_LEN] for h in self.hands),
+            tuple(m[: msg.PREFIX_LEN] for m in sorted(self.muted)),
+        )
+        packet = self.sender.control_signed(ControlKind.BEACON, beacon.pack(), self.me, now)
+        self._last_action[(self.keys.key_id, self.me.identity)] = int.from_bytes(packet[4:7], "big")
+        return packet
+
+    def holds_floor(self, now: float) -> bool:
+        self._expire(now)
+        return self.floor == self.me.identity
+
+    def voice(self, mode: CodecMode, position: int, frames: list[bytes], now: float) -> bytes:
+        """One voice packet of our over; refused unless we hold the floor."""
+        if not self.holds_floor(now):
+            raise UsageError("you do not hold the floor: raise a hand and wait for a grant")
+        for i, frame in enumerate(frames):
+            self._my_over[position + i] = frame
+        return self.sender.voice(mode, position, frames, now)
+
+    def end_over(self, now: float) -> bytes:
+        """Close our over with a signature over what we said; releases the floor."""
+        frames = [self._my_over[p] for p in sorted(self._my_over)]
+        self._my_over = {}
+        seal = self._seal_over(self.me.identity, self.grant_seq, frames)
+        packet = self.sender.control_signed(ControlKind.OVER_END, seal.pack(), self.me, now)
+        if self.floor == self.me.identity:
+            self.floor = None
+        return packet
+
+    def _seal_over(self, speaker: bytes, grant_seq: int, frames: list[bytes]) -> msg.OverSeal:
+        seg = msg.segment_frames(len(frames))
+        digests = tuple(
+            msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
+            for i, s in enumerate(range(0, len(frames), seg))
+        )
+        return msg.OverSeal(len(frames), grant_seq, seg, digests)
+
+    def beacon_interval(self, beacon_airtime: float) -> float:
+        """Seconds between beacons so they use at most BEACON_SHARE of the channel."""
+        return max(BEACON_MIN_INTERVAL, beacon_airtime / BEACON_SHARE)
+
+    def next_hand(self) -> bytes | None:
+        return self.hands[0] if self.hands else None
+
+    # ------------------------------------------------------------------ receiving
+    def receive(self, packet: bytes, now: float) -> list[RoomEvent]:
+        """Everything one packet caused. Never raises for what a peer sent."""
+        self._expire(now)
+        event = self.receiver.receive(packet, now)
+        self._opened_with = self.keys
+        if isinstance(event, Rejected) and self._previous is not None:
+            old, until = self._previous
+            if now <= until:
+                retry = old.receive(packet, now)
+                if not isinstance(retry, Rejected):
+                    event, self._opened_with = retry, old.keys
+            else:
+                self._previous = None
+        try:
+            return self._handle(event, now)
+        except PacketError as exc:
+            return [self._drop(exc.reason, str(exc))]
+
+    def _drop(self, reason: str, detail: str) -> Dropped:
+        self.stats[reason] += 1
+        return Dropped(reason, detail)
+
+    def _handle(self, event, now: float) -> list[RoomEvent]:
+        if isinstance(event, Rejected):
+            return [self._drop(event.reason, event.detail)]
+        sender = event.public.identity if isinstance(event, Hello) else event.sender
+        if sender in self.removed:
+            self.receiver.forget_sender(sender)
+            return [self._drop("removed_member", "packet from a removed member")]
+        if isinstance(event, VoiceFrames):
+            return self._on_voice(event, now)
+        if isinstance(event, Hello):
+            return self._on_hello(event, now)
+        return self._on_control(event, now)
+
+    def _on_voice(self, event: VoiceFrames, now: float) -> list[RoomEvent]:
+        if event.sender != self.floor or event.sender in self.muted:
+            return [self._drop("floor_violation", "voice from a member without the floor")]
+        listening = self._listening.setdefault(event.sender, _Listening())
+        for i, frame in enumerate(event.frames):
+            listening.frames[event.position + i] = frame
+        return [Voice(event)]
+
+    def _on_hello(self, event: Hello, now: float) -> list[RoomEvent]:
+        ident = event.public.identity
+        events: list[RoomEvent] = []
+        if ident not in self.roster:
+            self.roster[ident] = event.public
+            events.append(MemberChanged(ident, "introduced"))
+        if event.kind == ControlKind.HAND:
+            events += self._on_hand(ident, msg.parse_hand(event.payload))
+        return events
+
+    def _on_hand(self, ident: bytes, raised: bool) -> list[RoomEvent]:
+        if raised and ident not in self.hands and ident not in self.muted:
+            self.hands.append(ident)
+        elif not raised and ident in self.hands:
+            self.hands.remove(ident)
+        else:
+            return []
+        return [HandRaised(ident, raised)]
+
+    def _verified_body(self, event: ControlMessage) -> bytes:
+        """The body of a signed message, checked against its sender's identity key."""
+        parts = split_signature(event.payload)
+        if parts is None:
+            raise PacketError("forged_signature", "control message without a signature")
+        body, signature = parts
+        message = signed_message(
+            self._opened_with.key_id, event.sender, event.associated, event.kind, body
+        )
+        if not verify(event.sender, signature, message):
+            raise PacketError("forged_signature", "signature does not verify")
+        return body
+
+    def _on_control(self, event: ControlMessage, now: float) -> list[RoomEvent]:
+        kind = event.kind
+        if kind == ControlKind.OVER_END:
+            return self._on_over_end(event)
+        body = self._verified_body(event)
+        if kind == ControlKind.HAND:
+            return self._on_hand(event.sender, msg.parse_hand(body))
+        if kind not in (ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY):
+            return [self._drop("unknown_kind", f"unknown control kind {kind}")]
+        if event.sender not in self.moderators:
+            return [self._drop("forged_moderation", "moderation from a member who is not one")]
+        seq_key = (self._opened_with.key_id, event.sender)
+        if event.counter <= self._last_action.get(seq_key, -1):
+            return [self._drop("stale_moderation", "older than an action already applied")]
+        if kind == ControlKind.REKEY:
+            return self._on_rekey(event, msg.RekeyFragment.parse(body), now)
+        self._last_action[seq_key] = event.counter
+        if kind == ControlKind.BEACON:
+            return self._on_beacon(event, msg.Beacon.parse(body), now)
+        action = msg.ModMessage.parse(body)
+        if action.issued_at < now - STALE_ACTION:
+            return [self._drop("stale_moderation", "moderation action issued too long ago")]
+        return self._apply(action, event.counter, now)
+
+    def _apply(self, action: msg.ModMessage, counter: int, now: float) -> list[RoomEvent]:
+        target, kind = action.target, action.action
+        if kind == msg.ModAction.GRANT:
+            self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
+            self.receiver.add_sender(target)
+            if target in self.hands:
+                self.hands.remove(target)
+            self._listening.pop(target, None)
+            return [FloorChanged(target, self.floor_until)]
+        if kind == msg.ModAction.REVOKE:
+            self.floor = None
+            return [FloorChanged(None, now)]
+        if kind in (msg.ModAction.MUTE, msg.ModAction.UNMUTE):
+            muting = kind == msg.ModAction.MUTE
+            (self.muted.add if muting else self.muted.discard)(target)
+            events: list[RoomEvent] = [MemberChanged(target, "muted" if muting else "unmuted")]
+            if muting and target in self.hands:
+                self.hands.remove(target)
+            if muting and self.floor == target:
+                self.floor = None
+                events.append(FloorChanged(None, now))
+            return events
+        if kind == msg.ModAction.REMOVE:
+            self.removed.add(target)
+            self.roster.pop(target, None)
+            if target in self.hands:
+                self.hands.remove(target)
+            self.receiver.forget_sender(target)
+            events = [MemberChanged(target, "removed")]
+            if self.floor == target:
+                self.floor = None
+                events.append(FloorChanged(None, now))
+            return events
+        public = PublicIdentity(target, action.extra)  # APPOINT
+        self.moderators[target] = public
+        self.roster[target] = public
+        self.receiver.add_sender(target)
+        return [MemberChanged(target, "appointed")]
+
+    def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
+        events: list[RoomEvent] = []
+        holder = beacon.holder if beacon.remaining > 0 else None
+        if holder != self.floor or beacon.grant_seq != self.grant_seq:
+            self.floor, self.grant_seq = holder, beacon.grant_seq
+            self.floor_until = now + beacon.remaining
+            if holder is not None:
+                self.receiver.add_sender(holder)
+            events.append(FloorChanged(holder, self.floor_until))
+        by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
+        self.hands = [by_prefix.get(p, p) for p in beacon.hands]
+        self.muted = {by_prefix.get(p, p) for p in beacon.muted}
+        return events
+
+    def _on_rekey(
+        self, event: ControlMessage, fragment: msg.RekeyFragment, now: float
+    ) -> list[RoomEvent]:
+        if fragment.epoch == self.epoch:
+            return []  # already rotated (another fragment carried our key)
+        if fragment.epoch != (self.epoch + 1) % (1 << 16):
+            return [self._drop("stale_moderation", "rekey for an unexpected epoch")]
+        tag = msg.wrap_tag(self.me.identity)
+        for wrap_tag, sealed in fragment.wraps:
+            if wrap_tag != tag:
+                continue
+            try:
+                key = open_sealed(
+                    self.me, fragment.ephemeral, sealed, self._rekey_context(fragment.epoch)
+                )
+            except PacketError:
+                continue
+            return [self._rotate_to(key, fragment.epoch, now)]
+        return []
+
+    def _on_over_end(self, event: ControlMessage) -> list[RoomEvent]:
+        speaker = event.sender
+        listening = self._listening.pop(speaker, _Listening())
+        if self.floor == speaker:
+            self.floor = None
+        if len(event.payload) == 4:  # an unsigned end marker (no room): nothing to verify
+            frames = int.from_bytes(event.payload, "big")
+            return [OverEnded(speaker, "unsigned", frames)]
+        body = self._verified_body(event)
+        seal = msg.OverSeal.parse(body)
+        if seal.grant_seq != self.grant_seq and self.grant_seq:
+            return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
+        ok = 0
+        for i, digest in enumerate(seal.digests):
+            start = i * seal.segment_frames
+            positions = range(start, min(start + seal.segment_frames, seal.frames))
+            if not all(p in listening.frames for p in positions):
+                continue
+            frames = [listening.frames[p] for p in positions]
+            mine = msg.segment_digest(self._opened_with.key_id, speaker, seal.grant_seq, i, frames)
+            if mine != digest:
+                self.stats["forged_over"] += 1
+                return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
+            ok += 1
+        extra = [p for p in listening.frames if p >= seal.frames]
+        if extra:
+            return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
+        verdict = "verified" if ok == len(seal.digests) else "partial"
+        return [OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests))]
+
+    def _expire(self, now: float) -> None:
+        if self.floor is not None and now > self.floor_until:
+            self.floor = None
