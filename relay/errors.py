@@ -41,3 +41,7 @@ class LinkError(RelayError):
 
 class DutyCycleExceeded(LinkError):
     """Sending now would exceed the link's regulatory duty-cycle budget."""
+
+
+class FramingError(PeerError):
+    """Bytes on a stream (socket, serial port) do not follow the framing: drop that peer."""

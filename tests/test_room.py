@@ -244,12 +244,18 @@ def test_tampered_over_is_shown_forged_and_lossy_over_partial():
         assert _of(events[li], OverEnded)[0].verdict == "forged"
     for li in net.listeners[5:]:
         assert _of(events[li], OverEnded)[0].verdict == "verified"
-    # A lossy over is partial: what arrived is verified, nothing is contradicted.
+    # A lost packet: everything that arrived is still verified (its own segment was lost).
     _grant(net, a)
     lossy = net.listeners[10]
     events = net.over(a, frames=40, lose_at=[(), (lossy,)])
     ended = _of(events[lossy], OverEnded)[0]
-    assert ended.verdict == "partial" and 0 < ended.segments_ok < ended.segments_total
+    assert ended.verdict == "verified" and ended.segments_ok == ended.segments_total - 1
+    # A long over shares segments between packets: a loss leaves its partner unverifiable.
+    _grant(net, a)
+    events = net.over(a, frames=200, lose_at=[(), (lossy,)])
+    ended = _of(events[lossy], OverEnded)[0]
+    assert ended.verdict == "partial" and ended.segments_total <= 35
+    assert _of(events[net.listeners[11]], OverEnded)[0].verdict == "verified"
 
 
 def test_removed_member_is_dropped_and_cannot_read_the_new_key():

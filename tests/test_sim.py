@@ -472,3 +472,35 @@ def test_parse_url_only_ever_raises_usage_error(pairs: list[tuple[str, str]]) ->
     url = "sim://fuzz?" + "&".join(f"{k}={quote(v)}" for k, v in pairs)
     with contextlib.suppress(UsageError):
         parse_url(url)
+
+
+def test_listen_before_talk_avoids_a_collision() -> None:
+    from relay.links.sim import Ether
+    from relay.radio.profiles import preset
+    from relay.runtime.clock import run
+
+    async def scenario(lbt: bool):
+        ether = Ether(preset("SHORT_FAST"), lbt=lbt, seed=3)
+        a, b, c = ether.attach("a"), ether.attach("b"), ether.attach("c")
+        await a.send(b"x" * 100)
+        await asyncio.sleep(0.01)  # b starts while a is on air
+        await b.send(b"y" * 100)
+        await a.drain()
+        await b.drain()
+        got = []
+        while c.pending():
+            got.append((await c.recv()).data[:1])
+        return ether.stats.collisions, got, b.stats.extra.get("lbt_waits", 0)
+
+    collisions, got, _ = run(scenario(False))
+    assert collisions == 2 and got == []
+    collisions, got, waits = run(scenario(True))
+    assert collisions == 0 and got == [b"x", b"y"] and waits == 1
+
+
+def test_lbt_url_option() -> None:
+    from relay.links.sim import parse_url
+
+    assert parse_url("sim://x?lbt=on")[1]["lbt"] is True
+    with pytest.raises(UsageError, match="lbt"):
+        parse_url("sim://x?lbt=maybe")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,9 +10,29 @@ import click
 from relay import __version__
 from relay.errors import RelayError, UsageError
 
+# Commands are imported when used, so `relay --help` and quick commands start fast
+# (the voice stack pulls in numpy, soundfile and pycodec2).
+COMMANDS: dict[str, str] = {
+    "demo": "relay.cli.demo:demo",
+    "ether": "relay.cli.ether:ether_cmd",
+    "id": "relay.cli.identity:id_group",
+    "plan": "relay.cli.plan:plan_cmd",
+    "room": "relay.cli.room:room_group",
+}
+
 
 class RelayGroup(click.Group):
     """Turns the project's errors into one clear line instead of a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -38,17 +59,6 @@ def cli() -> None:
       relay demo                          send bundled speech over a simulated radio
       relay demo --loss 0.1 --json        the same with 10 % packet loss, as JSON
     """
-
-
-def _register() -> None:
-    from relay.cli.demo import demo
-    from relay.cli.plan import plan_cmd
-
-    cli.add_command(demo)
-    cli.add_command(plan_cmd)
-
-
-_register()
 
 
 def main() -> None:

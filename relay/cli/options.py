@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
+from relay.store.home import Home
 
 F = Callable[..., Any]
 
@@ -55,3 +57,19 @@ def resolve_radio(
     )
     limit = duty_cycle if duty_cycle is not None else (duty_cycle_for(region) if region else None)
     return profile if limit is None else profile.with_duty_cycle(limit)
+
+
+def home_option(func: F) -> F:
+    """--home DIR (or RELAY_HOME): which state directory, i.e. which identity, to use."""
+    return click.option(
+        "--home",
+        "home",
+        envvar="RELAY_HOME",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="State directory holding your identity and rooms (default: the per-user data "
+        "directory; env RELAY_HOME). Use one per identity.",
+    )(func)
+
+
+def resolve_home(value: Path | str | None) -> Home:
+    return Home(value)

@@ -22,8 +22,9 @@ Binary layout, version 1 (integers big-endian)::
           + the room key sealed to the recipient's X25519 key (32 + 16 tag)
     64    Ed25519 signature by moderators[inviter] over SIGN_DOMAIN + everything above
 
-Text form: ``relay1:`` + base64url without padding. A one-moderator invite is about 275
-characters in the clear and 380 sealed.
+Text form: ``relay1:`` + base64url without padding. 117 bytes + name + preset + 64 per
+moderator (+ 80 sealed): for one moderator, a room "market" on SHORT_FAST is 270 characters in
+the clear (QR version 10-L) and 377 sealed (13-L).
 
 A valid signature proves only that *some* key listed as moderator made the invite: anyone can
 make a room. Members compare the moderator fingerprint out loud, and a room already joined
@@ -220,8 +221,10 @@ def _text_to_bytes(text: str) -> bytes:
     body = text[len(TEXT_PREFIX) :]
     if len(body) > _MAX_TEXT:
         raise UsageError("not an invite: far too long")
-    if not _B64URL.fullmatch(body) or len(body) % 4 == 1:
+    if not _B64URL.fullmatch(body):
         raise UsageError("invite is damaged: not base64url text (was it cut or retyped?)")
+    if len(body) % 4 == 1:
+        raise UsageError("invite is cut short or damaged; copy all of it")
     try:
         return base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):

@@ -141,6 +141,7 @@ class Room:
         self._last_action: dict[tuple[str, bytes], int] = {}
         self._listening: dict[bytes, _Listening] = {}
         self._my_over: dict[int, bytes] = {}
+        self._my_fpp = 1
         self._previous: tuple[Receiver, float] | None = None
         self._install_key(key)
         self._opened_with = self.keys
@@ -286,20 +287,25 @@ class Room:
             raise UsageError("you do not hold the floor: raise a hand and wait for a grant")
         for i, frame in enumerate(frames):
             self._my_over[position + i] = frame
+        self._my_fpp = max(self._my_fpp, len(frames))
         return self.sender.voice(mode, position, frames, now)
 
     def end_over(self, now: float) -> bytes:
         """Close our over with a signature over what we said; releases the floor."""
         frames = [self._my_over[p] for p in sorted(self._my_over)]
-        self._my_over = {}
-        seal = self._seal_over(self.me.identity, self.grant_seq, frames)
+        self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
+        seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp)
         packet = self.sender.control_signed(ControlKind.OVER_END, seal.pack(), self.me, now)
         if self.floor == self.me.identity:
             self.floor = None
         return packet
 
-    def _seal_over(self, speaker: bytes, grant_seq: int, frames: list[bytes]) -> msg.OverSeal:
-        seg = msg.segment_frames(len(frames))
+    def _seal_over(
+        self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int
+    ) -> msg.OverSeal:
+        # As many digests as fit one packet with the seal's header and signature.
+        room = self.mtu - VOICE_PACKET_OVERHEAD - 10 - 64
+        seg = msg.segment_frames(len(frames), fpp, max(1, room // msg.DIGEST_LEN))
         digests = tuple(
             msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
             for i, s in enumerate(range(0, len(frames), seg))
@@ -498,11 +504,13 @@ class Room:
         seal = msg.OverSeal.parse(body)
         if seal.grant_seq != self.grant_seq and self.grant_seq:
             return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
-        ok = 0
+        ok = unverifiable = 0
         for i, digest in enumerate(seal.digests):
             start = i * seal.segment_frames
             positions = range(start, min(start + seal.segment_frames, seal.frames))
-            if not all(p in listening.frames for p in positions):
+            have = [p for p in positions if p in listening.frames]
+            if len(have) < len(positions):
+                unverifiable += len(have)  # played, but its segment cannot be checked
                 continue
             frames = [listening.frames[p] for p in positions]
             mine = msg.segment_digest(self._opened_with.key_id, speaker, seal.grant_seq, i, frames)
@@ -510,10 +518,11 @@ class Room:
                 self.stats["forged_over"] += 1
                 return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
             ok += 1
-        extra = [p for p in listening.frames if p >= seal.frames]
-        if extra:
+        if any(p >= seal.frames or p < 0 for p in listening.frames):
             return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
-        verdict = "verified" if ok == len(seal.digests) else "partial"
+        # Verified: every frame that was played is covered by a verified segment (frames
+        # that never arrived were concealment, not words).
+        verdict = "partial" if unverifiable else "verified"
         return [OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests))]
 
     def _expire(self, now: float) -> None:

@@ -15,8 +15,10 @@ from relay.errors import PacketError, UsageError
 
 ID_LEN = 32  # an identity (Ed25519 public key)
 PREFIX_LEN = 8  # identity prefix in beacons
-DIGEST_LEN = 8  # per-segment digest of an over
-MAX_SEGMENTS = 8
+# Per-segment digest of an over. 4 bytes suffice: a forger must commit to its frames before
+# the speaker says the real ones, so it gets one blind 2^-32 guess per segment, no search.
+DIGEST_LEN = 4
+MAX_SEGMENTS = 255
 WRAP_TAG_LEN = 4
 WRAP_LEN = WRAP_TAG_LEN + 32 + 16  # recipient tag + sealed 32-byte key + 16-byte tag
 EPHEMERAL_LEN = 32
@@ -180,13 +182,18 @@ class OverSeal:
         _exact(body[10:], count * DIGEST_LEN, "over seal digests")
         if seg < 1 or count > MAX_SEGMENTS or count != math.ceil(frames / seg):
             raise PacketError("malformed", "over seal segments do not add up")
-        digests = tuple(bytes(body[10 + i * 8 : 18 + i * 8]) for i in range(count))
+        digests = tuple(
+            bytes(body[10 + i * DIGEST_LEN : 10 + (i + 1) * DIGEST_LEN]) for i in range(count)
+        )
         return cls(frames, grant_seq, seg, digests)
 
 
-def segment_frames(total: int) -> int:
-    """Frames per segment so that an over has at most MAX_SEGMENTS segments."""
-    return max(1, math.ceil(total / MAX_SEGMENTS))
+def segment_frames(total: int, frames_per_packet: int, max_segments: int) -> int:
+    """Frames per segment: whole packets (a lost packet spoils only its own segment), as few
+    per segment as ``max_segments`` digests allow."""
+    fpp = max(1, frames_per_packet)
+    packets = max(1, math.ceil(total / fpp))
+    return fpp * math.ceil(packets / max(1, min(max_segments, MAX_SEGMENTS)))
 
 
 def segment_digest(

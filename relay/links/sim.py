@@ -196,6 +196,7 @@ class Ether:
         duty_policy: str = "queue",
         queue_size: int = 16,
         name: str = "default",
+        lbt: bool = False,
     ) -> None:
         self.profile = profile if profile is not None else preset(DEFAULT_PRESET)
         self.loss = loss if isinstance(loss, LossModel) else loss_model(loss, burst)
@@ -216,6 +217,11 @@ class Ether:
             raise UsageError(f"queue size must be an integer >= 1, got {queue_size!r}")
         self.queue_size = queue_size
         self.name = name
+        # Listen before talk: a node that hears the channel busy waits for it to clear, then
+        # a random number of CAD slots (as LoRa firmware does). Its own RNG, so turning it
+        # on does not change which packets the loss model drops.
+        self.lbt = bool(lbt)
+        self._backoff_rng = random.Random(None if seed is None else seed + 1)
         self.stats = EtherStats()
         self._nodes: dict[str, SimLink] = {}
         self._members: list[SimLink] = []  # every node ever attached, for totals
@@ -328,6 +334,17 @@ class Ether:
         self._busy_until = max(self._busy_until, tx.end)
         loop.call_at(tx.end, self._end, tx)
         return tx
+
+    def clear_at(self, node: SimLink, now: float) -> float:
+        """When ``node`` will hear the channel free: now, or after a random backoff."""
+        busy = max(
+            (t.end for t in self._recent if t.sender is not node and t.end > now + _EPS),
+            default=None,
+        )
+        if busy is None:
+            return now
+        slot = 8 * self.profile.lora.symbol_time
+        return busy + slot * (1 + self._backoff_rng.randrange(8))
 
     def _transmitting(self, node: SimLink, start: float, end: float) -> bool:
         return any(
@@ -477,6 +494,13 @@ class SimLink(Link):
             return
         now = self.ether.now()
         data = self._pending[0]
+        if self.ether.lbt:
+            clear = self.ether.clear_at(self, now)
+            if clear > now + 1e-9:
+                if self._wake is None:
+                    self.stats.bump("lbt_waits")
+                    self._wake = self.ether._bind().call_at(clear, self._wakeup)
+                return
         if self.ether.duty_limited:
             ready = self._duty_ready_at(now, self.airtime(len(data)))
             if ready > now + 1e-6:
@@ -584,6 +608,7 @@ _KEYS = (
     "duty_window",
     "queue",
     "node",
+    "lbt",
 )
 
 
@@ -695,17 +720,48 @@ def parse_url(url: str) -> tuple[str, dict[str, object], dict[str, object]]:
         opts["duty_policy"] = policy
     if "duty_window" in raw:
         opts["duty_window"] = _num("duty_window", raw["duty_window"])
+    if "lbt" in raw:
+        flag = raw["lbt"].lower()
+        if flag not in ("0", "1", "on", "off", "true", "false", "yes", "no"):
+            raise UsageError(f"sim:// lbt is on or off, got {flag!r}")
+        opts["lbt"] = flag in ("1", "on", "true", "yes")
     return name, opts, node
 
 
-def open_url(url: str) -> SimLink:
+def remote_address(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` when a sim:// URL names an ether server (``sim://127.0.0.1:7300``),
+    None when it names a channel in this process (``sim://NAME``: no port)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sim" or not parts.netloc:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        if parts.netloc.rpartition(":")[2].isdigit():
+            raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}") from None
+        return None  # a channel name that happens to contain ':'
+    if port is None:
+        return None
+    if port == 0:
+        raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}")
+    return parts.hostname or "127.0.0.1", port
+
+
+def open_url(url: str) -> Link:
     """Attach a node to the named channel of ``url``, creating the channel if it is new.
 
     ``sim://NAME?preset=SHORT_FAST&loss=0.1&burst=4&seed=1&duty_cycle=0.01&duty_policy=queue``
     (or ``sf=7&bw=125k&cr=5`` instead of a preset; ``region=EU_868`` instead of duty_cycle;
     ``node=alice`` names the node). A URL naming a channel that exists joins it; it may
     repeat the channel's options but not contradict them.
+
+    ``sim://HOST:PORT?node=alice`` (a port) joins the channel served by ``relay ether`` in
+    another process instead: see :mod:`relay.links.ether_client`.
     """
+    if remote_address(url) is not None:
+        from relay.links.ether_client import open_url as open_remote_url
+
+        return open_remote_url(url)
     name, opts, node = parse_url(url)
     ether = _ETHERS.get(name)
     if ether is None:

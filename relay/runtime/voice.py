@@ -36,6 +36,9 @@ class TalkResult:
     datagram_sizes: list[int] = field(default_factory=list)
 
 
+VoiceSealer = Callable[[CodecMode, int, Sequence[bytes], float], bytes]
+
+
 async def talk(
     link: Link,
     sender: Sender,
@@ -44,7 +47,32 @@ async def talk(
     frames_per_packet: int,
     room_clock: RoomClock,
 ) -> TalkResult:
-    """Send one over as it is spoken: a packet leaves when its last frame has been captured."""
+    """Send one over on a plain session (no room), ending with an unsigned end marker."""
+    return await speak(
+        link,
+        sender.voice,
+        lambda now: sender.over_end(len(frames), now),
+        mode,
+        frames,
+        frames_per_packet,
+        room_clock,
+    )
+
+
+async def speak(
+    link: Link,
+    seal: VoiceSealer,
+    end: Callable[[float], bytes],
+    mode: CodecMode,
+    frames: Sequence[bytes],
+    frames_per_packet: int,
+    room_clock: RoomClock,
+) -> TalkResult:
+    """Send one over as it is spoken: a packet leaves when its last frame has been captured.
+
+    ``seal(mode, position, frames, now)`` makes each voice packet and ``end(now)`` the
+    end-of-over packet, so a plain session and a room share the pacing.
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
     result = TalkResult(capture_start=start)
@@ -54,18 +82,18 @@ async def talk(
         delay = captured - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        packet = sender.voice(mode, first, batch, room_clock())
+        packet = seal(mode, first, batch, room_clock())
         await link.send(packet)
         result.packets_sent += 1
         result.frames_sent += len(batch)
         result.codec_bytes += len(batch) * mode.bytes_per_frame
         result.datagram_bytes += len(packet)
         result.datagram_sizes.append(len(packet))
-    end = sender.over_end(len(frames), room_clock())
-    await link.send(end)
+    packet = end(room_clock())
+    await link.send(packet)
     result.packets_sent += 1
-    result.datagram_bytes += len(end)
-    result.datagram_sizes.append(len(end))
+    result.datagram_bytes += len(packet)
+    result.datagram_sizes.append(len(packet))
     return result
 
 
@@ -80,6 +108,7 @@ class Over:
     frames_missing: int = 0
     frames_late: int = 0
     complete: bool = False  # the sender's end-of-over arrived
+    verdict: str | None = None  # rooms: verified | partial | forged | unsigned
 
     @property
     def first_position(self) -> int:
@@ -121,55 +150,45 @@ class _Stream:
         return self.over
 
 
-class Listener:
-    """Receives a room's packets from a link and plays each over through a jitter buffer.
+class Playout:
+    """Plays each speaker's over through its own jitter buffer and concealer.
 
     ``initial_delay`` is the playout margin beyond the first packet's arrival; the buffer grows
-    it when packets come late (up to ``max_delay``). An over ends with the speaker's end-of-over
-    packet or, if that is lost, after ``idle_timeout`` seconds without voice.
+    it when packets come late (up to ``max_delay``). An over ends when ``end`` is called (the
+    speaker's end-of-over packet) or after ``idle_timeout`` seconds without voice.
     """
 
     def __init__(
         self,
-        receiver: Receiver,
-        room_clock: RoomClock,
         *,
         initial_delay: float = 0.04,
         max_delay: float = 2.0,
         idle_timeout: float = 3.0,
     ) -> None:
-        self.receiver = receiver
-        self.room_clock = room_clock
         self.initial_delay = initial_delay
         self.max_delay = max_delay
         self.idle_timeout = idle_timeout
         self.overs: list[Over] = []
-        self.datagrams = 0
         self._streams: dict[bytes, _Stream] = {}
         self._over_done = asyncio.Event()
 
-    def handle(self, data: bytes, arrival: float) -> None:
-        """Feed one datagram (arrival in loop time)."""
-        self.datagrams += 1
-        event = self.receiver.receive(data, self.room_clock())
-        if isinstance(event, VoiceFrames):
-            stream = self._streams.get(event.sender)
-            if stream is None or stream.over.mode is not event.mode:
-                if stream is not None:
-                    self._close(event.sender, None, complete=False)
-                stream = self._streams[event.sender] = _Stream(
-                    event, self.initial_delay, self.max_delay
-                )
-            stream.buffer.push(event.position, event.frames, arrival)
-            stream.last_arrival = arrival
-            stream.play(stream.buffer.pop_due(arrival))
-        elif (
-            isinstance(event, ControlMessage)
-            and event.kind == ControlKind.OVER_END
-            and event.sender in self._streams
-            and len(event.payload) == 4
-        ):
-            self._close(event.sender, int.from_bytes(event.payload, "big"), complete=True)
+    def voice(self, event: VoiceFrames, arrival: float) -> None:
+        """Frames to play (arrival in loop time)."""
+        stream = self._streams.get(event.sender)
+        if stream is None or stream.over.mode is not event.mode:
+            if stream is not None:
+                self._close(event.sender, None, complete=False)
+            stream = self._streams[event.sender] = _Stream(
+                event, self.initial_delay, self.max_delay
+            )
+        stream.buffer.push(event.position, event.frames, arrival)
+        stream.last_arrival = arrival
+        stream.play(stream.buffer.pop_due(arrival))
+
+    def end(self, sender: bytes, total: int | None, verdict: str | None = None) -> None:
+        """The speaker ended its over after ``total`` frames."""
+        if sender in self._streams:
+            self._close(sender, total, complete=True, verdict=verdict)
 
     def tick(self, now: float) -> None:
         """Play what is due and end overs whose speaker went quiet."""
@@ -178,13 +197,18 @@ class Listener:
             if now - stream.last_arrival > self.idle_timeout:
                 self._close(sender, None, complete=False)
 
-    def _close(self, sender: bytes, total: int | None, *, complete: bool) -> None:
+    def _close(
+        self, sender: bytes, total: int | None, *, complete: bool, verdict: str | None = None
+    ) -> None:
         stream = self._streams.pop(sender)
-        self.overs.append(stream.finish(total, complete))
+        over = stream.finish(total, complete)
+        over.verdict = verdict
+        self.overs.append(over)
         self._over_done.set()
 
-    async def run(self, link: Link, tick_seconds: float = 0.02) -> None:
-        """Receive and play until the link closes or the task is cancelled."""
+    async def pump(self, link: Link, handle, tick_seconds: float = 0.02) -> None:
+        """Feed every datagram to ``handle(data, arrival)`` and keep playing until the link
+        closes or the task is cancelled."""
         loop = asyncio.get_running_loop()
 
         async def ticker() -> None:
@@ -199,7 +223,7 @@ class Listener:
                     datagram = await link.recv()
                 except LinkError:
                     return
-                self.handle(datagram.data, datagram.time)
+                handle(datagram.data, datagram.time)
         finally:
             ticking.cancel()
 
@@ -217,3 +241,30 @@ class Listener:
             except TimeoutError:
                 return len(self.overs) >= count
         return True
+
+
+class Listener(Playout):
+    """Plays what one room session receives (no floor control: the plain voice path)."""
+
+    def __init__(self, receiver: Receiver, room_clock: RoomClock, **playout) -> None:
+        super().__init__(**playout)
+        self.receiver = receiver
+        self.room_clock = room_clock
+        self.datagrams = 0
+
+    def handle(self, data: bytes, arrival: float) -> None:
+        """Feed one datagram (arrival in loop time)."""
+        self.datagrams += 1
+        event = self.receiver.receive(data, self.room_clock())
+        if isinstance(event, VoiceFrames):
+            self.voice(event, arrival)
+        elif (
+            isinstance(event, ControlMessage)
+            and event.kind == ControlKind.OVER_END
+            and len(event.payload) == 4
+        ):
+            self.end(event.sender, int.from_bytes(event.payload, "big"))
+
+    async def run(self, link: Link, tick_seconds: float = 0.02) -> None:
+        """Receive and play until the link closes or the task is cancelled."""
+        await self.pump(link, self.handle, tick_seconds)

@@ -1,0 +1,182 @@
+"""A member in a room on a link: the async driver around the sans-I/O :class:`Room`.
+
+Every user-facing action (raise a hand, wait for the floor, speak, moderate) is a coroutine
+here, so the CLI, a future terminal UI and a web handler share one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from relay.core.room import (
+    Dropped,
+    FloorChanged,
+    HandRaised,
+    KeyRotated,
+    MemberChanged,
+    OverEnded,
+    Room,
+    RoomEvent,
+    Voice,
+)
+from relay.links.base import Link
+from relay.runtime.voice import Playout, RoomClock, TalkResult, speak
+from relay.voice.modes import CodecMode
+
+EventHook = Callable[[RoomEvent], None]
+BUSY_BEACON_FACTOR = 6
+
+
+@dataclass
+class NodeLog:
+    """What a node saw, for reports and tests (no secrets)."""
+
+    overs: list[OverEnded] = field(default_factory=list)
+    voice_packets: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    rotations: list[int] = field(default_factory=list)
+
+
+class RoomNode:
+    """Runs one :class:`Room` on one link: receives, plays, sends what the room produces."""
+
+    def __init__(
+        self,
+        room: Room,
+        link: Link,
+        room_clock: RoomClock,
+        *,
+        playout: Playout | None = None,
+        on_event: EventHook | None = None,
+        on_key: Callable[[int, bytes], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.room = room
+        self.link = link
+        self.clock = room_clock
+        self.playout = playout or Playout()
+        self.log = NodeLog()
+        self._on_event = on_event
+        self._on_key = on_key
+        self._changed = asyncio.Event()
+        self._rng = random.Random(seed)
+
+    # ---------------------------------------------------------------- receiving
+    def handle(self, data: bytes, arrival: float) -> None:
+        for event in self.room.receive(data, self.clock()):
+            if isinstance(event, Voice):
+                self.log.voice_packets += 1
+                self.playout.voice(event.frames, arrival)
+            elif isinstance(event, OverEnded):
+                self.log.overs.append(event)
+                self.playout.end(event.speaker, event.frames, event.verdict)
+            elif isinstance(event, Dropped):
+                self.log.dropped[event.reason] = self.log.dropped.get(event.reason, 0) + 1
+            elif isinstance(event, KeyRotated):
+                self._key_rotated(event)
+            if isinstance(
+                event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
+            ):
+                self._changed.set()
+            if self._on_event is not None:
+                self._on_event(event)
+
+    def _key_rotated(self, event: KeyRotated) -> None:
+        self.log.rotations.append(event.epoch)
+        if self._on_key is not None:
+            self._on_key(event.epoch, event.key)
+
+    async def run(self) -> None:
+        """Receive until the link closes (run it as a task)."""
+        await self.playout.pump(self.link, self.handle)
+
+    async def send(self, *packets: bytes) -> None:
+        for packet in packets:
+            await self.link.send(packet)
+
+    async def _changed_or(self, timeout: float) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # ---------------------------------------------------------------- speaking
+    async def wait_for_floor(self, timeout: float, *, raise_every: float = 8.0) -> bool:
+        """Raise a hand and wait for a grant; raise it again now and then (it may be lost).
+
+        Hands go up only while nobody holds the floor (the break between overs, as on any
+        radio net): a hand raised over a speaker takes airtime from the speaker and delays
+        its packets for every listener.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_raise = loop.time()
+        while not self.room.holds_floor(self.clock()):
+            now = loop.time()
+            if now >= deadline:
+                return False
+            if now >= next_raise and self.room.floor is None:
+                await self.send(self.room.raise_hand(self.clock()))
+                next_raise = now + raise_every * (1 + self._rng.random())
+            wake = min(deadline, next_raise) if next_raise > now else deadline
+            await self._changed_or(max(0.05, wake - now))
+        return True
+
+    async def speak(
+        self, mode: CodecMode, frames: Sequence[bytes], frames_per_packet: int
+    ) -> TalkResult:
+        """Speak one over (we must hold the floor); ends with our signed seal."""
+        return await speak(
+            self.link,
+            self.room.voice,
+            self.room.end_over,
+            mode,
+            frames,
+            frames_per_packet,
+            self.clock,
+        )
+
+    # ---------------------------------------------------------------- moderating
+    async def moderate(
+        self,
+        *,
+        auto_grant: int | None,
+        stop: asyncio.Event,
+        beacon_size: int = 120,
+    ) -> None:
+        """Grant the floor to raised hands in order (``auto_grant`` seconds each) and send
+        beacons at the rate the airtime budget allows, until ``stop`` is set.
+
+        While someone holds the floor, beacons wait (up to BUSY_BEACON_FACTOR intervals): a
+        beacon between two voice packets would delay the speaker and stretch every
+        listener's jitter buffer for the rest of the over.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self.room.beacon_interval(self.link.airtime(beacon_size))
+        next_beacon = loop.time() + interval
+        last_beacon = loop.time()
+        while not stop.is_set():
+            now = self.clock()
+            if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
+                member = self.room.next_hand()
+                if member is not None:
+                    # The beacon repeats the grant: a listener that missed it would drop
+                    # the whole over as a floor violation.
+                    await self.send(
+                        self.room.grant(member, auto_grant, now), self.room.beacon(self.clock())
+                    )
+                    last_beacon = loop.time()
+                    next_beacon = last_beacon + interval
+                    continue
+            busy = self.room.floor is not None
+            overdue = loop.time() - last_beacon >= BUSY_BEACON_FACTOR * interval
+            if loop.time() >= next_beacon and (not busy or overdue):
+                await self.send(self.room.beacon(self.clock()))
+                last_beacon = loop.time()
+                next_beacon = last_beacon + interval
+            wait = next_beacon - loop.time()
+            await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.5)

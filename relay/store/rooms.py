@@ -1,0 +1,424 @@
+"""The rooms this identity moderates or has joined, with their keys, moderators and roster.
+
+One SQLite file (rooms.db, 0600). Every change is one transaction, so a crash leaves the old
+state or the new one, never half of each. Deleted keys are overwritten (``secure_delete``) and
+the WAL is truncated after a key is erased: a seized device should not give up the keys of a
+room its owner left, or of epochs before the last rotation.
+
+Trust on first use: the first invite for a room decides who its moderators are (the member
+compares their fingerprints out loud). Later invites for the same room are accepted only when
+signed by a moderator already known, so a member holding the room key cannot take the room
+over by minting an invite of their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from relay.core.crypto import random_room_key
+from relay.core.identity import Identity, PublicIdentity
+from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
+from relay.errors import UsageError
+from relay.store.db import connect
+from relay.store.home import Home
+
+MODERATOR = "moderator"
+MEMBER = "member"
+MIN_ID_PREFIX = 4
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('moderator', 'member')),
+    preset TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    joined_at INTEGER NOT NULL,
+    invite_issued_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS room_keys (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (room_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS moderators (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    signing_key BLOB NOT NULL,
+    agreement_key BLOB NOT NULL,
+    PRIMARY KEY (room_id, signing_key)
+);
+CREATE TABLE IF NOT EXISTS members (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    signing_key BLOB NOT NULL,
+    agreement_key BLOB NOT NULL,
+    display_name TEXT,
+    enrolled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room_id, signing_key)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    """One line of `relay room list`: no key material."""
+
+    room_id: bytes
+    name: str
+    role: str
+    preset: str
+    mode: str
+    epoch: int
+    joined_at: int
+
+    @property
+    def id_hex(self) -> str:
+        return self.room_id.hex()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "room_id": self.id_hex,
+            "role": self.role,
+            "preset": self.preset,
+            "mode": self.mode,
+            "epoch": self.epoch,
+            "joined_at": self.joined_at,
+        }
+
+
+class RoomStore:
+    """Rooms of one home. Methods taking ``room_id`` want the 8 raw bytes (see :meth:`get`)."""
+
+    def __init__(self, home: Home) -> None:
+        home.ensure()
+        self.path = home.rooms_db
+        self._db = connect(self.path, durable=True)
+        try:
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise UsageError(f"cannot use the rooms database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RoomStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it commits, or none of it."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise UsageError(f"the rooms database {self.path} is busy or broken: {exc}") from None
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise UsageError(f"cannot save to the rooms database {self.path}: {exc}") from None
+
+    def _scrub(self) -> None:
+        """Push erased pages out of the WAL so old keys do not linger on disk."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- creating and joining -------------------------------------------------------------
+
+    def create(self, name: str, preset: str, mode: str, me: Identity) -> RoomInfo:
+        """A new room with a random key and id, moderated by ``me``."""
+        info = RoomInfo(
+            room_id=_new_room_id(),
+            name=name,
+            preset=preset,
+            mode=mode,
+            epoch=0,
+            key=random_room_key(),
+            moderators=(me.public,),
+        )
+        with self._tx() as db:
+            self._check_name_free(info.name, info.room_id)
+            self._insert(db, info, MODERATOR, invite_issued_at=0)
+        return info
+
+    def join(
+        self, invite: Invite, me: PublicIdentity | None = None, name: str | None = None
+    ) -> RoomInfo:
+        """Store the invite's room; ``name`` renames it locally (names are unique per home).
+
+        A room already known is updated only from an invite signed by one of its known
+        moderators: a newer key epoch replaces the key, a newer invite the moderator list.
+        Joining a room this home moderates changes nothing.
+        """
+        info = invite.room
+        if name is not None:
+            info = RoomInfo(
+                info.room_id, name, info.preset, info.mode, info.epoch, info.key, info.moderators
+            )
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT role, epoch, invite_issued_at FROM rooms WHERE room_id = ?",
+                (info.room_id,),
+            ).fetchone()
+            if row is None:
+                self._check_name_free(info.name, info.room_id, "join it under another (--name NEW)")
+                is_mod = me is not None and info.moderator_index(me.signing_key) is not None
+                self._insert(db, info, MODERATOR if is_mod else MEMBER, invite.issued_at)
+                return info
+            role, epoch, issued = row
+            if role == MODERATOR:
+                return self._info(info.room_id)
+            known = {m.signing_key for m in self._moderators(info.room_id)}
+            if invite.signer.signing_key not in known:
+                raise UsageError(
+                    "this invite is for a room you already joined, but it is signed by someone "
+                    "who is not one of that room's moderators; refusing it"
+                )
+            if info.epoch > epoch:
+                self._set_key(db, info.room_id, info.epoch, info.key, epoch)
+            elif info.epoch == epoch and self._key(info.room_id, epoch) != info.key:
+                raise UsageError(
+                    "this invite carries a different key for the epoch you already have; "
+                    "refusing it (ask the moderator)"
+                )
+            if invite.issued_at > issued:
+                self._replace_moderators(db, info.room_id, info.moderators)
+                db.execute(
+                    "UPDATE rooms SET preset = ?, mode = ?, invite_issued_at = ? WHERE room_id = ?",
+                    (info.preset, info.mode, invite.issued_at, info.room_id),
+                )
+        return self._info(info.room_id)
+
+    def leave(self, ref: str) -> RoomSummary:
+        """Forget a room and erase its keys."""
+        summary = self._summary(self._resolve(ref))
+        with self._tx() as db:
+            db.execute("DELETE FROM rooms WHERE room_id = ?", (summary.room_id,))
+        self._scrub()
+        return summary
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, ref: str) -> RoomInfo:
+        """A room by name or by a hex prefix (at least 4 digits) of its id."""
+        return self._info(self._resolve(ref))
+
+    def role(self, room_id: bytes) -> str:
+        return self._summary(room_id).role
+
+    def summary(self, room_id: bytes) -> RoomSummary:
+        return self._summary(room_id)
+
+    def list(self) -> list[RoomSummary]:
+        rows = self._db.execute(
+            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms ORDER BY name"
+        )
+        return [RoomSummary(bytes(r[0]), *r[1:]) for r in rows]
+
+    def keys(self, room_id: bytes) -> dict[int, bytes]:
+        """Every key kept for the room by epoch: the current one and at most one before it."""
+        self._summary(room_id)
+        rows = self._db.execute(
+            "SELECT epoch, key FROM room_keys WHERE room_id = ? ORDER BY epoch", (room_id,)
+        )
+        return {epoch: bytes(key) for epoch, key in rows}
+
+    def roster(self, room_id: bytes, enrolled_only: bool = False) -> list[PublicIdentity]:
+        self._summary(room_id)
+        sql = "SELECT signing_key, agreement_key FROM members WHERE room_id = ?"
+        if enrolled_only:
+            sql += " AND enrolled = 1"
+        rows = self._db.execute(sql + " ORDER BY rowid", (room_id,))
+        return [PublicIdentity(bytes(s), bytes(a)) for s, a in rows]
+
+    # -- moderation -----------------------------------------------------------------------
+
+    def enroll(
+        self, room_id: bytes, public: PublicIdentity, display_name: str | None = None
+    ) -> None:
+        """Put a member on the roster with their X25519 key (learned from an --for invite)."""
+        with self._tx() as db:
+            self._require(room_id)
+            db.execute(
+                "INSERT INTO members (room_id, signing_key, agreement_key, display_name, enrolled)"
+                " VALUES (?, ?, ?, ?, 1) ON CONFLICT(room_id, signing_key) DO UPDATE SET "
+                "agreement_key = excluded.agreement_key, enrolled = 1, "
+                "display_name = coalesce(excluded.display_name, display_name)",
+                (room_id, public.signing_key, public.agreement_key, display_name),
+            )
+
+    def remove_member(self, room_id: bytes, signing_key: bytes) -> bool:
+        """Take a member off the roster; True if they were on it."""
+        with self._tx() as db:
+            self._require(room_id)
+            cur = db.execute(
+                "DELETE FROM members WHERE room_id = ? AND signing_key = ?",
+                (room_id, signing_key),
+            )
+        return cur.rowcount > 0
+
+    def add_moderator(self, room_id: bytes, public: PublicIdentity) -> None:
+        with self._tx() as db:
+            self._require(room_id)
+            mods = self._moderators(room_id)
+            if any(m.signing_key == public.signing_key for m in mods):
+                return
+            if len(mods) >= MAX_MODERATORS:
+                raise UsageError(f"a room has at most {MAX_MODERATORS} moderators")
+            db.execute(
+                "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
+                "VALUES (?, ?, ?, ?)",
+                (room_id, len(mods), public.signing_key, public.agreement_key),
+            )
+
+    def set_key(self, room_id: bytes, epoch: int, key: bytes) -> None:
+        """Rotate to a new key epoch; only the key of the epoch just replaced is kept."""
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise UsageError("a room key is 32 bytes")
+        if not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+            raise UsageError(f"a key epoch is 0..{MAX_EPOCH}")
+        with self._tx() as db:
+            current = self._summary(room_id).epoch
+            if epoch <= current:
+                raise UsageError(f"key epoch {epoch} is not newer than the current {current}")
+            self._set_key(db, room_id, epoch, key, current)
+        self._scrub()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _insert(self, db: sqlite3.Connection, info: RoomInfo, role: str, invite_issued_at: int):
+        db.execute(
+            "INSERT INTO rooms (room_id, name, role, preset, mode, epoch, joined_at, "
+            "invite_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.room_id,
+                info.name,
+                role,
+                info.preset,
+                info.mode,
+                info.epoch,
+                int(time.time()),
+                invite_issued_at,
+            ),
+        )
+        db.execute(
+            "INSERT INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
+            (info.room_id, info.epoch, info.key),
+        )
+        self._replace_moderators(db, info.room_id, info.moderators)
+
+    def _replace_moderators(
+        self, db: sqlite3.Connection, room_id: bytes, mods: tuple[PublicIdentity, ...]
+    ) -> None:
+        db.execute("DELETE FROM moderators WHERE room_id = ?", (room_id,))
+        db.executemany(
+            "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
+            "VALUES (?, ?, ?, ?)",
+            [(room_id, i, m.signing_key, m.agreement_key) for i, m in enumerate(mods)],
+        )
+
+    def _set_key(
+        self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes, previous: int
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
+            (room_id, epoch, key),
+        )
+        db.execute(
+            "DELETE FROM room_keys WHERE room_id = ? AND epoch NOT IN (?, ?)",
+            (room_id, epoch, previous),
+        )
+        db.execute("UPDATE rooms SET epoch = ? WHERE room_id = ?", (epoch, room_id))
+
+    def _check_name_free(self, name: str, room_id: bytes, hint: str = "") -> None:
+        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (name,)).fetchone()
+        if row is not None and bytes(row[0]) != room_id:
+            raise UsageError(
+                f"there is already a room called {name!r} here; {hint or 'choose another name'}"
+            )
+
+    def _require(self, room_id: bytes) -> None:
+        self._summary(room_id)
+
+    def _summary(self, room_id: bytes) -> RoomSummary:
+        row = self._db.execute(
+            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms "
+            "WHERE room_id = ?",
+            (room_id,),
+        ).fetchone()
+        if row is None:
+            raise UsageError(f"no room with id {bytes(room_id).hex()} here")
+        return RoomSummary(bytes(row[0]), *row[1:])
+
+    def _key(self, room_id: bytes, epoch: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT key FROM room_keys WHERE room_id = ? AND epoch = ?", (room_id, epoch)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _moderators(self, room_id: bytes) -> tuple[PublicIdentity, ...]:
+        rows = self._db.execute(
+            "SELECT signing_key, agreement_key FROM moderators WHERE room_id = ? ORDER BY position",
+            (room_id,),
+        )
+        return tuple(PublicIdentity(bytes(s), bytes(a)) for s, a in rows)
+
+    def _info(self, room_id: bytes) -> RoomInfo:
+        s = self._summary(room_id)
+        key = self._key(room_id, s.epoch)
+        if key is None:
+            raise UsageError(f"the key of room {s.name!r} is missing from {self.path}")
+        return RoomInfo(
+            s.room_id, s.name, s.preset, s.mode, s.epoch, key, self._moderators(room_id)
+        )
+
+    def _resolve(self, ref: str) -> bytes:
+        ref = ref.strip()
+        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (ref,)).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        names = [name for (name,) in self._db.execute("SELECT name FROM rooms")]
+        folded = [n for n in names if n.casefold() == ref.casefold()]
+        if len(folded) == 1:
+            return self._resolve(folded[0])
+        if len(ref) >= MIN_ID_PREFIX and _HEX.fullmatch(ref):
+            prefix = ref.lower()
+            hits = [
+                bytes(rid)
+                for (rid,) in self._db.execute("SELECT room_id FROM rooms")
+                if bytes(rid).hex().startswith(prefix)
+            ]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise UsageError(f"room id prefix {ref!r} is ambiguous; give more digits")
+        close = difflib.get_close_matches(ref, names, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(repr(n) for n in close)}?)" if close else ""
+        if not names:
+            hint = " (there are no rooms here yet: relay room create or relay room join)"
+        raise UsageError(f"no room {ref!r} here{hint}; see `relay room list`")
+
+
+def _new_room_id() -> bytes:
+    return os.urandom(ROOM_ID_LEN)
