@@ -72,7 +72,7 @@ def test_help_teaches_with_examples():
     """In-process (help needs no state): every command shows Examples."""
     runner = CliRunner()
     for cmd in ("id", "room"):
-        group = cli.commands[cmd]
+        group = cli.get_command(None, cmd)
         assert "Examples" in runner.invoke(cli, [cmd, "--help"]).output
         for sub in group.commands:
             out = runner.invoke(cli, [cmd, sub, "--help"])

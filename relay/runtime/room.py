@@ -7,6 +7,7 @@ here, so the CLI, a future terminal UI and a web handler share one implementatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,10 +100,8 @@ class RoomNode:
 
     async def _changed_or(self, timeout: float) -> None:
         self._changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     # ---------------------------------------------------------------- speaking
     async def wait_for_floor(self, timeout: float, *, raise_every: float = 8.0) -> bool:
