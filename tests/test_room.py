@@ -82,8 +82,9 @@ class Net:
             for room, ev in self.send(packet, speaker, lose=lose).items():
                 events[room] += ev
             self.now += 0.16
-        for room, ev in self.send(speaker.end_over(self.now), speaker).items():
-            events[room] += ev
+        for packet in speaker.end_over(self.now):
+            for room, ev in self.send(packet, speaker).items():
+                events[room] += ev
         return events
 
 
@@ -315,3 +316,55 @@ def test_beacon_rate_respects_airtime_share():
     net = Net(1, 1)
     assert net.mod.beacon_interval(0.05) == 5.0
     assert net.mod.beacon_interval(0.5) == pytest.approx(25.0)
+
+
+def test_seal_copies_are_counted_once_and_a_forged_end_changes_nothing():
+    net = Net(2, 3)
+    a, mallory = net.speakers
+    net.send(mallory.introduce(net.now), mallory)
+    _grant(net, a)
+    net.send(a.voice(MODE, 0, [bytes(8)] * 4, net.now), a)
+    # Mallory ends a's over, unsigned and then signed by herself: nothing happens.
+    from relay.core.session import Sender
+
+    as_a = Sender(mallory.keys, a.me.identity, Counters())
+    as_a._next, as_a._limit = 5000, 5010
+    for payload in ((4).to_bytes(4, "big"), bytes(30) + bytes(64)):
+        fake_end = as_a.control(ControlKind.OVER_END, payload, net.now)
+        for li in net.listeners:
+            assert _of(li.receive(fake_end, net.now), Dropped)
+            assert li.floor == a.me.identity
+    seals = a.end_over(net.now, copies=3)
+    assert len(seals) == 3
+    for li in net.listeners:
+        ended = [e for p in seals for e in li.receive(p, net.now) if isinstance(e, OverEnded)]
+        assert [e.verdict for e in ended] == ["verified"]
+
+
+def test_rekey_is_sent_in_copies_and_applied_once():
+    net = Net(1, 6)
+    packets = net.mod.remove(net.listeners[0].me.identity, net.now, copies=2)
+    rotations = {li: 0 for li in net.listeners[1:]}
+    for p in packets:
+        for li, events in net.send(p, net.mod, to=net.listeners[1:]).items():
+            rotations[li] += len(_of(events, KeyRotated))
+    assert set(rotations.values()) == {1}
+
+
+def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
+    net = Net(2, 3)
+    a, mallory = net.speakers
+    net.send(a.raise_hand(net.now), a)  # the moderator learns a's counter
+    _grant(net, a)
+    from relay.core.session import Sender
+
+    for ahead in (5_000, 1_000):  # outside the grant's counter range, then inside it
+        as_a = Sender(mallory.keys, a.me.identity, Counters())
+        as_a._next, as_a._limit = ahead, ahead + 1
+        injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
+        events = net.send(injected, mallory, to=net.listeners)
+        outside = ahead == 5_000
+        assert all(bool(_of(ev, Dropped)) == outside for ev in events.values())
+    real = a.voice(MODE, 0, [b"\x11" * 8] * 4, net.now)
+    for li in net.listeners:
+        assert _of(li.receive(real, net.now), Voice)

@@ -43,6 +43,11 @@ class ModAction(enum.IntEnum):
     APPOINT = 6  # extra: the new moderator's X25519 key
 
 
+# GRANT may name the first packet counter the speaker will use, so receivers accept its voice
+# only from there on; APPOINT carries the new moderator's key.
+_EXTRA_LENGTHS = {ModAction.GRANT: (0, 3), ModAction.APPOINT: (32,)}
+
+
 @dataclass(frozen=True, slots=True)
 class ModMessage:
     """A moderator's action on a member."""
@@ -51,7 +56,7 @@ class ModMessage:
     target: bytes
     arg: int = 0  # GRANT: floor seconds
     issued_at: int = 0  # room time (UNIX seconds) the moderator issued it
-    extra: bytes = b""  # APPOINT: 32-byte X25519 key of the new moderator
+    extra: bytes = b""  # APPOINT: the new moderator's X25519 key; GRANT: 3-byte first counter
 
     def pack(self) -> bytes:
         if self.action not in ModAction._value2member_map_:
@@ -60,8 +65,8 @@ class ModMessage:
             raise UsageError("a moderation target is a 32-byte identity")
         if not 0 <= self.arg < 1 << 16 or not 0 <= self.issued_at < 1 << 32:
             raise UsageError("moderation argument out of range")
-        if (self.action == ModAction.APPOINT) != (len(self.extra) == 32):
-            raise UsageError("APPOINT carries the new moderator's 32-byte X25519 key")
+        if len(self.extra) not in _EXTRA_LENGTHS.get(self.action, (0,)):
+            raise UsageError(f"moderator action {self.action} cannot carry {len(self.extra)} B")
         return (
             bytes((self.action,))
             + self.target
@@ -77,7 +82,8 @@ class ModMessage:
         if action not in ModAction._value2member_map_:
             raise PacketError("malformed", f"unknown moderator action {action}")
         extra = body[1 + ID_LEN + 6 :]
-        _exact(extra, 32 if action == ModAction.APPOINT else 0, "moderation extra")
+        if len(extra) not in _EXTRA_LENGTHS.get(action, (0,)):
+            raise PacketError("malformed", f"moderation extra of {len(extra)} bytes")
         return cls(
             action,
             body[1 : 1 + ID_LEN],

@@ -10,7 +10,7 @@ import hashlib
 import os
 import threading
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +61,13 @@ class Sender:
     @property
     def identity(self) -> bytes:
         return self._cipher.identity
+
+    @property
+    def next_counter(self) -> int:
+        """The counter the next packet will use (its block may not be reserved yet)."""
+        if self._next >= self._limit:
+            return self._counters.peek(self.counter_name) if hasattr(self._counters, "peek") else 0
+        return self._next
 
     def _take_counter(self) -> int:
         with self._lock:
@@ -172,6 +179,10 @@ class Receiver:
         self.accepted = 0
         self.rejected: Tally[str] = Tally()
         self.hint_skew = 0
+        # Called with each authentic event before any state moves; a reason string refuses
+        # it. The rooms layer uses it so that a member holding the room key cannot move
+        # another member's replay window with packets the room would not accept anyway.
+        self.gate: Callable[[Event], str | None] | None = None
 
     @property
     def keys(self) -> RoomKeys:
@@ -221,7 +232,11 @@ class Receiver:
             except PacketError:
                 continue
             event = self._event(peer, header, plaintext, now)  # PacketError if body is bad
-            peer.window.accept(header.counter)
+            if self.gate is not None:
+                reason = self.gate(event)
+                if reason is not None:
+                    raise PacketError(reason, f"refused by the room ({reason})")
+            self._commit(peer, header, event)
             self.accepted += 1
             if header.hint not in self._keys.hints_near(now, self._tolerance):
                 self.hint_skew += 1
@@ -261,6 +276,7 @@ class Receiver:
             self._by_short[peer.cipher.short_id].remove(peer)
 
     def _event(self, peer: _Peer, header: wire.Header, plaintext: bytes, now: float) -> Event:
+        """The event a decrypted packet carries; changes no state."""
         ident = peer.cipher.identity
         if header.ptype == wire.PacketType.VOICE:
             mode = wire.voice_mode(header)
@@ -268,20 +284,23 @@ class Receiver:
             position = self._unwrap(peer, header.counter, body, now)
             return VoiceFrames(ident, mode, position, body.frames, header.counter, now)
         body = wire.ControlBody.parse(plaintext)
-        if body.kind == wire.ControlKind.OVER_END:
-            peer.last_position = None
         return ControlMessage(ident, body.kind, body.payload, header.counter, now, header.pack())
+
+    @staticmethod
+    def _commit(peer: _Peer, header: wire.Header, event: Event) -> None:
+        peer.window.accept(header.counter)
+        if isinstance(event, VoiceFrames):
+            last = event.position + len(event.frames) - 1
+            if peer.last_position is None or last > peer.last_position:
+                peer.last_position, peer.last_counter = last, header.counter
+            peer.last_time = event.time
+        elif isinstance(event, ControlMessage) and event.kind == wire.ControlKind.OVER_END:
+            peer.last_position = None
 
     @staticmethod
     def _unwrap(peer: _Peer, counter: int, body: wire.VoiceBody, now: float) -> int:
         if peer.last_position is None or now - peer.last_time > STREAM_GAP:
-            position = body.position
-        else:
-            n = len(body.frames)
-            expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
-            position = wire.unwrap_position(body.position, expected)
-        if peer.last_position is None or position + len(body.frames) - 1 > peer.last_position:
-            peer.last_position = position + len(body.frames) - 1
-            peer.last_counter = counter
-        peer.last_time = now
-        return position
+            return body.position
+        n = len(body.frames)
+        expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
+        return wire.unwrap_position(body.position, expected)

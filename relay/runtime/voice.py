@@ -51,7 +51,7 @@ async def talk(
     return await speak(
         link,
         sender.voice,
-        lambda now: sender.over_end(len(frames), now),
+        lambda now: [sender.over_end(len(frames), now)],
         mode,
         frames,
         frames_per_packet,
@@ -62,7 +62,7 @@ async def talk(
 async def speak(
     link: Link,
     seal: VoiceSealer,
-    end: Callable[[float], bytes],
+    end: Callable[[float], list[bytes]],
     mode: CodecMode,
     frames: Sequence[bytes],
     frames_per_packet: int,
@@ -71,7 +71,7 @@ async def speak(
     """Send one over as it is spoken: a packet leaves when its last frame has been captured.
 
     ``seal(mode, position, frames, now)`` makes each voice packet and ``end(now)`` the
-    end-of-over packet, so a plain session and a room share the pacing.
+    end-of-over packets, so a plain session and a room share the pacing.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -89,11 +89,11 @@ async def speak(
         result.codec_bytes += len(batch) * mode.bytes_per_frame
         result.datagram_bytes += len(packet)
         result.datagram_sizes.append(len(packet))
-    packet = end(room_clock())
-    await link.send(packet)
-    result.packets_sent += 1
-    result.datagram_bytes += len(packet)
-    result.datagram_sizes.append(len(packet))
+    for packet in end(room_clock()):
+        await link.send(packet)
+        result.packets_sent += 1
+        result.datagram_bytes += len(packet)
+        result.datagram_sizes.append(len(packet))
     return result
 
 
