@@ -93,6 +93,9 @@ def _of(events, kind):
 
 
 def _grant(net, speaker, seconds=30):
+    """Raise the speaker's hand (the moderator learns its counter), then grant the floor."""
+    if speaker is not net.mod:
+        net.send(speaker.raise_hand(net.now), speaker)
     return net.send(net.mod.grant(speaker.me.identity, seconds, net.now), net.mod)
 
 
@@ -163,6 +166,8 @@ def test_forged_grants_are_ignored():
 def test_replayed_and_rewrapped_old_grants_are_ignored():
     net = Net()
     a, b = net.speakers[:2]
+    for sp in (a, b):
+        net.send(sp.raise_hand(net.now), sp)
     old_grant = net.mod.grant(a.me.identity, 30, net.now)
     net.send(old_grant, net.mod)
     net.now += 1
@@ -197,6 +202,8 @@ def test_replayed_and_rewrapped_old_grants_are_ignored():
 def test_old_grant_replayed_to_a_late_joiner_after_a_beacon_is_stale():
     net = Net()
     a, b = net.speakers[:2]
+    for sp in (a, b):
+        net.send(sp.raise_hand(net.now), sp)
     old_grant = net.mod.grant(a.me.identity, 30, net.now)
     net.send(old_grant, net.mod)
     net.send(net.mod.grant(b.me.identity, 30, net.now), net.mod)
@@ -213,6 +220,7 @@ def test_late_joiner_converges_on_floor_and_hand_queue():
     a, b, c = net.speakers
     net.send(a.raise_hand(net.now), a)
     net.send(b.raise_hand(net.now), b)
+    net.send(c.raise_hand(net.now), c)
     net.send(net.mod.grant(c.me.identity, 60, net.now), net.mod)
     net.send(net.mod.mute(b.me.identity, net.now), net.mod)
     late = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
@@ -235,7 +243,8 @@ def test_tampered_over_is_shown_forged_and_lossy_over_partial():
     from relay.core.session import Sender
 
     as_a = Sender(mallory.keys, a.me.identity, Counters())
-    as_a._next, as_a._limit = 0, 64  # a's next counters, raced
+    nxt = a.sender.next_counter
+    as_a._next, as_a._limit = nxt, nxt + 64  # a's next counters, raced
     injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
     victims = net.listeners[:5]
     for li in victims:
@@ -263,7 +272,7 @@ def test_removed_member_is_dropped_and_cannot_read_the_new_key():
     net = Net()
     gone = net.listeners[0]
     a = net.speakers[0]
-    net.send(a.raise_hand(net.now), a)  # a introduces itself: it is in the roster now
+    net.mod.enroll(a.me.public)  # a was invited --for it: it receives new keys
     packets = net.mod.remove(gone.me.identity, net.now)
     assert len(packets) >= 2  # the removal, then the new key in fragments
     rotated = []
@@ -297,6 +306,7 @@ def test_only_moderators_moderate_and_appointed_comoderator_can():
     co = net.speakers[1]
     net.send(net.mod.appoint(co.me.public, net.now), net.mod)
     assert co.is_moderator
+    net.send(speaker.raise_hand(net.now), speaker)
     evs = net.send(co.grant(speaker.me.identity, 10, net.now), co)
     assert all(_of(evs[li], FloorChanged) for li in net.listeners)
 
@@ -368,3 +378,106 @@ def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
     real = a.voice(MODE, 0, [b"\x11" * 8] * 4, net.now)
     for li in net.listeners:
         assert _of(li.receive(real, net.now), Voice)
+
+
+# --- findings of the second security review, each pinned by a test -------------------------
+
+
+def _as(net, impostor, victim, counter):
+    from relay.core.session import Sender
+
+    forged = Sender(impostor.keys, victim.me.identity, Counters())
+    forged._next, forged._limit = counter, counter + 10
+    return forged
+
+
+def test_unsigned_unknown_kind_cannot_poison_the_moderators_window():
+    net = Net(2, 3)
+    mallory = net.speakers[1]
+    junk = _as(net, mallory, net.mod, (1 << 24) - 2).control(9, b"x", net.now)
+    for li in net.listeners:
+        assert _of(li.receive(junk, net.now), Dropped)[0].reason == "unknown_kind"
+    evs = _grant(net, net.speakers[0])
+    assert all(_of(evs[li], FloorChanged) for li in net.listeners)
+
+
+def test_introduced_puppets_do_not_receive_the_next_key():
+    net = Net(2, 3)
+    mallory = net.speakers[1]
+    puppet = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
+    net.send(puppet.introduce(net.now), puppet, to=[net.mod])
+    assert puppet.me.identity in net.mod.introduced
+    assert puppet.me.identity not in net.mod.roster
+    packets = net.mod.remove(mallory.me.identity, net.now)
+    events = [e for p in packets for e in puppet.receive(p, net.now)]
+    assert not _of(events, KeyRotated) and puppet.epoch == 0
+
+
+def test_unusable_x25519_key_is_refused_and_cannot_block_removal():
+    net = Net(1, 3)
+    from relay.core.identity import PublicIdentity
+
+    with pytest.raises(UsageError, match="X25519"):
+        net.mod.enroll(PublicIdentity(Identity.generate().identity, bytes(32)))
+    packets = net.mod.remove(net.listeners[0].me.identity, net.now)
+    assert len(packets) > 1 and net.mod.epoch == 1
+
+
+def test_injected_high_counter_does_not_crash_or_silence_the_speaker():
+    net = Net(2, 3)
+    a, mallory = net.speakers
+    _grant(net, a)
+    injected = _as(net, mallory, a, a.sender.next_counter + 900).voice(
+        MODE, 0, [b"\x66" * 8] * 4, net.now
+    )
+    real = [a.voice(MODE, i * 4, [bytes([i]) * 8] * 4, net.now) for i in range(3)]
+    for li in net.listeners:
+        li.receive(injected, net.now)
+        for p in real:
+            (event,) = li.receive(p, net.now)
+            assert isinstance(event, Voice) and event.frames.position >= 0
+
+
+def test_a_different_frame_for_a_played_position_makes_the_over_forged():
+    net = Net(2, 3)
+    a, mallory = net.speakers
+    _grant(net, a)
+    ahead = _as(net, mallory, a, a.sender.next_counter + 1)
+    fake = ahead.voice(MODE, 4, [b"\x66" * 8] * 4, net.now)  # where a's 2nd packet will be
+    li = net.listeners[0]
+    assert _of(li.receive(fake, net.now), Voice)
+    events = net.over(a, frames=12)
+    assert _of(events[li], OverEnded)[0].verdict == "forged"
+
+
+def test_recorded_beacon_replayed_hours_later_is_stale():
+    net = Net(1, 1)
+    _grant(net, net.speakers[0])
+    beacon = net.mod.beacon(net.now)
+    fresh = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
+    later = net.now + 6 * 3600
+    assert _of(fresh.receive(beacon, later), Dropped)[0].reason == "stale_moderation"
+    assert fresh.floor is None
+
+
+def test_old_key_carries_no_voice_after_rotation():
+    net = Net(2, 3)
+    a, gone = net.speakers
+    net.mod.enroll(a.me.public)
+    for li in net.listeners:
+        net.mod.enroll(li.me.public)
+    for p in net.mod.remove(gone.me.identity, net.now):
+        net.send(p, net.mod)
+    _grant(net, a)
+    stale = _as(net, gone, a, 100).voice(MODE, 0, [bytes(8)] * 4, net.now)  # old key
+    for li in net.listeners:
+        assert li.epoch == 1
+        assert _of(li.receive(stale, net.now), Dropped)
+
+
+def test_beacon_fits_the_mtu_with_a_long_hand_queue():
+    net = Net(40, 1)
+    for sp in net.speakers:
+        net.send(sp.raise_hand(net.now), sp, to=[net.mod])
+    assert len(net.mod.hands) == 40
+    assert len(net.mod.beacon(net.now)) <= net.mod.mtu

@@ -95,6 +95,17 @@ def verify(signing_key: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
+def valid_agreement_key(key: bytes) -> bool:
+    """False for keys no secret can be agreed with (wrong length, low order points)."""
+    if len(key) != KEY_LEN:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(key))
+    except ValueError:
+        return False
+    return True
+
+
 class Identity:
     """A member's private keys. Never printed, never logged."""
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
 from relay.core.events import ControlMessage, Hello, Rejected, VoiceFrames
-from relay.core.identity import Identity, PublicIdentity, verify
+from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
 from relay.core.session import CounterSource, Receiver, Sender
 from relay.core.signing import signed_message, split_signature
@@ -49,6 +49,7 @@ SIGNED_KINDS = frozenset(
     (ControlKind.OVER_END, ControlKind.HAND, ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY)
 )
 REPLAY_WINDOW = 4096
+MAX_POSITION = 1 << 20  # frames in one over (about 11 h of 1600): bounds playout buffers
 MODERATOR_KINDS = frozenset((ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY))
 REKEY_COPIES = 3
 DEFAULT_MTU = 233
@@ -112,7 +113,19 @@ RoomEvent = Voice | OverEnded | FloorChanged | HandRaised | MemberChanged | KeyR
 class _Listening:
     """Frames of the current over of one speaker, kept to check its end-of-over seal."""
 
-    frames: dict[int, bytes] = field(default_factory=dict)
+    frames: dict[int, bytes] = field(default_factory=dict)  # the first frame played per position
+    conflict: bool = False
+
+
+def _grant_range(extra: bytes, seconds: int) -> tuple[int, int] | None:
+    """Voice counters a grant admits; never wider than the replay window."""
+    if len(extra) != 3:
+        return None
+    first = int.from_bytes(extra, "big")
+    if first == msg.NO_COUNTER:
+        return None
+    span = min(seconds * MAX_PACKET_RATE + COUNTER_SLACK, REPLAY_WINDOW - 64)
+    return first, first + span
 
 
 class Room:
@@ -157,6 +170,8 @@ class Room:
         self._my_over: dict[int, bytes] = {}
         self._my_fpp = 1
         self._sealed: dict[bytes, int] = {}  # speaker -> grant of the last seal handled
+        self._hand_counter: dict[bytes, int] = {}  # counter of each member's signed hand
+        self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
         self._previous: tuple[Receiver, float] | None = None
         self._gated_body = b""
         self._install_key(key)
@@ -182,6 +197,9 @@ class Room:
             old.forget_sender(ident)
         self._previous = (old, now + REKEY_GRACE)
         self.epoch = epoch
+        # Counters restart under the new key: ranges and hand counters of the old one are void.
+        self._hand_counter.clear()
+        self.grant_range = None
         self._install_key(key)
         return KeyRotated(epoch, key)
 
@@ -219,16 +237,19 @@ class Room:
 
     def grant(self, member: bytes, seconds: int, now: float) -> bytes:
         """Give ``member`` the floor for at most ``seconds``."""
+        self._require_moderator()
         if member in self.removed:
             raise UsageError("that member was removed from the room")
         if not 1 <= seconds < 1 << 16:
             raise UsageError("a floor grant lasts 1 to 65535 seconds")
         if member == self.me.identity:
-            first: int | None = self.sender.next_counter
+            first = self.sender.next_counter
+        elif member in self._hand_counter:
+            # The counter of the member's own signed hand raise: nobody else can move it.
+            first = self._hand_counter[member] + 1
         else:
-            seen = self.receiver.highest_counters().get(member, -1)
-            first = seen + 1 if seen >= 0 else None
-        extra = b"" if first is None else first.to_bytes(3, "big")
+            raise UsageError("that member has not raised a hand (their counter is unknown)")
+        extra = first.to_bytes(3, "big")
         return self._moderate(
             msg.ModMessage(msg.ModAction.GRANT, member, seconds, int(now), extra), now
         )
@@ -256,7 +277,7 @@ class Room:
         """
         if member in self.moderators:
             raise UsageError("remove a moderator's role before removing them")
-        packets = [self._moderate(msg.ModMessage(msg.ModAction.REMOVE, member, 0, int(now)), now)]
+        self._require_moderator()
         new_key, epoch = os.urandom(32), (self.epoch + 1) % (1 << 16)
         recipients = [
             p for ident, p in self.roster.items() if ident != self.me.identity and ident != member
@@ -265,7 +286,11 @@ class Room:
         context = self._rekey_context(epoch)
         wraps = []
         for person in recipients:
-            _, sealed = seal_for(person.agreement_key, new_key, context, ephemeral)
+            try:
+                _, sealed = seal_for(person.agreement_key, new_key, context, ephemeral)
+            except (UsageError, PacketError):
+                self.stats["rekey_unsealable"] += 1  # a broken key must not block removal
+                continue
             wraps.append((msg.wrap_tag(person.identity), sealed))
         per_packet = self._wraps_per_packet()
         chunks = [wraps[i : i + per_packet] for i in range(0, len(wraps), per_packet)] or [[]]
@@ -274,6 +299,7 @@ class Room:
             msg.RekeyFragment(epoch, index, len(chunks), eph_pub, tuple(chunk)).pack()
             for index, chunk in enumerate(chunks)
         ]
+        packets = [self._moderate(msg.ModMessage(msg.ModAction.REMOVE, member, 0, int(now)), now)]
         for _ in range(max(1, copies)):
             packets += [
                 self.sender.control_signed(ControlKind.REKEY, body, self.me, now) for body in bodies
@@ -295,13 +321,20 @@ class Room:
         """The room's state, signed, for late joiners."""
         self._require_moderator()
         self._expire(now)
+        # Fit one packet: the hand queue and mute list are cut to what the MTU leaves.
+        room = self.mtu - VOICE_PACKET_OVERHEAD - 64 - 50
+        hands = [h[: msg.PREFIX_LEN] for h in self.hands][: max(0, room // msg.PREFIX_LEN)]
+        room -= len(hands) * msg.PREFIX_LEN
+        muted = [m[: msg.PREFIX_LEN] for m in sorted(self.muted)][: max(0, room // msg.PREFIX_LEN)]
         beacon = msg.Beacon(
             self.epoch,
             self.floor,
             max(0, math.ceil(self.floor_until - now)) if self.floor else 0,
             self.grant_seq,
-            tuple(h[: msg.PREFIX_LEN] for h in self.hands),
-            tuple(m[: msg.PREFIX_LEN] for m in sorted(self.muted)),
+            tuple(hands[:255]),
+            tuple(muted[:255]),
+            int(now),
+            self.grant_range[0] if self.grant_range else msg.NO_COUNTER,
         )
         packet = self.sender.control_signed(ControlKind.BEACON, beacon.pack(), self.me, now)
         self._last_action[(self.keys.key_id, self.me.identity)] = int.from_bytes(packet[4:7], "big")
@@ -354,7 +387,11 @@ class Room:
         return max(BEACON_MIN_INTERVAL, beacon_airtime / BEACON_SHARE)
 
     def next_hand(self) -> bytes | None:
-        return self.hands[0] if self.hands else None
+        """The first raised hand we can grant (a full identity whose counter we know)."""
+        for ident in self.hands:
+            if len(ident) == msg.ID_LEN and ident in self._hand_counter:
+                return ident
+        return None
 
     # ------------------------------------------------------------------ receiving
     def receive(self, packet: bytes, now: float) -> list[RoomEvent]:
@@ -400,18 +437,33 @@ class Room:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
         for i, frame in enumerate(event.frames):
-            listening.frames[event.position + i] = frame
+            held = listening.frames.setdefault(event.position + i, frame)
+            if held != frame:
+                listening.conflict = True  # two different frames for one position
         return [Voice(event)]
 
     def _on_hello(self, event: Hello, now: float) -> list[RoomEvent]:
+        """An introduction names a member; it does not enroll it (only a moderator's
+        ``enroll`` or an invite made --for them does), so a member cannot mint identities
+        that would receive the next room key."""
         ident = event.public.identity
         events: list[RoomEvent] = []
-        if ident not in self.roster:
-            self.roster[ident] = event.public
+        if ident not in self.roster and ident not in self.introduced:
+            self.introduced[ident] = event.public
             events.append(MemberChanged(ident, "introduced"))
         if event.kind == ControlKind.HAND:
-            events += self._on_hand(ident, msg.parse_hand(event.payload))
+            raised = msg.parse_hand(event.payload)
+            if raised:
+                self._hand_counter[ident] = event.counter
+            events += self._on_hand(ident, raised)
         return events
+
+    def enroll(self, member: PublicIdentity) -> None:
+        """Admit a member to the rekey roster (a moderator's decision)."""
+        if not valid_agreement_key(member.agreement_key):
+            raise UsageError("that member's X25519 key is invalid")
+        self.roster[member.identity] = member
+        self.receiver.add_sender(member.identity)
 
     def _on_hand(self, ident: bytes, raised: bool) -> list[RoomEvent]:
         if raised and ident not in self.hands and ident not in self.muted:
@@ -428,13 +480,19 @@ class Room:
         if sender in self.removed:
             return "removed_member"
         if isinstance(event, VoiceFrames):
+            if self._opened_with is not self.keys:
+                return "old_key"  # after a rotation the old key carries control only
             self._expire(event.time)
             if sender != self.floor or sender in self.muted:
                 return "floor_violation"
             if self.grant_range and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
                 return "floor_violation"
+            if not 0 <= event.position <= MAX_POSITION:
+                return "malformed"
             return None
-        if isinstance(event, ControlMessage) and event.kind in SIGNED_KINDS:
+        if isinstance(event, ControlMessage) and event.kind not in SIGNED_KINDS:
+            return "unknown_kind"  # must not move anybody's replay window
+        if isinstance(event, ControlMessage):
             if event.kind in MODERATOR_KINDS and sender not in self.moderators:
                 return "forged_moderation"
             try:
@@ -464,7 +522,10 @@ class Room:
         if kind == ControlKind.OVER_END:
             return self._on_over_end(event, body)
         if kind == ControlKind.HAND:
-            return self._on_hand(event.sender, msg.parse_hand(body))
+            raised = msg.parse_hand(body)
+            if raised:
+                self._hand_counter[event.sender] = event.counter
+            return self._on_hand(event.sender, raised)
         seq_key = (self._opened_with.key_id, event.sender)
         if event.counter <= self._last_action.get(seq_key, -1):
             return [self._drop("stale_moderation", "older than an action already applied")]
@@ -482,12 +543,7 @@ class Room:
         target, kind = action.target, action.action
         if kind == msg.ModAction.GRANT:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
-            if action.extra:
-                first = int.from_bytes(action.extra, "big")
-                span = action.arg * MAX_PACKET_RATE + COUNTER_SLACK
-                self.grant_range = (first, first + span)
-            else:
-                self.grant_range = None
+            self.grant_range = _grant_range(action.extra, action.arg)
             self.receiver.add_sender(target)
             if target in self.hands:
                 self.hands.remove(target)
@@ -524,11 +580,16 @@ class Room:
         return [MemberChanged(target, "appointed")]
 
     def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
+        if beacon.issued_at < now - STALE_ACTION:
+            return [self._drop("stale_moderation", "beacon issued too long ago (a recording?)")]
         events: list[RoomEvent] = []
         holder = beacon.holder if beacon.remaining > 0 else None
         if holder != self.floor or beacon.grant_seq != self.grant_seq:
             self.floor, self.grant_seq = holder, beacon.grant_seq
             self.floor_until = now + beacon.remaining
+            self.grant_range = _grant_range(
+                beacon.first_counter.to_bytes(3, "big"), beacon.remaining
+            )
             if holder is not None:
                 self.receiver.add_sender(holder)
             events.append(FloorChanged(holder, self.floor_until))
@@ -566,8 +627,13 @@ class Room:
         listening = self._listening.pop(speaker, _Listening())
         if self.floor == speaker:
             self.floor = None
-        if seal.grant_seq != self.grant_seq and self.grant_seq:
+        if seal.grant_seq != self.grant_seq:
             return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
+        if listening.conflict:
+            self.stats["forged_over"] += 1
+            return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
+        if not listening.frames:
+            return [OverEnded(speaker, "unheard", seal.frames, 0, len(seal.digests))]
         ok = unverifiable = 0
         for i, digest in enumerate(seal.digests):
             start = i * seal.segment_frames

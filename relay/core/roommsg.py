@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from relay.errors import PacketError, UsageError
 
 ID_LEN = 32  # an identity (Ed25519 public key)
+NO_COUNTER = 0xFFFFFF  # "no counter range" in a beacon
 PREFIX_LEN = 8  # identity prefix in beacons
 # Per-segment digest of an over. 4 bytes suffice: a forger must commit to its frames before
 # the speaker says the real ones, so it gets one blind 2^-32 guess per segment, no search.
@@ -114,6 +115,8 @@ class Beacon:
     grant_seq: int  # counter of the grant the holder speaks under
     hands: tuple[bytes, ...] = ()  # identity prefixes, in queue order
     muted: tuple[bytes, ...] = ()  # identity prefixes
+    issued_at: int = 0  # room time (UNIX seconds): a recorded beacon goes stale
+    first_counter: int = NO_COUNTER  # first voice counter the grant admits (NO_COUNTER: none)
 
     def pack(self) -> bytes:
         if len(self.hands) > 255 or len(self.muted) > 255:
@@ -124,6 +127,7 @@ class Beacon:
         out = bytearray(self.epoch.to_bytes(2, "big"))
         out += bytes((1 if self.holder is not None else 0,)) + holder
         out += min(self.remaining, 0xFFFF).to_bytes(2, "big") + self.grant_seq.to_bytes(3, "big")
+        out += self.issued_at.to_bytes(4, "big") + self.first_counter.to_bytes(3, "big")
         for group in (self.hands, self.muted):
             out.append(len(group))
             for prefix in group:
@@ -132,7 +136,7 @@ class Beacon:
 
     @classmethod
     def parse(cls, body: bytes) -> Beacon:
-        fixed = 2 + 1 + ID_LEN + 2 + 3
+        fixed = 2 + 1 + ID_LEN + 2 + 3 + 4 + 3
         _need(body, fixed + 1, "beacon")
         epoch = int.from_bytes(body[:2], "big")
         flag = body[2]
@@ -140,7 +144,9 @@ class Beacon:
             raise PacketError("malformed", "beacon floor flag is not 0 or 1")
         holder = bytes(body[3 : 3 + ID_LEN]) if flag else None
         remaining = int.from_bytes(body[3 + ID_LEN : 5 + ID_LEN], "big")
-        grant_seq = int.from_bytes(body[5 + ID_LEN : fixed], "big")
+        grant_seq = int.from_bytes(body[5 + ID_LEN : 8 + ID_LEN], "big")
+        issued_at = int.from_bytes(body[8 + ID_LEN : 12 + ID_LEN], "big")
+        first_counter = int.from_bytes(body[12 + ID_LEN : fixed], "big")
         pos = fixed
         groups: list[tuple[bytes, ...]] = []
         for what in ("hands", "muted"):
@@ -157,7 +163,9 @@ class Beacon:
             pos += count * PREFIX_LEN
         if pos != len(body):
             raise PacketError("malformed", "beacon has trailing bytes")
-        return cls(epoch, holder, remaining, grant_seq, groups[0], groups[1])
+        return cls(
+            epoch, holder, remaining, grant_seq, groups[0], groups[1], issued_at, first_counter
+        )
 
 
 @dataclass(frozen=True, slots=True)

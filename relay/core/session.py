@@ -19,7 +19,13 @@ from cryptography.exceptions import InvalidTag
 from relay.core import wire
 from relay.core.crypto import RoomKeys, SenderCipher, hint_epoch
 from relay.core.events import ControlMessage, Event, Hello, Rejected, VoiceFrames
-from relay.core.identity import KEY_LEN, SIGNATURE_LEN, Identity, PublicIdentity
+from relay.core.identity import (
+    KEY_LEN,
+    SIGNATURE_LEN,
+    Identity,
+    PublicIdentity,
+    valid_agreement_key,
+)
 from relay.core.replay import ReplayWindow
 from relay.core.signing import signed_message
 from relay.errors import PacketError, UsageError
@@ -258,6 +264,8 @@ class Receiver:
         message = signed_message(self._keys.key_id, public.identity, associated, kind, signed)
         if not public.verify(signature, message):
             raise PacketError("forged", "hello signature does not verify")
+        if not valid_agreement_key(public.agreement_key):
+            raise PacketError("malformed", "hello carries an unusable X25519 key")
         if self._keys.short_id(public.identity) != header.sender:
             raise PacketError("forged", "hello short id does not match its identity")
         self.add_sender(public.identity)
@@ -282,6 +290,10 @@ class Receiver:
             mode = wire.voice_mode(header)
             body = wire.VoiceBody.parse(plaintext, mode)
             position = self._unwrap(peer, header.counter, body, now)
+            if position < 0:
+                # Positions count from the over's start; a negative estimate means the
+                # counter history is off (e.g. a packet injected far ahead): trust the low bits.
+                position = body.position
             return VoiceFrames(ident, mode, position, body.frames, header.counter, now)
         body = wire.ControlBody.parse(plaintext)
         return ControlMessage(ident, body.kind, body.payload, header.counter, now, header.pack())

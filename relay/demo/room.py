@@ -95,8 +95,8 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
         )
         return RoomNode(room, ether.attach(), clock, seed=s.seed)
 
-    # Listeners were invited `--for` them: the moderator knows their keys (rekeys reach them).
-    moderator = member(mod_id, roster=[i.public for i in listener_ids])
+    # Everyone was invited `--for` them: the moderator knows their keys (rekeys reach them).
+    moderator = member(mod_id, roster=[i.public for i in (*speaker_ids, *listener_ids)])
     speakers = [member(i) for i in speaker_ids]
     listeners = [member(i) for i in listener_ids]
     nodes = [moderator, *speakers, *listeners]
