@@ -177,26 +177,18 @@ def test_replayed_and_rewrapped_old_grants_are_ignored():
         # The exact old packet: the replay window stops it.
         assert _of(li.receive(old_grant, net.now), Dropped)[0].reason == "replay"
         assert li.floor == b.me.identity
-    # An insider re-wraps the old signed body in a fresh packet under the moderator's key:
-    # the signature covers the original header, so it no longer verifies.
-    from relay.core.session import Sender
-
-    body = a.receiver  # noqa: F841 - a holds the room key like any member
-    as_mod = Sender(a.keys, net.mod_id.identity, Counters())
-    as_mod._next, as_mod._limit = 50_000, 50_010
-    plaintext_payload = old_grant  # we only need the body+signature: recover it via a listener
-    li = net.listeners[0]
-    opened = li.receiver  # a fresh receiver can open the old packet once
+    # An insider re-wraps the old signed body in a fresh packet under the moderator's key
+    # (any member can open the old packet and derive the moderator's packet key): the
+    # signature covers the original header, so it no longer verifies.
     from relay.core.session import Receiver
 
-    fresh = Receiver(li.keys)
-    fresh.add_sender(net.mod_id.identity)
-    event = fresh.receive(plaintext_payload, net.now)
-    rewrapped = as_mod.control(ControlKind.MOD, event.payload, net.now)
+    opener = Receiver(a.keys)
+    opener.add_sender(net.mod_id.identity)
+    signed_body = opener.receive(old_grant, net.now).payload
+    rewrapped = _as(net, a, net.mod, 50_000).control(ControlKind.MOD, signed_body, net.now)
     for li in net.listeners:
         assert _of(li.receive(rewrapped, net.now), Dropped)[0].reason == "forged_signature"
         assert li.floor == b.me.identity
-    del opened
 
 
 def test_old_grant_replayed_to_a_late_joiner_after_a_beacon_is_stale():
