@@ -473,3 +473,21 @@ def test_beacon_fits_the_mtu_with_a_long_hand_queue():
         net.send(sp.raise_hand(net.now), sp, to=[net.mod])
     assert len(net.mod.hands) == 40
     assert len(net.mod.beacon(net.now)) <= net.mod.mtu
+
+
+def test_seals_after_a_rotation_are_not_mistaken_for_copies_and_rotation_is_reported():
+    net = Net(2, 2)
+    a, gone = net.speakers
+    net.mod.enroll(a.me.public)
+    for li in net.listeners:
+        net.mod.enroll(li.me.public)
+    seen = []
+    net.mod.on_rotate = lambda epoch, key: seen.append(epoch)
+    events = net.over(a) if _grant(net, a) else None
+    for p in net.mod.remove(gone.me.identity, net.now):
+        net.send(p, net.mod)
+    assert seen == [1]
+    _grant(net, a)  # the moderator's counters restarted: this grant may reuse a grant_seq
+    events = net.over(a)
+    for li in net.listeners:
+        assert _of(events[li], OverEnded)[0].verdict == "verified"

@@ -14,10 +14,16 @@ from relay.errors import RelayError, UsageError
 # (the voice stack pulls in numpy, soundfile and pycodec2).
 COMMANDS: dict[str, str] = {
     "demo": "relay.cli.demo:demo",
+    "devices": "relay.cli.devices:devices_cmd",
+    "emulate": "relay.cli.emulate:emulate_group",
     "ether": "relay.cli.ether:ether_cmd",
     "id": "relay.cli.identity:id_group",
+    "link": "relay.cli.link:link_group",
+    "listen": "relay.cli.talk:listen_cmd",
+    "moderate": "relay.cli.talk:moderate_cmd",
     "plan": "relay.cli.plan:plan_cmd",
     "room": "relay.cli.room:room_group",
+    "talk": "relay.cli.talk:talk_cmd",
 }
 
 

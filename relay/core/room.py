@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relay.core import roommsg as msg
@@ -169,7 +169,11 @@ class Room:
         self._listening: dict[bytes, _Listening] = {}
         self._my_over: dict[int, bytes] = {}
         self._my_fpp = 1
-        self._sealed: dict[bytes, int] = {}  # speaker -> grant of the last seal handled
+        # (key id, speaker) -> grant of the last seal handled: grants restart with each key.
+        self._sealed: dict[tuple[str, bytes], int] = {}
+        # Called with (epoch, key) whenever the room key changes, by our own removal of a
+        # member or by a rekey we received: the caller persists it.
+        self.on_rotate: Callable[[int, bytes], None] | None = None
         self._hand_counter: dict[bytes, int] = {}  # counter of each member's signed hand
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
         self._previous: tuple[Receiver, float] | None = None
@@ -201,6 +205,8 @@ class Room:
         self._hand_counter.clear()
         self.grant_range = None
         self._install_key(key)
+        if self.on_rotate is not None:
+            self.on_rotate(epoch, key)
         return KeyRotated(epoch, key)
 
     @property
@@ -621,9 +627,10 @@ class Room:
     def _on_over_end(self, event: ControlMessage, body: bytes) -> list[RoomEvent]:
         speaker = event.sender
         seal = msg.OverSeal.parse(body)
-        if self._sealed.get(speaker) == seal.grant_seq:
+        sealed_key = (self._opened_with.key_id, speaker)
+        if self._sealed.get(sealed_key) == seal.grant_seq:
             return []  # a repeated copy of a seal already handled
-        self._sealed[speaker] = seal.grant_seq
+        self._sealed[sealed_key] = seal.grant_seq
         listening = self._listening.pop(speaker, _Listening())
         if self.floor == speaker:
             self.floor = None

@@ -14,6 +14,11 @@ from relay.links.base import Link
 
 SCHEMES: dict[str, str] = {
     "sim": "relay.links.sim",
+    "at": "relay.links.at",
+    "meshtastic": "relay.links.meshtastic",
+    "meshtastic+tcp": "relay.links.meshtastic",
+    "kiss": "relay.links.kiss_serial",
+    "kiss+tcp": "relay.links.kiss_tcp",
 }
 
 

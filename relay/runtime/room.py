@@ -64,6 +64,7 @@ class RoomNode:
         self.log = NodeLog()
         self._on_event = on_event
         self._on_key = on_key
+        room.on_rotate = self._rotated  # our own removals rotate the key too
         self._changed = asyncio.Event()
         self._rng = random.Random(seed)
 
@@ -89,8 +90,10 @@ class RoomNode:
 
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
+
+    def _rotated(self, epoch: int, key: bytes) -> None:
         if self._on_key is not None:
-            self._on_key(event.epoch, event.key)
+            self._on_key(epoch, key)
 
     async def run(self) -> None:
         """Receive until the link closes (run it as a task)."""

@@ -1,0 +1,577 @@
+"""Meshtastic radios as a link, through the real ``meshtastic`` library.
+
+``meshtastic:///dev/ttyACM0`` (USB serial) or ``meshtastic+tcp://HOST[:4403]`` (WiFi node),
+options in the query: ``port`` (app port number or name, default PRIVATE_APP 256),
+``channel`` (index 0-7), ``hop_limit`` (0-7, default: the node's), ``want_ack`` (default off:
+a late voice packet is useless, a retried one costs airtime twice), ``preset`` (for airtime;
+default: what the node reports, else LONG_FAST), ``queue`` (datagrams held while the radio
+is busy or away, default 32), ``timeout`` (seconds for the node's config handshake).
+
+The library is thread-based: it paces serial writes (0.1 s each), waits for room in the
+node's transmit queue, delivers packets on pypubsub's publishing thread. So every library
+call runs on a daemon thread, received packets cross into asyncio with
+``call_soon_threadsafe``, and the link never blocks the event loop. A dropped connection is
+noticed (reader thread gone, or the node not configured for ``timeout`` seconds) and the link
+reconnects with backoff; datagrams accepted meanwhile wait in the bounded queue, and when it
+overflows the oldest are dropped, logged and counted (``stats.extra["dropped_while_down"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from relay.errors import LinkError, UsageError
+from relay.links.base import Datagram, Link, LinkStats
+from relay.links.threads import Worker, in_thread
+from relay.radio.profiles import RadioProfile, firmware_default, preset
+
+log = logging.getLogger(__name__)
+
+MTU = 233  # Meshtastic DATA_PAYLOAD_LEN
+PRIVATE_APP = 256
+DEFAULT_TCP_PORT = 4403
+DEFAULT_QUEUE = 32
+DEFAULT_TIMEOUT = 20.0
+BACKOFF_MIN, BACKOFF_MAX = 0.25, 5.0
+MAX_RETRIES = 3  # sends of one datagram that failed while the connection looked healthy
+WATCH_EVERY = 0.25  # seconds between connection health checks
+SEND_GRACE = 1.0  # seconds a send may still finish after its connection died
+BROADCAST = "^all"
+_KEYS = ("port", "channel", "hop_limit", "want_ack", "preset", "queue", "timeout")
+_TOPICS = ("meshtastic.connection.lost", "meshtastic.connection.established")
+_TRUE, _FALSE = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshtasticOptions:
+    """A parsed meshtastic:// URL."""
+
+    tcp: bool
+    device: str  # serial device path, or TCP host
+    tcp_port: int = DEFAULT_TCP_PORT
+    port: int = PRIVATE_APP
+    channel: int = 0
+    hop_limit: int | None = None
+    want_ack: bool = False
+    preset: str | None = None
+    queue: int = DEFAULT_QUEUE
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def _library() -> Any:
+    """The meshtastic package, or a clear UsageError saying how to get it."""
+    try:
+        import meshtastic.serial_interface
+        import meshtastic.tcp_interface
+    except ImportError as exc:
+        raise UsageError(
+            f"meshtastic:// links need the meshtastic library ({exc}); "
+            "install it with: pip install 'relay[meshtastic]'"
+        ) from None
+    return meshtastic
+
+
+def _int(key: str, value: str, lo: int, hi: int) -> int:
+    try:
+        out = int(value)
+    except ValueError:
+        raise UsageError(f"meshtastic {key}={value!r} is not a whole number") from None
+    if not lo <= out <= hi:
+        raise UsageError(f"meshtastic {key} must be {lo}..{hi}, got {out}")
+    return out
+
+
+def _app_port(value: str) -> int:
+    if value.isdigit():
+        return _int("port", value, 1, 511)
+    from meshtastic.protobuf import portnums_pb2
+
+    try:
+        return portnums_pb2.PortNum.Value(value.upper())
+    except ValueError:
+        raise UsageError(
+            f"meshtastic port={value!r} is neither a number nor a port name (e.g. PRIVATE_APP)"
+        ) from None
+
+
+def parse_url(url: str) -> MeshtasticOptions:
+    """Validate a meshtastic:// or meshtastic+tcp:// URL; every mistake is a UsageError."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("meshtastic", "meshtastic+tcp"):
+        raise UsageError(f"not a meshtastic:// URL: {url!r}")
+    raw: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        key = key.strip().lower()
+        if key not in _KEYS:
+            raise UsageError(f"unknown meshtastic option {key!r} (known: {', '.join(_KEYS)})")
+        if key in raw:
+            raise UsageError(f"meshtastic option {key!r} given twice")
+        raw[key] = value.strip()
+    opts: dict[str, Any] = {}
+    if scheme == "meshtastic+tcp":
+        if parts.path not in ("", "/") or not parts.hostname:
+            raise UsageError(f"expected meshtastic+tcp://HOST[:PORT], got {url!r}")
+        try:
+            tcp_port = parts.port or DEFAULT_TCP_PORT
+        except ValueError:
+            raise UsageError(f"meshtastic+tcp:// port must be 1..65535 in {url!r}") from None
+        opts.update(tcp=True, device=parts.hostname, tcp_port=tcp_port)
+    else:
+        if parts.netloc or not parts.path.startswith("/"):
+            raise UsageError(
+                f"meshtastic:// takes a device path after three slashes, e.g. "
+                f"meshtastic:///dev/ttyACM0, got {url!r}"
+            )
+        opts.update(tcp=False, device=parts.path)
+    if "port" in raw:
+        opts["port"] = _app_port(raw["port"])
+    if "channel" in raw:
+        opts["channel"] = _int("channel", raw["channel"], 0, 7)
+    if "hop_limit" in raw:
+        opts["hop_limit"] = _int("hop_limit", raw["hop_limit"], 0, 7)
+    if "want_ack" in raw:
+        flag = raw["want_ack"].lower()
+        if flag not in _TRUE + _FALSE:
+            raise UsageError(f"meshtastic want_ack is on or off, got {flag!r}")
+        opts["want_ack"] = flag in _TRUE
+    if "preset" in raw:
+        opts["preset"] = preset(raw["preset"]).name
+    if "queue" in raw:
+        opts["queue"] = _int("queue", raw["queue"], 1, 10_000)
+    if "timeout" in raw:
+        try:
+            opts["timeout"] = float(raw["timeout"])
+        except ValueError:
+            opts["timeout"] = -1.0
+        if not 0 < opts["timeout"] < 3600:
+            raise UsageError(f"meshtastic timeout must be 0..3600 seconds, got {raw['timeout']!r}")
+    return MeshtasticOptions(**opts)
+
+
+def _transport_up(iface: Any) -> bool:
+    """Whether the library has a socket / port right now (TCP drops it while reconnecting)."""
+    name = "socket" if hasattr(iface, "socket") else "stream"
+    return getattr(iface, name, None) is not None
+
+
+def _alive(iface: Any) -> bool:
+    thread = getattr(iface, "_rxThread", None)
+    return thread is None or thread.is_alive()
+
+
+def _quiet_close(iface: Any) -> None:
+    """Close an interface whatever state it is in; never block on its queue status."""
+    iface.queueStatus = None  # a close (or a stuck send) waiting for queue room gives up
+    with contextlib.suppress(Exception):
+        iface.close()
+
+
+def _close_soon(iface: Any) -> None:
+    """Close an interface on a thread of its own (closing blocks: pacing, reader join)."""
+    threading.Thread(target=_quiet_close, args=(iface,), daemon=True).start()
+
+
+class _Disconnected(LinkError):
+    """The connection went away under a send: resend, without holding it against the datagram."""
+
+
+class MeshtasticLink(Link):
+    """A Meshtastic node reached over serial or TCP, reconnecting on its own."""
+
+    def __init__(self, options: MeshtasticOptions, url: str) -> None:
+        self.options = options
+        self.url = url
+        self.mtu = MTU
+        self.stats = LinkStats()
+        self.closed = False
+        self.connected = False
+        self.node_num: int | None = None
+        self._profile: RadioProfile = (
+            preset(options.preset) if options.preset else firmware_default()
+        )
+        self._iface: Any = None
+        self._candidate: Any = None
+        self._worker: Worker | None = None
+        self._dead: asyncio.Future[None] | None = None  # resolved when this connection ends
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._txq: deque[bytes] = deque()
+        self._in_flight = False
+        self._retries = 0
+        self._down_drops = 0
+        self._rx: deque[Datagram] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
+        # pypubsub holds listeners weakly: keep the bound methods referenced for our lifetime.
+        self._listeners = (self._on_receive, self._on_connection)
+        from pubsub import pub
+
+        pub.subscribe(self._listeners[0], "meshtastic.receive")
+        for topic in _TOPICS:
+            pub.subscribe(self._listeners[1], topic)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "up" if self.connected else "down"
+        return f"<MeshtasticLink {self.url} {state}>"
+
+    @property
+    def preset(self) -> str:
+        """The modem preset airtime is computed for."""
+        return self._profile.name
+
+    def airtime(self, nbytes: int) -> float:
+        return self._profile.airtime(nbytes)
+
+    @property
+    def queued(self) -> int:
+        """Datagrams accepted and not yet handed to the library."""
+        return len(self._txq) + int(self._in_flight)
+
+    # -- asyncio plumbing
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._tasks = [
+                asyncio.create_task(self._supervise(), name=f"{self.url} supervisor"),
+                asyncio.create_task(self._pump(), name=f"{self.url} sender"),
+            ]
+        elif self._loop is not asyncio.get_running_loop():
+            raise LinkError(f"{self.url} is in use by another event loop")
+        return self._loop
+
+    def _notify(self) -> None:
+        waiting, self._waiters = self._waiters, []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _changed(self, timeout: float | None = None) -> None:
+        """Wait until something changes (state, queue), or ``timeout`` seconds."""
+        fut = self._start().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the node has answered the config handshake (LinkError on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.connected:
+            if self.closed:
+                raise LinkError(f"{self.url} is closed")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise LinkError(f"{self.url}: no connection to the node after {timeout} s")
+            await self._changed(left)
+
+    # -- sending
+
+    async def send(self, data: bytes) -> None:
+        data = bytes(data)
+        if self.closed:
+            self.stats.refused += 1
+            raise LinkError(f"{self.url} is closed")
+        if len(data) > self.mtu:
+            self.stats.refused += 1
+            raise UsageError(
+                f"datagram of {len(data)} bytes exceeds the Meshtastic MTU of {self.mtu} bytes"
+            )
+        self._start()
+        while len(self._txq) >= self.options.queue:
+            if not self.connected:  # the radio is away: keep the newest, drop the oldest
+                self._txq.popleft()
+                self.stats.bump("dropped_while_down")
+                if self._down_drops == 0:
+                    log.warning("%s: node unreachable and queue full: dropping oldest", self.url)
+                self._down_drops += 1
+                break
+            await self._changed()
+            if self.closed:
+                self.stats.refused += 1
+                raise LinkError(f"{self.url} is closed")
+        self._txq.append(data)
+        self._notify()
+
+    async def drain(self) -> None:
+        """Wait until every accepted datagram has been handed to the node (or the link closed)."""
+        while self.queued and not self.closed:
+            await self._changed()
+
+    def _send_blocking(self, iface: Any, data: bytes) -> None:
+        if not _transport_up(iface):
+            raise _Disconnected("no connection to the node")
+        o = self.options
+        iface.sendData(
+            data,
+            destinationId=BROADCAST,
+            portNum=o.port,
+            wantAck=o.want_ack,
+            channelIndex=o.channel,
+            hopLimit=o.hop_limit,
+        )
+
+    async def _pump(self) -> None:
+        while not self.closed:
+            if not (self._txq and self.connected and _transport_up(self._iface)):
+                await self._changed(WATCH_EVERY)
+                continue
+            iface, worker, dead = self._iface, self._worker, self._dead
+            assert worker is not None and dead is not None
+            data = self._txq.popleft()
+            self._in_flight = True
+            job = worker.submit(self._send_blocking, iface, data)
+            try:
+                await asyncio.wait({job, dead}, return_when=asyncio.FIRST_COMPLETED)
+                if not job.done():  # the connection died under the call: did the write happen?
+                    await asyncio.wait({job}, timeout=SEND_GRACE)
+            finally:
+                self._in_flight = False
+            if not job.done():  # stuck in the library: abandon it with its connection
+                job.add_done_callback(lambda f: f.cancelled() or f.exception())
+            error = job.exception() if job.done() else _Disconnected("connection lost mid-send")
+            if error is None:
+                self._retries = 0
+                self.stats.sent += 1
+                self.stats.bytes_sent += len(data)
+                self.stats.airtime_s += self.airtime(len(data))
+            elif dead.done() or isinstance(error, _Disconnected | OSError):
+                # It may have left before the connection went: a resend can duplicate it, and
+                # the room's replay windows drop the copy. Losing it silently is worse.
+                self._txq.appendleft(data)
+                self.stats.bump("resent")
+                log.info("%s: %s; the datagram will be resent", self.url, error)
+            else:
+                self._refused_by_node(data, error)
+                await self._changed(WATCH_EVERY)  # pace retries to a node that says no
+            self._notify()
+
+    def _refused_by_node(self, data: bytes, error: BaseException | None) -> None:
+        self._retries += 1
+        if self._retries > MAX_RETRIES:
+            self._retries = 0
+            self.stats.bump("send_failed")
+            log.warning(
+                "%s: datagram dropped after %d failed sends: %s", self.url, MAX_RETRIES, error
+            )
+            return
+        self._txq.appendleft(data)
+        self.stats.bump("resent")
+        log.info("%s: send failed (%s), will resend", self.url, error)
+
+    # -- receiving
+
+    def _on_receive(self, packet: dict[str, Any], interface: Any) -> None:
+        """pypubsub, on the library's publishing thread."""
+        if self.closed or interface is None:
+            return
+        if interface is not self._iface and interface is not self._candidate:
+            return
+        raw = packet.get("raw")
+        if raw is None or not raw.HasField("decoded") or raw.decoded.portnum != self.options.port:
+            return
+        sender = packet.get("from")
+        args = (bytes(raw.decoded.payload), raw.channel, sender, raw.rx_rssi, raw.rx_snr)
+        self._to_loop(self._arrive, *args)
+
+    def _on_connection(self, interface: Any) -> None:
+        if interface is not None and interface in (self._iface, self._candidate):
+            self._to_loop(self._notify)
+
+    def _to_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _arrive(self, data: bytes, channel: int, sender: int, rssi: int, snr: float) -> None:
+        if self.closed:
+            return
+        if channel != self.options.channel:
+            self.stats.bump("other_channel")
+            return
+        if sender is not None and sender == self.node_num:
+            return  # our own packet echoed back by a relaying node
+        dgram = Datagram(data, self._loop.time(), rssi=rssi or None, snr=snr or None)  # type: ignore[union-attr]
+        self.stats.received += 1
+        while self._rx_waiters:
+            fut = self._rx_waiters.popleft()
+            if not fut.done():
+                fut.set_result(dgram)
+                return
+        self._rx.append(dgram)
+
+    async def recv(self) -> Datagram:
+        if self.closed:
+            raise LinkError(f"{self.url} is closed")
+        if self._rx:
+            return self._rx.popleft()
+        fut: asyncio.Future[Datagram] = self._start().create_future()
+        self._rx_waiters.append(fut)
+        return await fut
+
+    # -- the connection
+
+    def _make_interface(self) -> Any:
+        lib = _library()
+        o = self.options
+        timeout = max(1, round(o.timeout))
+        if o.tcp:
+            return lib.tcp_interface.TCPInterface(
+                o.device, portNumber=o.tcp_port, connectNow=False, timeout=timeout
+            )
+        return lib.serial_interface.SerialInterface(o.device, connectNow=False, timeout=timeout)
+
+    @staticmethod
+    def _connect_blocking(iface: Any) -> Any:
+        try:
+            iface.connect()
+            iface.waitForConfig()
+        except BaseException:
+            _quiet_close(iface)
+            raise
+        return iface
+
+    def _adopt(self, iface: Any) -> None:
+        self._iface, self._candidate = iface, None
+        self._worker = Worker(name=f"{self.url} sender")
+        self._dead = self._start().create_future()
+        self.node_num = iface.myInfo.my_node_num if iface.myInfo else None
+        self._learn_preset(iface)
+        self.stats.bump("connects")
+        if self.stats.extra["connects"] > 1:
+            self.stats.bump("reconnects")
+        dropped, self._down_drops = self._down_drops, 0
+        log.info(
+            "%s: connected to node %s (%s)%s",
+            self.url,
+            f"!{self.node_num:08x}" if self.node_num is not None else "?",
+            self.preset,
+            f"; {dropped} datagrams were dropped while it was away" if dropped else "",
+        )
+
+    def _learn_preset(self, iface: Any) -> None:
+        if self.options.preset:
+            return
+        with contextlib.suppress(Exception):
+            from meshtastic.protobuf import config_pb2
+
+            lora = iface.localNode.localConfig.lora
+            if lora.use_preset:
+                name = config_pb2.Config.LoRaConfig.ModemPreset.Name(lora.modem_preset)
+                self._profile = preset(name)
+
+    def _forget(self) -> None:
+        iface, worker, dead = self._iface, self._worker, self._dead
+        self._iface, self._worker, self._dead = None, None, None
+        self.connected = False
+        if dead is not None and not dead.done():
+            dead.set_result(None)
+        if worker is not None:
+            worker.stop()
+        if iface is not None:
+            _close_soon(iface)
+        self._notify()
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self.closed:
+            iface = self._candidate = self._make_interface()
+            try:
+                await in_thread(
+                    self._connect_blocking, iface, name=f"{self.url} connect", orphan=_close_soon
+                )
+            except Exception as exc:
+                self._candidate = None
+                self.stats.bump("connect_failures")
+                level = (
+                    logging.WARNING if self.stats.extra["connect_failures"] == 1 else logging.DEBUG
+                )
+                log.log(
+                    level,
+                    "%s: cannot reach the node (%s); retrying in %.2g s",
+                    self.url,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)  # close() cancels this task
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self._adopt(iface)
+            backoff = BACKOFF_MIN
+            await self._watch(iface)
+            if not self.closed:
+                self.stats.bump("connection_lost")
+                log.warning("%s: connection to the node lost; reconnecting", self.url)
+            self._forget()
+
+    async def _watch(self, iface: Any) -> None:
+        """Return when the connection is beyond the library's own recovery."""
+        unconfigured_since: float | None = None
+        while not self.closed and _alive(iface):
+            up = iface.isConnected.is_set()
+            now = time.monotonic()
+            if up:
+                unconfigured_since = None
+            elif unconfigured_since is None:
+                unconfigured_since = now
+            elif now - unconfigured_since > self.options.timeout:
+                return
+            if up != self.connected:
+                self.connected = up
+                self._notify()
+            await self._changed(WATCH_EVERY)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        from pubsub import pub
+
+        with contextlib.suppress(Exception):
+            pub.unsubscribe(self._listeners[0], "meshtastic.receive")
+            for topic in _TOPICS:
+                pub.unsubscribe(self._listeners[1], topic)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._txq:
+            self.stats.bump("discarded_on_close", len(self._txq))
+            log.warning("%s: %d queued datagrams discarded on close", self.url, len(self._txq))
+            self._txq.clear()
+        iface, candidate = self._iface, self._candidate
+        self._iface = self._candidate = None
+        for dying in (iface, candidate):
+            if dying is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(in_thread(_quiet_close, dying), 5)
+        self._forget()
+        err = LinkError(f"{self.url} is closed")
+        while self._rx_waiters:
+            fut = self._rx_waiters.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+        self._rx.clear()
+        self._notify()
+
+
+def open_url(url: str) -> Link:
+    """A link to the node named by ``url``; it connects (and reconnects) in the background."""
+    options = parse_url(url)
+    _library()
+    return MeshtasticLink(options, url)

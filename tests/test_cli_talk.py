@@ -1,0 +1,345 @@
+"""`relay talk`, `listen`, `moderate` and `demo room`: a real room across real processes.
+
+The homes are made with the CLI in-process (fast); the room itself runs as four processes
+sharing one `relay ether` channel (SHORT_TURBO, so it takes a few seconds of real time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from relay.cli.main import cli
+from relay.demo.voice import bundled_sample
+from relay.runtime.clock import run
+from relay.runtime.member import open_member, speak_live
+from relay.store.home import Home
+from relay.voice.audio import read_audio
+from relay.voice.device import SpeakerPlayout, SpeakerSink, microphone
+
+SAMPLE = bundled_sample("forig.wav")  # 1.58 s of speech: 40 frames of Codec2 1600
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "RELAY_HOME"},
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), env={"RELAY_HOME": None})
+
+
+def ok(*args: str):
+    result = invoke(*args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def refused(*args: str, match: str, code: int = 2) -> None:
+    """One line on stderr naming the problem, the right exit code, no traceback."""
+    result = invoke(*args)
+    assert result.exit_code == code, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relay: "), result.stderr
+    assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory) -> dict[str, str]:
+    """A moderator with room `market` (SHORT_TURBO), a speaker and a listener enrolled --for."""
+    base = tmp_path_factory.mktemp("homes")
+    people = {name: str(base / name) for name in ("mod", "ana", "ben")}
+    for home in people.values():
+        ok("id", "init", "--home", home)
+    ok("room", "create", "market", "--preset", "SHORT_TURBO", "--home", people["mod"])
+    for name in ("ana", "ben"):
+        public = json.loads(ok("id", "show", "--home", people[name], "--json").stdout)
+        invite = ok(
+            "room", "invite", "market", "--for", public["public_id"], "--home", people["mod"]
+        ).stdout.split()[-1]
+        ok("room", "join", invite, "--home", people[name])
+        people[f"{name}_fp"] = public["fingerprint"]
+    return people
+
+
+def relay_proc(*args: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", *args],
+        stdout=open(out.with_suffix(".out"), "w"),
+        stderr=open(out.with_suffix(".err"), "w"),
+        env=ENV,
+    )
+
+
+def wait_for_text(path: Path, pattern: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in {path}: {text!r}")
+
+
+def test_a_room_across_processes(homes, tmp_path) -> None:
+    ether = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    procs: list[subprocess.Popen] = []
+    try:
+        line = ether.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"nodes join with (sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
+        wav = tmp_path / "heard.wav"
+        mod = relay_proc(
+            "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "20",
+            "--duration", "30", "--home", homes["mod"], out=tmp_path / "mod",
+        )  # fmt: skip
+        listen = relay_proc(
+            "listen", "market", "--link", f"{url}?node=ben", "--overs", "1", "--out", str(wav),
+            "--duration", "25", "--json", "--home", homes["ben"], out=tmp_path / "ben",
+        )  # fmt: skip
+        procs += [mod, listen]
+        wait_for_text(tmp_path / "mod.err", "moderating 'market'")
+        wait_for_text(tmp_path / "ben.err", "listening to 'market'")
+
+        talk = subprocess.run(
+            [sys.executable, "-m", "relay", "talk", "market", "--link", f"{url}?node=ana",
+             "--input", str(SAMPLE), "--timeout", "15", "--json", "--home", homes["ana"]],
+            capture_output=True, text=True, timeout=30, env=ENV,
+        )  # fmt: skip
+        assert talk.returncode == 0, talk.stderr
+        said = json.loads(talk.stdout)
+        assert said["granted"] and said["speaker"] == homes["ana_fp"]
+        assert said["frames_sent"] == 40 and not said["truncated"] and not said["interrupted"]
+
+        assert listen.wait(timeout=20) == 0, (tmp_path / "ben.err").read_text()
+        heard = json.loads((tmp_path / "ben.out").read_text())
+        assert heard["stopped"] == "overs" and heard["overs_verified"] == 1
+        (over,) = heard["overs"]
+        assert over["speaker"] == homes["ana_fp"] and over["verdict"] == "verified"
+        assert heard["out"] == str(wav)
+        seconds = soundfile.info(str(wav)).duration
+        assert abs(seconds - 1.6) < 0.1 and heard["audio_seconds"] == pytest.approx(seconds)
+
+        mod.send_signal(signal.SIGINT)
+        assert mod.wait(timeout=10) == 0
+        log = (tmp_path / "mod.out").read_text()
+        assert f"hand raised: {homes['ana_fp']}" in log
+        assert f"granted the floor to {homes['ana_fp']} for 20 s" in log
+        assert f"over ended: {homes['ana_fp']} verified" in log
+        assert "stopped: interrupted" in (tmp_path / "mod.err").read_text()
+        # The listener kept its replay marks: a restart will not accept this over again.
+        assert (Path(homes["ben"]) / "replay.db").stat().st_size > 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        ether.terminate()
+        ether.communicate(timeout=5)
+
+
+def test_help_has_examples() -> None:
+    for cmd in (["talk"], ["listen"], ["moderate"], ["demo", "room"]):
+        result = ok(*cmd, "--help")
+        assert "Examples" in result.output, cmd
+    assert "relay demo room" in ok("demo", "--help").output
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["talk", "nope", "--link", "sim://t", "--input", str(SAMPLE)], "no room 'nope'"),
+        (["listen", "nope", "--link", "sim://t"], "no room 'nope'"),
+        (["moderate", "nope", "--link", "sim://t"], "no room 'nope'"),
+        (["talk", "market", "--link", "bogus://x", "--input", str(SAMPLE)], "unknown link scheme"),
+        (["listen", "market", "--link", "sim://t?preset=NOPE"], "unknown radio preset"),
+        (["listen", "market", "--link", "127.0.0.1:7300"], "has no scheme"),
+        (["talk", "market", "--link", "sim://t", "--input", "missing.wav"], "no such audio file"),
+        (["talk", "market", "--link", "sim://t"], "--input FILE or --mic"),
+        (["talk", "market", "--link", "sim://t", "--input", str(SAMPLE), "--mic"], "one of them"),
+        (["talk", "market", "--link", "sim://t", "--mic"], "pip install 'relay[audio]'"),
+        (["listen", "market", "--link", "sim://t", "--speaker"], "pip install 'relay[audio]'"),
+        (["listen", "market", "--link", "sim://t", "--overs", "0"], "--overs must be"),
+        (["listen", "market", "--link", "sim://t", "--out", "/no/such/dir/x.wav"], "directory"),
+        (["moderate", "market", "--link", "sim://t", "--duration", "-1"], "--duration must be"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_2(homes, monkeypatch, args, match) -> None:
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if relay[audio] were missing
+    refused(*args, "--home", homes["ana"], match=match)
+
+
+def test_moderator_only_and_missing_ether(homes) -> None:
+    refused(
+        "moderate", "market", "--link", "sim://t", "--home", homes["ben"], match="only a moderator"
+    )
+    refused(
+        "talk", "market", "--link", "sim://127.0.0.1:9", "--input", str(SAMPLE),
+        "--home", homes["ana"], match="no ether at 127.0.0.1:9", code=1,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("hand", ["--raise", "--no-raise"])
+def test_no_floor_without_a_moderator(homes, hand) -> None:
+    """Nobody grants on an empty channel: exit 1, and the JSON says why."""
+    result = invoke(
+        "talk", "market", "--link", "sim://lonely", "--input", str(SAMPLE), "--timeout", "0.3",
+        hand, "--json", "--home", homes["ana"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["granted"] is False and "not granted within 0.3 s" in report["reason"]
+
+
+def test_demo_room_json() -> None:
+    result = ok("demo", "room", "--speakers", "3", "--listeners", "20", "--json")
+    r = json.loads(result.stdout)
+    assert (r["speakers"], r["listeners"]) == (3, 20)
+    assert r["overs"] >= 4
+    assert r["overs_delivered"] == r["overs"] and r["overs_verified"] == r["overs"]
+    assert r["removed_member_decrypts"] == 0
+    assert r["forged_moderation_rejected"] > 0 and r["floor_violations_dropped"] > 0
+    assert r["latency_ms"]["p50"] < 300
+    assert 0 < r["channel_occupancy"] < 1 and r["airtime_seconds"] > 0
+
+
+def test_demo_room_mistakes_and_plain_demo_unchanged(tmp_path) -> None:
+    refused("demo", "room", "--speakers", "0", match="--speakers must be")
+    refused("demo", "room", "--speakers", "1", match="--no-attacks")
+    refused("demo", "room", "--listeners", "500", match="--listeners must be")
+    refused("demo", "room", "--loss", "1.5", match="--loss")
+    refused("demo", "room", "--burst", "0.5", match="--burst")
+    refused("demo", "room", "--preset", "NOPE", match="unknown radio preset")
+    refused("demo", "--loss", "0.1", "room", match="put room options after `room`")
+    out = tmp_path / "plain.wav"
+    plain = json.loads(ok("demo", "--out", str(out), "--json").stdout)
+    assert plain["packets_received"] == plain["packets_sent"] and out.exists()
+
+
+class FakeMicrophone:
+    """sounddevice.InputStream stand-in: 'captures' the sample on the loop's clock."""
+
+    def __init__(self, *, samplerate, channels, dtype, blocksize, callback, device) -> None:
+        assert (samplerate, channels, dtype) == (8000, 1, "int16")
+        self.blocksize, self.callback = blocksize, callback
+        self.pcm = read_audio(SAMPLE)
+        self.position = 0
+        self.handle = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def capture() -> None:
+            block = np.zeros((self.blocksize, 1), np.int16)
+            chunk = self.pcm[self.position : self.position + self.blocksize]
+            block[: len(chunk), 0] = chunk
+            self.position += self.blocksize
+            self.callback(block, self.blocksize, None, None)
+            self.handle = loop.call_later(self.blocksize / 8000, capture)
+
+        self.handle = loop.call_later(self.blocksize / 8000, capture)
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeOutput:
+    def __init__(self, *, samplerate, channels, dtype, callback, device) -> None:
+        self.callback = callback
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_microphone_to_speaker_in_one_process(homes) -> None:
+    """--mic and --speaker paths with sounddevice faked: live speech, verified, played."""
+    fake_sd = types.SimpleNamespace(InputStream=FakeMicrophone, OutputStream=FakeOutput)
+    url = "sim://mic-test?preset=SHORT_TURBO"
+
+    async def scenario() -> tuple[list, list, dict]:
+        loop = asyncio.get_running_loop()
+        epoch = time.time() - loop.time()
+
+        def clock() -> float:
+            return epoch + loop.time()
+
+        sink = SpeakerSink(fake_sd)
+        heard = SpeakerPlayout(sink)
+        mod_home, ana_home, ben_home = (Home(homes[n]) for n in ("mod", "ana", "ben"))
+        async with (
+            open_member(mod_home, "market", url, clock=clock) as mod,
+            open_member(ben_home, "market", url, clock=clock, playout=heard) as ben,
+            open_member(ana_home, "market", url, clock=clock) as ana,
+        ):
+            stop = asyncio.Event()
+            moderating = asyncio.create_task(mod.node.moderate(auto_grant=10, stop=stop))
+            assert await ana.node.wait_for_floor(timeout=10)
+            fpp, _ = ana.frames_per_packet()
+            start = loop.time()
+            source = microphone(fake_sd, ana.mode, fpp)
+            async with contextlib.aclosing(source):
+                said = await speak_live(
+                    ana, ana.mode, source, until=lambda: loop.time() - start > 1.0
+                )
+            await ana.link.drain()
+            assert await heard.wait_overs(1, timeout=5)
+            stop.set()
+            await moderating
+            marks = ben.room.receiver.highest_counters()
+            speaker = ana.identity.identity
+        # Reopened, the listener still remembers how far the speaker's counter went.
+        async with open_member(ben_home, "market", url, clock=clock) as again:
+            restored = again.room.receiver.highest_counters()
+        played = list(sink._chunks)
+        return (
+            [said, heard.overs],
+            played,
+            {"marks": marks, "restored": restored, "speaker": speaker},
+        )
+
+    (said, overs), played, state = run(scenario(), virtual=True)
+    (over,) = overs
+    assert over.verdict == "verified" and said.frames_sent == len(over.pcm)
+    assert 0.9 <= said.frames_sent * over.mode.frame_seconds <= 1.3
+    assert sum(len(chunk) for chunk in played) == len(over.audio())  # all of it reached the sink
+    speaker = state["speaker"]
+    assert state["marks"][speaker] >= said.packets_sent - 1  # hello + voice + seals
+    assert state["restored"][speaker] == state["marks"][speaker]
+
+
+def test_speaker_sink_plays_in_order_then_silence() -> None:
+    sink = SpeakerSink(types.SimpleNamespace(OutputStream=FakeOutput))
+    sink.write(np.arange(1, 5, dtype=np.int16))
+    sink.write(np.arange(5, 8, dtype=np.int16))
+    out = np.full((5, 1), -1, np.int16)
+    sink._fill(out, 5, None, None)
+    assert out[:, 0].tolist() == [1, 2, 3, 4, 5]
+    sink._fill(out, 5, None, None)
+    assert out[:, 0].tolist() == [6, 7, 0, 0, 0]
