@@ -153,7 +153,7 @@ class FakeNode:
         session: _Session | None = None
         port = PtyPort(lambda data: session.data_received(data) if session else None, link=link)
         session = _Session(self, port.write, f"pty {port.path}")
-        session.backlog = lambda: len(port._out)
+        session.backlog = lambda: port.backlog
         port.start()
         self._ptys.append(port)
         self.sessions.add(session)

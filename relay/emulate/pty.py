@@ -48,6 +48,11 @@ class PtyPort:
         """The path a client should open (the symlink when there is one)."""
         return self.link or self.path
 
+    @property
+    def backlog(self) -> int:
+        """Bytes written and not yet taken by the pty."""
+        return len(self._out)
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.master, self._readable)
