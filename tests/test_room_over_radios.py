@@ -132,15 +132,22 @@ def check(listener: RoomNode, spoken: int, numbers: dict[str, object], driver: s
 # --- Meshtastic: the emulated mesh behind the real meshtastic library ----------------------
 
 
-def test_room_over_meshtastic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listener", ["tcp", "pty"])
+def test_room_over_meshtastic(tmp_path: Path, listener: str) -> None:
+    """Moderator and speaker on TCP nodes; the listener on TCP, or on a serial port (a pty,
+    through the library's SerialInterface) as a radio on USB would be."""
     pytest.importorskip("meshtastic")
     from relay.emulate.meshtastic import EmulatorThread
 
     with EmulatorThread(nodes=3, preset="SHORT_TURBO") as mesh:
-        ports = [mesh.run(mesh.mesh.serve_tcp, i) for i in range(3)]
+        urls = [f"meshtastic+tcp://127.0.0.1:{mesh.run(mesh.mesh.serve_tcp, i)}" for i in (0, 1)]
+        if listener == "pty":
+            urls.append(f"meshtastic://{mesh.run(mesh.mesh.serve_pty, 2)}")
+        else:
+            urls.append(f"meshtastic+tcp://127.0.0.1:{mesh.run(mesh.mesh.serve_tcp, 2)}")
 
         async def main() -> tuple[RoomNode, int, dict[str, object]]:
-            links = [open_link(f"meshtastic+tcp://127.0.0.1:{port}") for port in ports]
+            links = [open_link(url) for url in urls]
             try:
                 await asyncio.gather(*(link.wait_connected(10) for link in links))
             except BaseException:
