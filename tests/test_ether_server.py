@@ -49,7 +49,7 @@ async def recv(link: RemoteSimLink, timeout: float = 2.0):
 def drained(link: RemoteSimLink) -> list[bytes]:
     out = []
     while link.pending():
-        out.append(link._rx.popleft().data)
+        out.append(link._inbox.get_nowait().data)
     return out
 
 

@@ -33,7 +33,7 @@ from relay.links.atcodec import Event, FrameDecoder, Junk, Line, LineParser, Pac
 from relay.links.atcodec import encode_payload as _encode
 from relay.links.atprofile import ATProfile, Settings
 from relay.links.atprofile import profile as _profile
-from relay.links.base import Datagram, Link, LinkStats
+from relay.links.base import Datagram, Inbox, Link, LinkStats
 
 log = logging.getLogger("relay.links.at")
 
@@ -101,8 +101,7 @@ class ATLink(Link):
         self._sending = False
         self._accepted = False
         self._early: str | None = None  # a TX DONE line that beat its waiter
-        self._rx: deque[Datagram] = deque()
-        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
+        self._inbox = Inbox(RX_QUEUE)
         self._expect: _Expect | None = None
         self._down: str | None = None
         self._wake: asyncio.Event | None = None
@@ -245,11 +244,7 @@ class ATLink(Link):
         self._close_port()
         if self._stale is not None:
             self._stale.cancel()
-        err = LinkError(f"{self.url} is closed")
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(err)
+        self._inbox.fail(LinkError(f"{self.url} is closed"))
         self._notify()
 
     # -- reading
@@ -314,15 +309,8 @@ class ATLink(Link):
         loop = asyncio.get_running_loop()
         dgram = Datagram(packet.data, loop.time(), packet.rssi, packet.snr)
         self.stats.received += 1
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_result(dgram)
-                return
-        if len(self._rx) >= RX_QUEUE:
-            self._rx.popleft()
+        if self._inbox.put(dgram):
             self._junk("rx_overflow", "receive queue full: oldest datagram dropped")
-        self._rx.append(dgram)
 
     def _junk(self, reason: str, detail: str) -> None:
         self.stats.bump(reason)
@@ -495,15 +483,11 @@ class ATLink(Link):
         if self.closed:
             raise LinkError(f"{self.url} is closed")
         self.start()
-        if self._rx:
-            return self._rx.popleft()
-        fut: asyncio.Future[Datagram] = asyncio.get_running_loop().create_future()
-        self._rx_waiters.append(fut)
-        return await fut
+        return await self._inbox.get(asyncio.get_running_loop())
 
     def pending(self) -> int:
         """Datagrams received and not yet taken with ``recv``."""
-        return len(self._rx)
+        return len(self._inbox)
 
 
 # --- URLs ----------------------------------------------------------------------------------

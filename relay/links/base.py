@@ -8,6 +8,8 @@ budget airtime without knowing which radio is behind it.
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +38,80 @@ class LinkStats:
 
     def bump(self, key: str, n: int = 1) -> None:
         self.extra[key] = self.extra.get(key, 0) + n
+
+
+class Inbox:
+    """A link's receive queue: datagrams that arrived, and the ``recv`` calls waiting for one.
+
+    A datagram goes to the oldest receiver still waiting, else into the queue (which, with
+    ``limit``, drops its oldest datagram to make room). A receiver cancelled after it was
+    handed a datagram gives it back, so cancelling ``recv`` never loses one.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._queue: deque[Datagram] = deque()
+        self._waiters: deque[asyncio.Future[Datagram]] = deque()
+
+    def __len__(self) -> int:
+        """Datagrams queued and not yet taken."""
+        return len(self._queue)
+
+    def put(self, dgram: Datagram) -> bool:
+        """Deliver one datagram; True when the queue was full and its oldest was dropped."""
+        if self._hand_over(dgram):
+            return False
+        dropped = self.limit is not None and len(self._queue) >= self.limit
+        if dropped:
+            self._queue.popleft()
+        self._queue.append(dgram)
+        return dropped
+
+    def get_nowait(self) -> Datagram:
+        """The oldest queued datagram; IndexError when none is queued."""
+        return self._queue.popleft()
+
+    async def get(self, loop: asyncio.AbstractEventLoop) -> Datagram:
+        """The oldest queued datagram, else wait (on ``loop``) for the next one to arrive."""
+        if self._queue:
+            return self._queue.popleft()
+        fut: asyncio.Future[Datagram] = loop.create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._give_back(fut.result())  # handed a datagram, then cancelled
+            raise
+
+    def fail(self, exc: BaseException) -> None:
+        """Wake every waiting receiver with ``exc`` (queued datagrams stay queued)."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def clear(self) -> None:
+        """Drop every queued datagram."""
+        self._queue.clear()
+
+    def forget_waiters(self) -> None:
+        """Drop the waiting receivers without waking them (their event loop is gone)."""
+        self._waiters.clear()
+
+    def _hand_over(self, dgram: Datagram) -> bool:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(dgram)
+                return True
+        return False
+
+    def _give_back(self, dgram: Datagram) -> None:
+        if not self._hand_over(dgram):
+            self._queue.appendleft(dgram)
 
 
 class Link(abc.ABC):

@@ -30,7 +30,7 @@ import time
 from collections import deque
 
 from relay.errors import DutyCycleExceeded, FramingError, LinkError, UsageError
-from relay.links.base import Datagram, Link, LinkStats
+from relay.links.base import Datagram, Inbox, Link, LinkStats
 from relay.links.framing import (
     ETHER_TO_NODE,
     PROTOCOL_VERSION,
@@ -288,8 +288,7 @@ class RemoteSimLink(Link):
         self._starting: asyncio.Future[None] | None = None
         self._send_lock = asyncio.Lock()  # binds to a loop on first use (Python >= 3.10)
         self._failure: str | None = None
-        self._rx: deque[Datagram] = deque()
-        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
+        self._inbox = Inbox()
         self._replies: deque[tuple[asyncio.Future[Message], type]] = deque()
 
     def __repr__(self) -> str:
@@ -300,7 +299,7 @@ class RemoteSimLink(Link):
 
     def pending(self) -> int:
         """Datagrams received and not yet taken with ``recv``."""
-        return len(self._rx)
+        return len(self._inbox)
 
     # -- plumbing
 
@@ -364,7 +363,7 @@ class RemoteSimLink(Link):
         if isinstance(msg, Data):
             assert self._loop is not None
             self.stats.received += 1
-            self._arrive(Datagram(msg.data, self._loop.time()))
+            self._inbox.put(Datagram(msg.data, self._loop.time()))
         elif isinstance(msg, Ack | Nack | Drained):
             if not self._replies:
                 raise FramingError(f"unrequested {type(msg).__name__.upper()}")
@@ -378,23 +377,12 @@ class RemoteSimLink(Link):
         else:
             raise FramingError(f"unexpected {type(msg).__name__.upper()}")
 
-    def _arrive(self, datagram: Datagram) -> None:
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_result(datagram)
-                return
-        self._rx.append(datagram)
-
     def _fail(self, message: str) -> None:
         """The connection is over: every waiter gets LinkError(message)."""
         if self._failure is None:
             self._failure = message
         err = self._failure
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(LinkError(err))
+        self._inbox.fail(LinkError(err))
         while self._replies:
             fut, _ = self._replies.popleft()
             if not fut.done():
@@ -450,23 +438,19 @@ class RemoteSimLink(Link):
     async def recv(self) -> Datagram:
         if self.closed:
             raise LinkError(f"{self.url} is closed")
-        if self._rx:
-            return self._rx.popleft()
+        if self._inbox:
+            return self._inbox.get_nowait()
         await self._ensure_started()
-        if self._rx:
-            return self._rx.popleft()
-        if self._failure is not None:
+        if not self._inbox and self._failure is not None:
             raise LinkError(self._failure)
         assert self._loop is not None
-        fut: asyncio.Future[Datagram] = self._loop.create_future()
-        self._rx_waiters.append(fut)
-        return await fut
+        return await self._inbox.get(self._loop)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._rx.clear()
+        self._inbox.clear()
         self._fail(f"{self.url} is closed")
         task, self._task = self._task, None
         if task is not None and not task.done():

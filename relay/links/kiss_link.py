@@ -33,7 +33,7 @@ from collections import deque
 
 from relay.errors import FramingError, LinkError, UsageError
 from relay.links import ax25
-from relay.links.base import Datagram, Link, LinkStats
+from relay.links.base import Datagram, Inbox, Link, LinkStats
 from relay.links.kiss import Command, Decoder, command_frame, data_frame
 from relay.links.kiss_options import KissOptions
 from relay.links.kiss_profile import kiss_profile
@@ -93,8 +93,7 @@ class KissLink(Link):
         self._writing = False
         self._room: list[asyncio.Future[None]] = []
         self._idle: list[asyncio.Future[None]] = []
-        self._rx: deque[Datagram] = deque()
-        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
+        self._inbox = Inbox(MAX_RX_QUEUE)
         self._air_until = 0.0  # loop time when the TNC should have sent all it was given
 
     def __repr__(self) -> str:
@@ -119,7 +118,7 @@ class KissLink(Link):
 
     def pending(self) -> int:
         """Datagrams received and not yet taken with ``recv``."""
-        return len(self._rx)
+        return len(self._inbox)
 
     # -- the Link interface
 
@@ -164,14 +163,10 @@ class KissLink(Link):
     async def recv(self) -> Datagram:
         if self.closed:
             raise LinkError(f"{self.url} is closed")
-        if not self._rx:
+        if not self._inbox:
             await self.connect()
-        if self._rx:
-            return self._rx.popleft()
         assert self._loop is not None
-        fut: asyncio.Future[Datagram] = self._loop.create_future()
-        self._rx_waiters.append(fut)
-        return await fut
+        return await self._inbox.get(self._loop)
 
     async def drain(self) -> None:
         """Wait until every queued datagram went to the TNC and its estimated airtime passed.
@@ -206,12 +201,8 @@ class KissLink(Link):
                 await task
         await self.transport.close()
         self.connected = False
-        self._rx.clear()
-        err = LinkError(f"{self.url} is closed")
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(err)
+        self._inbox.clear()
+        self._inbox.fail(LinkError(f"{self.url} is closed"))
         _wake(self._room)
         _wake(self._idle)
 
@@ -394,17 +385,9 @@ class KissLink(Link):
                 return
         assert self._loop is not None
         self.stats.received += 1
-        datagram = Datagram(payload, self._loop.time())
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_result(datagram)
-                return
-        if len(self._rx) >= MAX_RX_QUEUE:
-            self._rx.popleft()
+        if self._inbox.put(Datagram(payload, self._loop.time())):
             self.stats.bump("rx_overflow")
             log.warning("%s: nobody is reading; dropped the oldest received datagram", self.url)
-        self._rx.append(datagram)
 
 
 def _wake(futures: list[asyncio.Future[None]]) -> None:

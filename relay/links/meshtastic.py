@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any
 
 from relay.errors import LinkError, UsageError
-from relay.links.base import Datagram, Link, LinkStats
+from relay.links.base import Datagram, Inbox, Link, LinkStats
 from relay.links.meshtastic_url import MTU, MeshtasticOptions, library, parse_url
 from relay.links.threads import Worker, in_thread
 from relay.radio.profiles import RadioProfile, firmware_default, preset
@@ -93,9 +93,8 @@ class MeshtasticLink(Link):
         self._in_flight = False
         self._retries = 0
         self._down_drops = 0
-        self._rx: deque[Datagram] = deque()
+        self._inbox = Inbox()
         self._waiters: list[asyncio.Future[None]] = []
-        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
         # pypubsub holds listeners weakly: keep the bound methods referenced for our lifetime.
         self._listeners = (self._on_receive, self._on_connection)
         from pubsub import pub
@@ -300,21 +299,14 @@ class MeshtasticLink(Link):
             return  # our own packet echoed back by a relaying node
         dgram = Datagram(data, loop.time(), rssi=rssi or None, snr=snr or None)
         self.stats.received += 1
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_result(dgram)
-                return
-        self._rx.append(dgram)
+        self._inbox.put(dgram)
 
     async def recv(self) -> Datagram:
         if self.closed:
             raise LinkError(f"{self.url} is closed")
-        if self._rx:
-            return self._rx.popleft()
-        fut: asyncio.Future[Datagram] = self._start().create_future()
-        self._rx_waiters.append(fut)
-        return await fut
+        if self._inbox:
+            return self._inbox.get_nowait()
+        return await self._inbox.get(self._start())
 
     # -- the connection
 
@@ -454,12 +446,8 @@ class MeshtasticLink(Link):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(in_thread(_quiet_close, dying), 5)
         self._forget()
-        err = LinkError(f"{self.url} is closed")
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(err)
-        self._rx.clear()
+        self._inbox.fail(LinkError(f"{self.url} is closed"))
+        self._inbox.clear()
         self._notify()
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from relay.errors import DutyCycleExceeded, LinkError, UsageError
-from relay.links.base import Datagram, Link, LinkStats
+from relay.links.base import Datagram, Inbox, Link, LinkStats
 from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
 
 DEFAULT_PRESET = "SHORT_FAST"
@@ -393,8 +393,7 @@ class SimLink(Link):
         self._wake: asyncio.TimerHandle | None = None
         self._room: list[asyncio.Future[None]] = []
         self._idle: list[asyncio.Future[None]] = []
-        self._rx: deque[Datagram] = deque()
-        self._rx_waiters: deque[asyncio.Future[Datagram]] = deque()
+        self._inbox = Inbox()
         self._duty_log: deque[tuple[float, float]] = deque()  # (end, airtime) per transmission
         # Attached before the loop runs: None, and it hears everything from the start.
         with contextlib.suppress(RuntimeError):
@@ -535,32 +534,25 @@ class SimLink(Link):
         self._duty_log.clear()
         self._room.clear()
         self._idle.clear()
-        self._rx_waiters.clear()
+        self._inbox.forget_waiters()
         self.attached_at = None
 
     # -- receiving
 
     def _arrive(self, dgram: Datagram) -> None:
         self.stats.received += 1
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_result(dgram)
-                return
-        self._rx.append(dgram)
+        self._inbox.put(dgram)
 
     async def recv(self) -> Datagram:
         if self.closed:
             raise LinkError(f"{self.url} is closed")
-        if self._rx:
-            return self._rx.popleft()
-        fut: asyncio.Future[Datagram] = self.ether._bind().create_future()
-        self._rx_waiters.append(fut)
-        return await fut
+        if self._inbox:
+            return self._inbox.get_nowait()
+        return await self._inbox.get(self.ether._bind())
 
     def pending(self) -> int:
         """Datagrams received and not yet taken with ``recv``."""
-        return len(self._rx)
+        return len(self._inbox)
 
     async def close(self) -> None:
         if self.closed:
@@ -572,13 +564,9 @@ class SimLink(Link):
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
-        self._rx.clear()
+        self._inbox.clear()
         self.ether._detach(self)
-        err = LinkError(f"{self.url} is closed")
-        while self._rx_waiters:
-            fut = self._rx_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(err)
+        self._inbox.fail(LinkError(f"{self.url} is closed"))
         _wake_all(self._room, None)
         _wake_all(self._idle, None)
 
