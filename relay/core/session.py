@@ -70,16 +70,19 @@ class Sender:
 
     @property
     def next_counter(self) -> int:
-        """The counter the next packet will use (its block may not be reserved yet)."""
+        """The counter the next packet will use (reserving its block durably if needed)."""
+        with self._lock:
+            self._ensure_block()
+            return self._next
+
+    def _ensure_block(self) -> None:
         if self._next >= self._limit:
-            return self._counters.peek(self.counter_name) if hasattr(self._counters, "peek") else 0
-        return self._next
+            start = self._counters.reserve(self.counter_name, self._block, wire.COUNTER_LIMIT)
+            self._next, self._limit = start, start + self._block
 
     def _take_counter(self) -> int:
         with self._lock:
-            if self._next >= self._limit:
-                start = self._counters.reserve(self.counter_name, self._block, wire.COUNTER_LIMIT)
-                self._next, self._limit = start, start + self._block
+            self._ensure_block()
             counter = self._next
             self._next += 1
             return counter
