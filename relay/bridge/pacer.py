@@ -1,0 +1,278 @@
+"""Airtime discipline for traffic a bridge puts onto a radio (sans-I/O).
+
+The internet can offer far more than a radio may carry under its duty cycle. The pacer holds
+what is offered for one outbound radio link and releases it one transmission at a time:
+
+* control and HELLO packets (clear type != VOICE) go first: moderation must get through;
+* voice is grouped into overs per (room hint, sender short id), the only grouping the clear
+  header allows; an over starts with the first voice packet after a silence of ``gap``;
+* a new over is admitted only if the remaining budget can carry a reserve for it, otherwise
+  it is refused whole (every packet of it, until the next gap), counted and reported once so
+  the runtime can tell the room why. An admitted over is never dropped for budget: its
+  packets wait instead, because half an over is worse than none.
+
+Only as a last resort, when an admitted over's backlog exceeds ``max_backlog`` packets, is
+it cut (counted and reported): memory stays bounded even if the admission estimate was wrong.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.core.wire import Header, PacketType
+from relay.errors import PacketError, UsageError
+
+OverKey = tuple[int, int]  # (room hint, sender short id)
+
+DEFAULT_GAP = 1.5
+DEFAULT_RESERVE_PACKETS = 10
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class PacerDecision:
+    """What the pacer did with one offered packet.
+
+    ``notify`` is True once per refused or cut over: the runtime should tell the room why.
+    """
+
+    queued: bool
+    reason: (
+        str  # control | voice | over_refused | over_cut | too_big | control_overflow | malformed
+    )
+    key: OverKey | None = None
+    notify: bool = False
+
+
+@dataclass(slots=True)
+class PacerStats:
+    """Counters of one pacer."""
+
+    offered: int = 0
+    sent: int = 0
+    airtime_s: float = 0.0
+    control_sent: int = 0
+    voice_sent: int = 0
+    overs_admitted: int = 0
+    overs_refused: int = 0
+    overs_cut: int = 0
+    voice_dropped: int = 0  # packets of refused or cut overs
+    control_dropped: int = 0
+    too_big: int = 0
+    malformed: int = 0
+
+
+@dataclass(slots=True)
+class _Over:
+    key: OverKey
+    last_seen: float
+    admitted: bool
+    reserve: float  # airtime seconds held for it at admission
+    spent: float = 0.0  # airtime queued or sent for it so far
+    queued: int = 0
+    cut: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    packet: bytes
+    airtime: float
+    over: _Over | None
+
+
+class Pacer:
+    """Paces one outbound radio link to its airtime and duty-cycle budget.
+
+    ``airtime(nbytes)`` is the link's own airtime function; the budget is ``duty_cycle *
+    window`` seconds of airtime in any sliding ``window``. ``over_reserve`` is the airtime a
+    new over must find free to be admitted (default: ``reserve_packets`` times the airtime of
+    its first packet).
+    """
+
+    def __init__(
+        self,
+        airtime: Callable[[int], float],
+        duty_cycle: float = 1.0,
+        window: float = 3600.0,
+        *,
+        gap: float = DEFAULT_GAP,
+        over_reserve: float | None = None,
+        reserve_packets: int = DEFAULT_RESERVE_PACKETS,
+        max_backlog: int = 1024,
+        max_control: int = 256,
+    ) -> None:
+        if not 0.0 < duty_cycle <= 1.0:
+            raise UsageError(f"duty_cycle must be in (0, 1], got {duty_cycle!r}")
+        if not window > 0:
+            raise UsageError(f"window must be > 0 seconds, got {window!r}")
+        if not gap > 0:
+            raise UsageError(f"over gap must be > 0 seconds, got {gap!r}")
+        if over_reserve is not None and over_reserve < 0:
+            raise UsageError(f"over_reserve must be >= 0 seconds, got {over_reserve!r}")
+        if reserve_packets < 1 or max_backlog < 1 or max_control < 1:
+            raise UsageError("reserve_packets, max_backlog and max_control must be >= 1")
+        self.airtime = airtime
+        self.budget = duty_cycle * window
+        self.window = float(window)
+        self.gap = float(gap)
+        self.over_reserve = over_reserve
+        self.reserve_packets = reserve_packets
+        self.max_backlog = max_backlog
+        self.max_control = max_control
+        self.stats = PacerStats()
+        self._control: deque[_Item] = deque()
+        self._voice: deque[_Item] = deque()
+        self._overs: dict[OverKey, _Over] = {}
+        self._log: deque[tuple[float, float]] = deque()  # (end, airtime) per transmission
+        self._busy_until = float("-inf")
+        self._queued_airtime = 0.0
+
+    # -- budget
+
+    def used(self, now: float) -> float:
+        """Airtime counted against the budget in the window ending at ``now``."""
+        horizon = now - self.window + 1e-6
+        while self._log and self._log[0][0] <= horizon:
+            self._log.popleft()
+        return sum(a for _, a in self._log)
+
+    def _available(self, now: float) -> float:
+        """Budget left after what was sent, what is queued, and what admitted overs hold."""
+        held = sum(
+            max(0.0, o.reserve - o.spent)
+            for o in self._overs.values()
+            if o.admitted and not o.cut and now - o.last_seen <= self.gap
+        )
+        return self.budget - self.used(now) - self._queued_airtime - held
+
+    def _fits_at(self, now: float, airtime: float) -> float:
+        """Earliest time >= now at which ``airtime`` more fits the sliding window."""
+        need = self.used(now) + airtime - self.budget
+        if need <= _EPS:
+            return now
+        freed = 0.0
+        for end, a in self._log:
+            freed += a
+            if freed >= need - _EPS:
+                return end + self.window
+        return float("inf")  # cannot happen for airtime <= budget
+
+    # -- offering
+
+    def offer(self, packet: bytes, now: float) -> list[PacerDecision]:
+        """Take one packet bound for the radio; say whether it was queued, and why not."""
+        self.stats.offered += 1
+        self._forget_ended(now)
+        try:
+            header = Header.parse(packet)
+        except PacketError:
+            self.stats.malformed += 1
+            return [PacerDecision(False, "malformed")]
+        airtime = float(self.airtime(len(packet)))
+        if header.ptype != PacketType.VOICE:
+            return [self._offer_control(bytes(packet), airtime)]
+        return [self._offer_voice(bytes(packet), airtime, (header.hint, header.sender), now)]
+
+    def _offer_control(self, packet: bytes, airtime: float) -> PacerDecision:
+        if airtime > self.budget + _EPS:
+            self.stats.too_big += 1
+            self.stats.control_dropped += 1
+            return PacerDecision(False, "too_big")
+        if len(self._control) >= self.max_control:
+            self.stats.control_dropped += 1
+            return PacerDecision(False, "control_overflow")
+        self._control.append(_Item(packet, airtime, None))
+        self._queued_airtime += airtime
+        return PacerDecision(True, "control")
+
+    def _offer_voice(
+        self, packet: bytes, airtime: float, key: OverKey, now: float
+    ) -> PacerDecision:
+        over = self._overs.get(key)
+        if over is None or now - over.last_seen > self.gap:
+            over = self._start_over(key, airtime, now)
+            if not over.admitted:
+                self.stats.voice_dropped += 1
+                return PacerDecision(False, "over_refused", key, notify=True)
+        over.last_seen = now
+        if not over.admitted:
+            self.stats.voice_dropped += 1
+            return PacerDecision(False, "over_refused", key)
+        if over.cut:
+            self.stats.voice_dropped += 1
+            return PacerDecision(False, "over_cut", key)
+        if airtime > self.budget + _EPS or len(self._voice) >= self.max_backlog:
+            over.cut = True
+            self.stats.overs_cut += 1
+            self.stats.voice_dropped += 1
+            return PacerDecision(False, "over_cut", key, notify=True)
+        self._voice.append(_Item(packet, airtime, over))
+        over.spent += airtime
+        over.queued += 1
+        self._queued_airtime += airtime
+        return PacerDecision(True, "voice", key)
+
+    def _start_over(self, key: OverKey, airtime: float, now: float) -> _Over:
+        reserve = self.over_reserve
+        if reserve is None:
+            reserve = self.reserve_packets * airtime
+        reserve = max(reserve, airtime)
+        admitted = airtime <= self.budget + _EPS and self._available(now) >= reserve - _EPS
+        over = _Over(key=key, last_seen=now, admitted=admitted, reserve=reserve)
+        self._overs[key] = over
+        if admitted:
+            self.stats.overs_admitted += 1
+        else:
+            self.stats.overs_refused += 1
+        return over
+
+    def _forget_ended(self, now: float) -> None:
+        """Drop the state of overs that ended (silent for ``gap``) and have nothing queued."""
+        ended = [
+            k for k, o in self._overs.items() if now - o.last_seen > self.gap and o.queued == 0
+        ]
+        for k in ended:
+            del self._overs[k]
+
+    # -- releasing
+
+    def due(self, now: float) -> list[bytes]:
+        """Packets to transmit now, in order; the caller sends them back to back."""
+        out: list[bytes] = []
+        while self._busy_until <= now + _EPS:
+            queue = self._control or self._voice
+            if not queue:
+                break
+            item = queue[0]
+            if self._fits_at(now, item.airtime) > now + _EPS:
+                break
+            queue.popleft()
+            self._queued_airtime -= item.airtime
+            start = max(now, self._busy_until)
+            self._busy_until = start + item.airtime
+            self._log.append((self._busy_until, item.airtime))
+            self.stats.sent += 1
+            self.stats.airtime_s += item.airtime
+            if item.over is None:
+                self.stats.control_sent += 1
+            else:
+                item.over.queued -= 1
+                self.stats.voice_sent += 1
+            out.append(item.packet)
+        if not self._control and not self._voice:
+            self._queued_airtime = 0.0  # no float drift while idle
+        self._forget_ended(now)
+        return out
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When ``due`` may next release something (None: nothing is queued)."""
+        queue = self._control or self._voice
+        if not queue:
+            return None
+        return max(now, self._busy_until, self._fits_at(now, queue[0].airtime))
+
+    def backlog(self) -> int:
+        """Packets queued and not yet released."""
+        return len(self._control) + len(self._voice)
