@@ -19,6 +19,8 @@ SCHEMES: dict[str, str] = {
     "meshtastic+tcp": "relay.links.meshtastic",
     "kiss": "relay.links.kiss_serial",
     "kiss+tcp": "relay.links.kiss_tcp",
+    "mqtt": "relay.links.mqtt",
+    "mqtts": "relay.links.mqtt",
 }
 
 

@@ -1,0 +1,78 @@
+"""A real mosquitto broker for tests: a plain process on a free 127.0.0.1 port.
+
+``Broker`` writes a temporary config (``listener PORT 127.0.0.1``, ``allow_anonymous true``,
+no persistence), starts ``mosquitto -c``, waits until the port accepts connections, and can
+be stopped and restarted on the same port (fault tests). The ``mosquitto`` fixture in
+``conftest.py`` yields one; it skips only when the mosquitto binary is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        assert MOSQUITTO is not None
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
+        self.logfile = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        assert self.proc is None
+        deadline = time.monotonic() + timeout
+        with self.logfile.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.logfile.read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop, stay down ``down`` seconds, start again on the same port."""
+        self.stop()
+        if down:
+            time.sleep(down)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"

@@ -1,0 +1,195 @@
+"""mqtt:// links through a real mosquitto (tests/mosquitto.py; skipped only without it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from relay.errors import LinkError, UsageError
+from relay.links.mqtt import MqttLink, open_url, redact, topic_for
+from relay.links.url import open_link
+
+
+def packet(hint: int, seq: int) -> bytes:
+    """A stand-in for a sealed packet: byte 1 is the room hint, then a sequence number."""
+    return bytes([0x40, hint]) + seq.to_bytes(4, "big") + bytes(10)
+
+
+def seq_of(data: bytes) -> int:
+    return int.from_bytes(data[2:6], "big")
+
+
+def run(coro, timeout: float = 12.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def fast(link: MqttLink) -> MqttLink:
+    link.backoff_min = 0.05
+    link.backoff_max = 0.3
+    return link
+
+
+def test_two_links_exchange_and_never_hear_themselves(mosquitto) -> None:
+    async def main() -> None:
+        async with (
+            open_link(mosquitto.url + "?client=a") as a,
+            open_link(mosquitto.url + "?client=b") as b,
+        ):
+            await a.connect()
+            await b.connect()
+            for i in range(20):
+                await a.send(packet(0x3F, i))
+                await b.send(packet(0x3F, 1000 + i))
+            got_b = [seq_of((await b.recv()).data) for _ in range(20)]
+            got_a = [seq_of((await a.recv()).data) for _ in range(20)]
+            assert got_b == list(range(20))
+            assert got_a == [1000 + i for i in range(20)]
+            await asyncio.sleep(0.2)  # anything echoed back would have arrived by now
+            assert a.pending() == 0 and b.pending() == 0
+            assert a.stats.sent == a.stats.received == 20
+            assert b.stats.sent == b.stats.received == 20
+            assert a.mtu == 4096 and a.airtime(4096) == 0.0
+
+    run(main())
+
+
+def test_one_topic_per_room_hint(mosquitto) -> None:
+    async def main() -> None:
+        async with (
+            open_link(mosquitto.url + "?room=0a") as only_a,
+            open_link(mosquitto.url + "?room=0a,0b") as both,
+            open_link(mosquitto.url) as sender,
+        ):
+            assert isinstance(only_a, MqttLink)
+            assert only_a.topics() == ["relay/v1/0a"]
+            await only_a.connect()
+            await both.connect()
+            await sender.connect()
+            await sender.send(packet(0x0B, 1))
+            await sender.send(packet(0x0A, 2))
+            await sender.send(packet(0x0C, 3))
+            assert seq_of((await only_a.recv()).data) == 2
+            assert [seq_of((await both.recv()).data) for _ in range(2)] == [1, 2]
+            await asyncio.sleep(0.2)
+            assert only_a.pending() == 0 and both.pending() == 0
+            # rooms can change while running (hints rotate hourly)
+            await only_a.set_rooms([0x0C])
+            await sender.send(packet(0x0A, 4))
+            await sender.send(packet(0x0C, 5))
+            assert seq_of((await only_a.recv()).data) == 5
+            await asyncio.sleep(0.1)
+            assert only_a.pending() == 0
+
+    run(main())
+
+
+def test_broker_restart_mid_stream_is_survived_and_counted(mosquitto, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="relay.links.mqtt")
+    total = 60
+
+    async def main() -> tuple[MqttLink, MqttLink, list[int]]:
+        a = fast(open_url(mosquitto.url + "?client=tx&queue=8"))
+        b = fast(open_url(mosquitto.url + "?client=rx"))
+        got: list[int] = []
+
+        async def listen() -> None:
+            while True:
+                got.append(seq_of((await b.recv()).data))
+
+        async with a, b:
+            await a.connect()
+            await b.connect()
+            listener = asyncio.create_task(listen())
+            for i in range(total):
+                if i == 20:
+                    await a.drain()
+                    await asyncio.to_thread(mosquitto.stop)
+                    while a.connected or b.connected:
+                        await asyncio.sleep(0.01)
+                if i == 40:  # 20 sent while down, into a queue of 8: 12 dropped, counted
+                    await asyncio.to_thread(mosquitto.start)
+                    while not (a.connected and b.connected):
+                        await asyncio.sleep(0.01)
+                    await a.drain()
+                await a.send(packet(0x3F, i))
+            await a.drain()
+            while not got or got[-1] != total - 1:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            listener.cancel()
+            return a, b, got
+
+    a, b, got = run(main())
+    # nothing accepted is unaccounted for at the sender
+    assert a.stats.sent + a.stats.dropped == total
+    assert a.stats.dropped == a.stats.extra["tx_dropped"] == 12
+    assert a.stats.extra["queued_while_down"] == 20
+    assert a.stats.extra["reconnects"] >= 1 and b.stats.extra["reconnects"] >= 1
+    # before and after the outage, everything; during it, the 8 queued ones at most
+    assert got[:20] == list(range(20))
+    assert got[-20:] == list(range(40, 60))
+    middle = set(got[20:-20])
+    assert middle <= set(range(32, 40))
+    assert b.stats.received == len(got)
+    assert "dropped the oldest" in caplog.text
+    assert "lost the broker" in caplog.text
+
+
+def test_unreachable_broker_is_a_link_error() -> None:
+    from mosquitto import free_port
+
+    async def main() -> None:
+        link = open_url(f"mqtt://127.0.0.1:{free_port()}")
+        with pytest.raises(LinkError, match="cannot reach the MQTT broker"):
+            await link.send(packet(1, 1))
+        await link.close()
+
+    run(main())
+
+
+def test_send_size_limits(mosquitto) -> None:
+    async def main() -> None:
+        async with open_link(mosquitto.url) as link:
+            with pytest.raises(UsageError, match="MTU"):
+                await link.send(bytes(4097))
+            with pytest.raises(UsageError, match="room hint"):
+                await link.send(b"\x01")
+            assert link.stats.refused == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "url, match",
+    [
+        ("mqtt://", "no broker host"),
+        ("mqtt://host:99999", "bad MQTT URL"),
+        ("mqtt://host?bogus=1", "unknown mqtt:// option"),
+        ("mqtt://host?room=3", "2 hex digits"),
+        ("mqtt://host?room=zz", "not hex"),
+        ("mqtt://host?prefix=a/%2B", "prefix"),
+        ("mqtt://host?prefix=", "prefix"),
+        ("mqtt://host?queue=0", "queue"),
+        ("mqtt://host?ca=/x.pem", "mqtts"),
+        ("mqtt://host/path", "unexpected path"),
+    ],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        open_link(url)
+
+
+def test_url_parts_and_password_is_never_shown() -> None:
+    link = open_url("mqtts://alice:s%40cret@broker.example?ca=/etc/ca.pem&room=3f,A0&prefix=x/y")
+    assert link.tls and link.port == 8883 and link.ca == "/etc/ca.pem"
+    assert link.username == "alice" and link._password == "s@cret"
+    assert "cret" not in link.url and "cret" not in repr(link)
+    assert link.url.startswith("mqtts://alice:***@broker.example")
+    assert link.rooms == {0x3F, 0xA0}
+    assert link.topics() == ["x/y/v1/3f", "x/y/v1/a0"]
+    assert topic_for("relay", 7) == "relay/v1/07"
+    plain = open_url("mqtt://127.0.0.1")
+    assert plain.port == 1883 and not plain.tls and plain.topics() == ["relay/v1/+"]
+    assert redact("mqtt://u:p@h:1") == "mqtt://u:***@h:1"
