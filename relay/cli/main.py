@@ -13,6 +13,7 @@ from relay.errors import RelayError, UsageError
 # Commands are imported when used, so `relay --help` and quick commands start fast
 # (the voice stack pulls in numpy, soundfile and pycodec2).
 COMMANDS: dict[str, str] = {
+    "bridge": "relay.cli.bridge:bridge_cmd",
     "demo": "relay.cli.demo:demo",
     "devices": "relay.cli.devices:devices_cmd",
     "emulate": "relay.cli.emulate:emulate_group",
@@ -22,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "listen": "relay.cli.talk:listen_cmd",
     "moderate": "relay.cli.talk:moderate_cmd",
     "plan": "relay.cli.plan:plan_cmd",
+    "repeat": "relay.cli.bridge:repeat_cmd",
     "room": "relay.cli.room:room_group",
     "talk": "relay.cli.talk:talk_cmd",
 }

@@ -1,0 +1,202 @@
+"""`relay repeat` and `relay bridge`: forward sealed room packets between links."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import click
+
+from relay.bridge.core import LinkKind
+from relay.errors import UsageError
+from relay.links.base import Link
+from relay.links.url import open_link
+from relay.runtime.bridge import Bridge, BridgeLink, link_kind, stats_line
+
+_common = [
+    click.option(
+        "--duty-cycle",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Airtime budget of each radio link as a fraction (0.01 = 1 %, EU 868 MHz); "
+        "whole overs that do not fit are refused, counted and logged.",
+    ),
+    click.option(
+        "--duration",
+        type=click.FloatRange(min=0.0),
+        help="Stop after this many seconds (default: run until Ctrl-C).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON."),
+    click.option("--verbose", "-v", is_flag=True, help="Log refused overs and link trouble."),
+]
+
+
+def _common_options(func):
+    for decorator in reversed(_common):
+        func = decorator(func)
+    return func
+
+
+@click.command("repeat")
+@click.option(
+    "--link",
+    "links",
+    multiple=True,
+    metavar="URL",
+    help="A radio link to repeat between (give two or more).",
+)
+@_common_options
+def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
+    """Repeat room packets between radio links (cross-band: hear on one, send on another).
+
+    The repeater needs no room key: it forwards sealed packets, each at most once per link,
+    never back where it came from, paced to each radio's airtime and duty cycle.
+
+    \b
+    Examples:
+      relay repeat --link sim://island_a --link sim://island_b --duration 60
+      relay repeat --link kiss+tcp://127.0.0.1:8001 --link meshtastic:///dev/ttyUSB0
+      relay repeat --link at:///dev/ttyUSB0 --link at:///dev/ttyUSB1 --duty-cycle 0.01
+    """
+    if len(links) < 2:
+        raise UsageError("relay repeat needs two --link URLs (the radios to repeat between)")
+    for url in links:
+        if link_kind(url) is LinkKind.MQTT:
+            raise UsageError(f"{url}: MQTT is for `relay bridge --mqtt`, not repeat")
+    _run(list(links), duty_cycle, duration, as_json, verbose, "repeat")
+
+
+@click.command("bridge")
+@click.option("--link", "links", multiple=True, metavar="URL", help="The radio link(s) to bridge.")
+@click.option("--mqtt", "mqtt_url", required=True, metavar="URL", help="mqtt://HOST:PORT")
+@click.option(
+    "--room",
+    "rooms",
+    multiple=True,
+    metavar="HINT",
+    help="Carry only this room hint (2 hex digits; repeatable). Default: every room.",
+)
+@click.option(
+    "--gateway-id",
+    type=click.IntRange(0, (1 << 32) - 1),
+    help="This bridge's id (default: random).",
+)
+@_common_options
+def bridge_cmd(links, mqtt_url, rooms, gateway_id, duty_cycle, duration, as_json, verbose):
+    """Bridge radio links to an MQTT broker, where other bridges and internet-only members
+    (talk/listen --link mqtt://...) meet.
+
+    The broker sees sealed packets only, one topic per room hint (relay/v1/<hint>).
+
+    \b
+    Examples:
+      relay bridge --link sim://island_a --mqtt mqtt://127.0.0.1:1883
+      relay bridge --link kiss+tcp://127.0.0.1:8001 --mqtt mqtts://user:pw@broker.example
+      relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room 3f --duty-cycle 0.01
+    """
+    if not links:
+        raise UsageError("relay bridge needs a --link URL (the radio to bridge)")
+    for url in links:
+        if link_kind(url) is LinkKind.MQTT:
+            raise UsageError(f"--link {url}: give radio links to --link and the broker to --mqtt")
+    if link_kind(mqtt_url) is not LinkKind.MQTT:
+        raise UsageError(f"--mqtt {mqtt_url!r} must be an mqtt:// or mqtts:// URL")
+    hints = _parse_hints(rooms)
+    _run([*links, mqtt_url], duty_cycle, duration, as_json, verbose, "bridge", hints, gateway_id)
+
+
+def _parse_hints(rooms: Sequence[str]) -> frozenset[int] | None:
+    if not rooms:
+        return None
+    hints = set()
+    for text in rooms:
+        for part in text.split(","):
+            part = part.strip().lower()
+            if len(part) != 2 or any(c not in "0123456789abcdef" for c in part):
+                raise UsageError(f"--room {part!r} must be a room hint of 2 hex digits (e.g. 3f)")
+            hints.add(int(part, 16))
+    return frozenset(hints)
+
+
+def _run(
+    urls: list[str],
+    duty_cycle: float,
+    duration: float | None,
+    as_json: bool,
+    verbose: bool,
+    what: str,
+    hints: frozenset[int] | None = None,
+    gateway_id: int | None = None,
+) -> None:
+    if len(set(urls)) != len(urls):
+        raise UsageError("the same link URL is given twice")
+    if not 0.0 < duty_cycle <= 1.0:
+        raise UsageError(f"--duty-cycle must be in (0, 1], got {duty_cycle}")
+    logger = logging.getLogger("relay.runtime.bridge")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"relay {what}: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    logger.propagate = False
+    try:
+        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+    else:
+        click.echo(f"relay {what}: {stats_line(stats)}")
+
+
+async def _main(
+    urls: list[str],
+    duty_cycle: float,
+    duration: float | None,
+    hints: frozenset[int] | None,
+    gateway_id: int | None,
+) -> dict:
+    opened: list[Link] = []
+    try:
+        for url in urls:
+            opened.append(open_link(url))
+        bridge = Bridge(
+            [BridgeLink(url, link, link_kind(url)) for url, link in zip(urls, opened, strict=True)],
+            duty_cycle=duty_cycle,
+            gateway_id=gateway_id,
+        )
+    except BaseException:
+        for link in opened:
+            with contextlib.suppress(Exception):
+                await link.close()
+        raise
+    if hints is not None:
+        for link in opened:
+            set_rooms = getattr(link, "set_rooms", None)
+            if set_rooms is not None:
+                await set_rooms(hints)
+    for url, link in zip(urls, opened, strict=True):
+        connect = getattr(link, "connect", None)
+        if link_kind(url) is LinkKind.MQTT and connect is not None:
+            try:
+                await connect()  # an unreachable broker is one clear line, not a silent bridge
+            except BaseException:
+                for each in opened:
+                    with contextlib.suppress(Exception):
+                        await each.close()
+                raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    await bridge.run(stop, duration)
+    return bridge.stats()

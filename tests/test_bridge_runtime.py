@@ -1,0 +1,276 @@
+"""The bridge runtime: repeaters and bridges carrying a real room between radio islands.
+
+Two simulated channels (sim://island_a, sim://island_b) are separate radio islands; nothing
+on one hears the other except through a repeater (relay.runtime.bridge.Bridge with both as
+radio links) or through MQTT bridges meeting on a real mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from relay.bridge.core import LinkKind
+from relay.cli.main import cli
+from relay.core.identity import Identity
+from relay.core.room import Room
+from relay.demo.voice import bundled_sample
+from relay.errors import UsageError
+from relay.links.base import Link
+from relay.links.sim import clear_registry, ethers
+from relay.links.url import open_link
+from relay.runtime.bridge import Bridge, BridgeLink, link_kind
+from relay.runtime.clock import run
+from relay.runtime.room import RoomNode
+from relay.store.counters import CounterStore
+from relay.voice.audio import read_audio
+from relay.voice.codec import Encoder
+from relay.voice.modes import mode_by_name
+
+MODE = mode_by_name("1600")
+PRESET = "SHORT_TURBO"
+FPP = 6
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ethers():
+    clear_registry()
+    yield
+    clear_registry()
+
+
+def island(name: str, node: str) -> Link:
+    return open_link(f"sim://{name}?preset={PRESET}&lbt=on&node={node}")
+
+
+def repeater(tag: str, **kw) -> Bridge:
+    return Bridge(
+        [
+            BridgeLink("a", island("island_a", f"rep{tag}"), LinkKind.RADIO),
+            BridgeLink("b", island("island_b", f"rep{tag}"), LinkKind.RADIO),
+        ],
+        **kw,
+    )
+
+
+async def room_over(
+    state: Path,
+    mod_link: Link,
+    speaker_link: Link,
+    listener_links: list[Link],
+    settle: float,
+) -> tuple[list[RoomNode], int]:
+    """Moderator and speaker on their links; everyone enrolled; one over is spoken.
+
+    Returns the listeners and the frames spoken."""
+    loop = asyncio.get_running_loop()
+    epoch0 = time.time() - loop.time()
+
+    def clock() -> float:
+        return epoch0 + loop.time()
+
+    counters = CounterStore(state / "counters.db")
+    room_id, key = os.urandom(8), os.urandom(32)
+    mod_id, sp_id = Identity.generate(), Identity.generate()
+    li_ids = [Identity.generate() for _ in listener_links]
+
+    def member(ident: Identity, link: Link, roster=()) -> RoomNode:
+        room = Room(room_id, key, 0, [mod_id.public], ident, counters, roster=roster, mtu=link.mtu)
+        return RoomNode(room, link, clock, seed=1)
+
+    moderator = member(mod_id, mod_link, roster=[sp_id.public, *(i.public for i in li_ids)])
+    speaker = member(sp_id, speaker_link)
+    listeners = [member(i, link) for i, link in zip(li_ids, listener_links, strict=True)]
+    nodes = [moderator, speaker, *listeners]
+    tasks = [asyncio.create_task(n.run()) for n in nodes]
+    stop = asyncio.Event()
+    moderating = asyncio.create_task(moderator.moderate(auto_grant=30, stop=stop))
+    frames = Encoder(MODE).encode(read_audio(bundled_sample("forig.wav")))
+    try:
+        assert await speaker.wait_for_floor(timeout=20.0), "the speaker was never granted"
+        await speaker.speak(MODE, frames, FPP)
+        await speaker.link.drain()
+        deadline = loop.time() + settle
+        while loop.time() < deadline and not all(li.log.overs for li in listeners):
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await moderating
+        for n in nodes:
+            await n.link.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        counters.close()
+    return listeners, len(frames)
+
+
+def test_link_kind_by_scheme() -> None:
+    assert link_kind("mqtt://127.0.0.1:1883") is LinkKind.MQTT
+    assert link_kind("MQTTS://broker") is LinkKind.MQTT
+    assert link_kind("sim://x") is LinkKind.RADIO
+    assert link_kind("kiss+tcp://127.0.0.1:8001") is LinkKind.RADIO
+
+
+def test_a_bridge_needs_two_distinct_links() -> None:
+    async def main() -> None:
+        a = island("island_a", "x")
+        with pytest.raises(UsageError, match="at least two"):
+            Bridge([BridgeLink("a", a, LinkKind.RADIO)])
+        with pytest.raises(UsageError, match="twice"):
+            Bridge([BridgeLink("a", a, LinkKind.RADIO), BridgeLink("a", a, LinkKind.RADIO)])
+        await a.close()
+
+    run(main())
+
+
+def test_repeater_carries_a_room_between_two_islands(tmp_path: Path) -> None:
+    """Moderator and speaker on island A, the listener on island B: only the repeater joins
+    them, and the listener verifies the speaker's signed over and plays most of it."""
+
+    async def main():
+        rep = repeater("1")
+        await rep.start()
+        try:
+            listeners, spoken = await room_over(
+                tmp_path,
+                island("island_a", "mod"),
+                island("island_a", "speaker"),
+                [island("island_b", "listener")],
+                settle=10.0,
+            )
+        finally:
+            await rep.stop()
+        return listeners[0], spoken, rep.stats()
+
+    listener, spoken, stats = run(main())
+    verdicts = [o.verdict for o in listener.log.overs]
+    assert verdicts == ["verified"], (verdicts, listener.log.dropped, stats)
+    heard = sum(len(o.play_times) for o in listener.playout.overs)
+    assert heard >= 0.8 * spoken, (heard, spoken, stats)
+    assert stats["links"]["b"]["forwarded"] > 0
+    assert stats["overs_refused"] == 0
+
+
+def test_two_repeaters_in_a_loop_do_not_amplify(tmp_path: Path) -> None:
+    """Two repeaters between the same islands: each packet crosses once per repeater and
+    never comes back; the copies each repeater hears from the other are dropped as
+    duplicates, so transmissions stay bounded however long it runs."""
+    n = 20
+
+    async def main():
+        r1, r2 = repeater("1", gateway_id=1), repeater("2", gateway_id=2)
+        await r1.start()
+        await r2.start()
+        sender = island("island_a", "sender")
+        counters = CounterStore(tmp_path / "counters.db")
+        ident = Identity.generate()
+        room = Room(os.urandom(8), os.urandom(32), 0, [ident.public], ident, counters)
+        for _ in range(n):
+            await sender.send(room.beacon(time.time()))
+            await asyncio.sleep(0.5)
+        await sender.drain()
+        await asyncio.sleep(30.0)  # long enough for any loop to have shown itself
+        a, b = ethers()["island_a"].stats, ethers()["island_b"].stats
+        counts = (a.transmissions, b.transmissions)
+        await sender.close()
+        counters.close()
+        await r1.stop()
+        await r2.stop()
+        return counts, r1.stats(), r2.stats()
+
+    (on_a, on_b), s1, s2 = run(main())
+    assert on_a == n, (on_a, s1, s2)  # nothing came back to the island it started on
+    assert on_b == 2 * n, (on_b, s1, s2)  # one copy per repeater, no more
+    assert s1["dropped"].get("duplicate", 0) + s2["dropped"].get("duplicate", 0) >= n
+
+
+# --- through a real mosquitto ----------------------------------------------------------------
+
+
+def test_islands_bridged_through_mosquitto(tmp_path: Path, mosquitto) -> None:
+    """Each island has its own bridge (its sim radio and an mqtt link to one broker); the
+    listener on island B and an internet-only listener on mqtt:// both verify the over."""
+    pytest.importorskip("aiomqtt")
+    url = f"mqtt://127.0.0.1:{mosquitto.port}"
+
+    async def main():
+        bridges = [
+            Bridge(
+                [
+                    BridgeLink("radio", island(name, "gw"), LinkKind.RADIO),
+                    BridgeLink("mqtt", open_link(url), LinkKind.MQTT),
+                ],
+                gateway_id=gw,
+            )
+            for gw, name in ((1, "island_a"), (2, "island_b"))
+        ]
+        for b in bridges:
+            await b.start()
+        internet = open_link(url)
+        await internet.connect()  # subscribed before anyone speaks
+        for b in bridges:
+            await b.links["mqtt"].link.connect()
+        try:
+            listeners, spoken = await room_over(
+                tmp_path,
+                island("island_a", "mod"),
+                island("island_a", "speaker"),
+                [island("island_b", "listener"), internet],
+                settle=10.0,
+            )
+        finally:
+            for b in bridges:
+                await b.stop()
+        return listeners, spoken, [b.stats() for b in bridges]
+
+    listeners, spoken, stats = asyncio.run(asyncio.wait_for(main(), 30.0))
+    for li in listeners:
+        verdicts = [o.verdict for o in li.log.overs]
+        assert verdicts == ["verified"], (li.link.url, verdicts, li.log.dropped, stats)
+        heard = sum(len(o.play_times) for o in li.playout.overs)
+        assert heard >= 0.8 * spoken, (li.link.url, heard, spoken)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def test_repeat_command_runs_for_a_duration_and_reports_json() -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["repeat", "--link", "sim://cli_a", "--link", "sim://cli_b", "--duration", "0.2", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert set(stats["links"]) == {"sim://cli_a", "sim://cli_b"}
+    assert stats["received"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["repeat", "--link", "sim://x"], "two --link"),
+        (["repeat", "--link", "nope://x", "--link", "sim://y"], "unknown link scheme"),
+        (["repeat", "--link", "sim://x", "--link", "mqtt://127.0.0.1"], "relay bridge"),
+        (["repeat", "--link", "sim://x", "--link", "sim://y", "--duty-cycle", "2"], "duty"),
+        (["bridge", "--link", "sim://x", "--mqtt", "sim://y"], "mqtt://"),
+        (["bridge", "--link", "sim://x", "--mqtt", "mqtt://h", "--room", "zz"], "hex"),
+        (["bridge", "--link", "mqtt://h", "--mqtt", "mqtt://h"], "radio"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], match: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert match in result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_has_examples() -> None:
+    for name in ("repeat", "bridge"):
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0
+        assert "Examples:" in result.output
