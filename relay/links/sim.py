@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from relay.errors import DutyCycleExceeded, LinkError, UsageError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
+from relay.radio.duty import AirtimeWindow
 from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
 
 DEFAULT_PRESET = "SHORT_FAST"
@@ -394,7 +395,7 @@ class SimLink(Link):
         self._room: list[asyncio.Future[None]] = []
         self._idle: list[asyncio.Future[None]] = []
         self._inbox = Inbox()
-        self._duty_log: deque[tuple[float, float]] = deque()  # (end, airtime) per transmission
+        self._duty = AirtimeWindow(ether.duty_window)
         # Attached before the loop runs: None, and it hears everything from the start.
         with contextlib.suppress(RuntimeError):
             self.attached_at = asyncio.get_running_loop().time()
@@ -414,22 +415,12 @@ class SimLink(Link):
 
     def duty_used(self, now: float | None = None) -> float:
         """Airtime (seconds) counted against the budget in the window ending at ``now``."""
-        now = self.ether.now() if now is None else now
-        horizon = now - self.ether.duty_window + 1e-6
-        while self._duty_log and self._duty_log[0][0] <= horizon:
-            self._duty_log.popleft()
-        return sum(a for _, a in self._duty_log)
+        return self._duty.used(self.ether.now() if now is None else now)
 
     def _duty_ready_at(self, now: float, airtime: float) -> float:
-        budget = self.ether.duty_budget
-        used = self.duty_used(now)
-        if used + airtime <= budget + 1e-9:
-            return now
-        for end, spent in self._duty_log:
-            used -= spent
-            if used + airtime <= budget + 1e-9:
-                return end + self.ether.duty_window
-        return now  # unreachable: a single datagram always fits an empty window
+        ready = self._duty.fits_at(now, airtime, self.ether.duty_budget)
+        return now if ready == float("inf") else ready  # a datagram over the whole budget
+        # is refused before it is queued (_check_duty), so inf cannot reach here
 
     def _check_duty(self, data: bytes) -> None:
         ether = self.ether
@@ -510,7 +501,7 @@ class SimLink(Link):
         self._pending.popleft()
         tx = self.ether._transmit(self, data, now)
         self._on_air = tx
-        self._duty_log.append((tx.end, tx.end - tx.start))
+        self._duty.add(tx.end, tx.end - tx.start)
         self.stats.sent += 1
         self.stats.bytes_sent += len(data)
         self.stats.airtime_s += tx.end - tx.start
@@ -531,7 +522,7 @@ class SimLink(Link):
         """The ether moved to a new event loop: forget times and futures of the old one."""
         self._on_air = None
         self._wake = None
-        self._duty_log.clear()
+        self._duty.clear()
         self._room.clear()
         self._idle.clear()
         self._inbox.forget_waiters()
