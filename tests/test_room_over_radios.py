@@ -51,7 +51,8 @@ def frames_per_packet(link: Link, mode: CodecMode, limit: int = 10) -> int:
 
 
 def played(node: RoomNode) -> int:
-    return sum(len(o.play_times) for o in node.playout.overs)
+    """Frames that really arrived and were played (not concealment)."""
+    return node.log.voice_frames
 
 
 async def wait_for_over(node: RoomNode, timeout: float) -> None:

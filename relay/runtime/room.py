@@ -39,6 +39,7 @@ class NodeLog:
 
     overs: list[OverEnded] = field(default_factory=list)
     voice_packets: int = 0
+    voice_frames: int = 0  # frames that really arrived (playout also counts concealment)
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
 
@@ -73,6 +74,7 @@ class RoomNode:
         for event in self.room.receive(data, self.clock()):
             if isinstance(event, Voice):
                 self.log.voice_packets += 1
+                self.log.voice_frames += len(event.frames.frames)
                 self.playout.voice(event.frames, arrival)
             elif isinstance(event, OverEnded):
                 self.log.overs.append(event)
