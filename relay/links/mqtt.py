@@ -44,16 +44,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import ssl
-from collections import deque
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from relay.core.wire import MAX_PACKET_LEN
 from relay.errors import LinkError, UsageError
-from relay.links.base import Datagram, Inbox, Link, LinkStats
+from relay.links.base import Datagram
+from relay.links.stream import ReconnectingLink
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,14 @@ def parse_hints(text: str) -> frozenset[int]:
     return frozenset(hints)
 
 
-class MqttLink(Link):
+class MqttLink(ReconnectingLink):
     """Datagrams through an MQTT broker (see the module docstring)."""
 
-    backoff_min = 0.2  # seconds before the first reconnect attempt
-    backoff_max = 5.0
+    kind = "mqtt"
+    peer = "broker"
+    settle_jitter = True
     connect_timeout = 5.0
+    _log = log
 
     def __init__(
         self,
@@ -107,9 +108,7 @@ class MqttLink(Link):
         client_id: str | None = None,
         queue: int = DEFAULT_QUEUE,
     ) -> None:
-        self.url = url  # already redacted by open_url
-        self.mtu = MAX_PACKET_LEN
-        self.stats = LinkStats()
+        super().__init__(url, MAX_PACKET_LEN, MAX_RX_QUEUE)  # url: already redacted by open_url
         self.host = host
         self.port = port
         self.tls = tls
@@ -120,22 +119,7 @@ class MqttLink(Link):
         self.prefix = prefix
         self.client_id = client_id or f"relay-{secrets.token_hex(4)}"
         self.queue = queue
-        self.closed = False
-        self.connected = False
         self._client: object | None = None  # the aiomqtt.Client of the current session
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._first: asyncio.Future[None] | None = None
-        self._txq: deque[bytes] = deque()
-        self._tx_wake = asyncio.Event()
-        self._writing = False
-        self._room: list[asyncio.Future[None]] = []
-        self._idle: list[asyncio.Future[None]] = []
-        self._inbox = Inbox(MAX_RX_QUEUE)
-
-    def __repr__(self) -> str:
-        state = "connected" if self.connected else "disconnected"
-        return f"<{type(self).__name__} {self.url} {state}>"
 
     # -- topics
 
@@ -180,129 +164,35 @@ class MqttLink(Link):
             if gone:
                 await client.unsubscribe(gone)  # type: ignore[attr-defined]
 
-    # -- queue views
+    # -- ReconnectingLink hooks
 
-    def queued(self) -> int:
-        """Datagrams accepted by ``send`` and not yet acknowledged by the broker."""
-        return len(self._txq)
+    def _tx_limit(self) -> int:
+        return self.queue
 
-    def pending(self) -> int:
-        """Datagrams received and not yet taken with ``recv``."""
-        return len(self._inbox)
+    def _open_errors(self) -> tuple[type[BaseException], ...]:
+        import aiomqtt
 
-    # -- the Link interface
+        return (aiomqtt.MqttError, OSError)
 
-    async def connect(self) -> None:
-        """Connect now (``send``/``recv`` do it on first use); LinkError if it fails."""
-        if self.closed:
-            raise LinkError(f"{self.url} is closed")
-        loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop:
-            raise LinkError(f"{self.url} is in use by another event loop")
-        self._loop = loop
-        if self._task is None or self._task.done():
-            self._first = loop.create_future()
-            self._task = loop.create_task(self._run(self._first), name=f"mqtt {self.url}")
-        assert self._first is not None
-        await asyncio.shield(self._first)
+    _stream_errors = _open_errors  # the same once connected
 
-    async def ready(self) -> None:
-        """What ``relay link check`` awaits before probing: the broker is connected."""
-        await self.connect()
-
-    async def send(self, data: bytes) -> None:
-        data = bytes(data)
-        if self.closed:
-            self.stats.refused += 1
-            raise LinkError(f"{self.url} is closed")
-        if len(data) > self.mtu:
-            self.stats.refused += 1
-            raise UsageError(
-                f"datagram of {len(data)} bytes exceeds the link MTU of {self.mtu} bytes "
-                f"({self.url})"
-            )
+    def _check_size(self, data: bytes) -> None:
+        super()._check_size(data)
         if len(data) < 2:
             self.stats.refused += 1
             raise UsageError(
                 f"datagram of {len(data)} bytes has no room hint (byte 1); MQTT topics need it"
             )
-        await self.connect()
-        while len(self._txq) >= self.queue:
-            if not self.connected:
-                self._drop_oldest()
-                break
-            await self._wait(self._room)
-            if self.closed:
-                self.stats.refused += 1
-                raise LinkError(f"{self.url} is closed")
-        if not self.connected:
-            self.stats.bump("queued_while_down")
-        self._txq.append(data)
-        self._tx_wake.set()
 
-    async def recv(self) -> Datagram:
-        if self.closed:
-            raise LinkError(f"{self.url} is closed")
-        if not self._inbox:
-            await self.connect()
-        assert self._loop is not None
-        return await self._inbox.get(self._loop)
+    async def _open(self) -> object:
+        client = self._make_client()
+        await client.__aenter__()  # type: ignore[attr-defined]
+        return client
 
-    async def drain(self) -> None:
-        """Wait until the broker acknowledged every queued datagram.
-
-        While the broker is unreachable this waits for it to come back (wrap it in a timeout)."""
-        if self.closed or self._loop is None:
-            return
-        while (self._txq or self._writing) and not self.closed:
-            await self._wait(self._idle)
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._txq:
-            self.stats.bump("discarded_on_close", len(self._txq))
-            log.warning(
-                "%s: closed with %d datagrams not yet sent; they are discarded",
-                self.url,
-                len(self._txq),
-            )
-            self._txq.clear()
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        self.connected = False
-        self._inbox.clear()
-        self._inbox.fail(LinkError(f"{self.url} is closed"))
-        _wake(self._room)
-        _wake(self._idle)
-
-    # -- helpers
-
-    def _drop_oldest(self) -> None:
-        self._txq.popleft()
-        self.stats.dropped += 1
-        self.stats.bump("tx_dropped")
-        log.warning(
-            "%s: broker unreachable and %d datagrams already queued; dropped the oldest "
-            "(%d dropped so far)",
-            self.url,
-            self.queue,
-            self.stats.extra["tx_dropped"],
-        )
-
-    async def _wait(self, waiters: list[asyncio.Future[None]]) -> None:
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
+    async def _disconnect(self, conn: object) -> None:
+        self._client = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.__aexit__(None, None, None), 1.0)  # type: ignore[attr-defined]
 
     def _make_client(self) -> object:
         import aiomqtt
@@ -333,99 +223,22 @@ class MqttLink(Link):
 
     # -- the connection
 
-    async def _run(self, first: asyncio.Future[None]) -> None:
-        """Connect, serve, and reconnect with backoff until closed."""
-        import aiomqtt
-
-        delay = self.backoff_min
-        down_since: float | None = None
-        assert self._loop is not None
-        while not self.closed:
-            client = self._make_client()
-            try:
-                await client.__aenter__()  # type: ignore[attr-defined]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # MqttError, OSError, ssl errors: never hang
-                if not isinstance(exc, aiomqtt.MqttError | OSError):
-                    log.error("%s: unexpected error connecting", self.url, exc_info=exc)
-                if not first.done():
-                    first.set_exception(LinkError(self._unreachable(exc)))
-                    return
-                self.stats.bump("reconnect_failures")
-                log.info("%s: reconnect failed (%s); next try in %.1f s", self.url, exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.backoff_max)
-                continue
-            try:
-                reason = await self._session(client, first, down_since)
-            finally:
-                self.connected = False
-                self._client = None
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.__aexit__(None, None, None), 1.0)  # type: ignore[attr-defined]
-            delay = self.backoff_min
-            if self.closed:
-                return
-            down_since = self._loop.time()
-            self.stats.bump("disconnects")
-            log.warning(
-                "%s: lost the broker (%s); reconnecting, %d datagrams queued",
-                self.url,
-                reason,
-                len(self._txq),
-            )
-            await asyncio.sleep(self.backoff_min * random.uniform(0.8, 1.2))
-
-    async def _session(
-        self, client: object, first: asyncio.Future[None], down_since: float | None
-    ) -> str:
-        """Subscribe, then serve one connection; return why it ended."""
+    async def _prepare(self, conn: object, first: asyncio.Future[None]) -> str | None:
+        """Subscribe on a fresh connection; a failure ends the session."""
         import aiomqtt
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
-        assert self._loop is not None
         try:
             for topic in self.topics():
-                await client.subscribe(  # type: ignore[attr-defined]
+                await conn.subscribe(  # type: ignore[attr-defined]
                     topic, options=SubscribeOptions(qos=1, noLocal=True)
                 )
         except aiomqtt.MqttError as exc:
             if not first.done():
                 first.set_exception(LinkError(self._unreachable(exc)))
             return f"subscribe failed: {exc}"
-        self._client = client
-        self.connected = True
-        if not first.done():
-            first.set_result(None)
-        if down_since is not None:
-            self.stats.bump("reconnects")
-            log.warning(
-                "%s: reconnected after %.1f s; %d queued datagrams follow",
-                self.url,
-                self._loop.time() - down_since,
-                len(self._txq),
-            )
-        tasks = [
-            asyncio.create_task(self._read_loop(client), name=f"mqtt read {self.url}"),
-            asyncio.create_task(self._write_loop(client), name=f"mqtt write {self.url}"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-        for task in done:
-            exc = task.exception() if not task.cancelled() else None
-            if isinstance(exc, aiomqtt.MqttError | OSError):
-                return str(exc) or type(exc).__name__
-            if exc is not None:
-                log.error("%s: unexpected error; reconnecting", self.url, exc_info=exc)
-                return f"unexpected {type(exc).__name__}: {exc}"
-        return "connection ended"
+        self._client = conn
+        return None
 
     async def _read_loop(self, client: object) -> None:
         async for message in client.messages:  # type: ignore[attr-defined]
@@ -433,9 +246,7 @@ class MqttLink(Link):
 
     async def _write_loop(self, client: object) -> None:
         while True:
-            while not self._txq:
-                self._tx_wake.clear()
-                await self._tx_wake.wait()
+            await self._next_to_send()
             batch = [self._txq[i] for i in range(min(len(self._txq), MAX_INFLIGHT))]
             self._writing = True
             try:
@@ -453,9 +264,7 @@ class MqttLink(Link):
                     self._txq.popleft()
                 self.stats.sent += 1
                 self.stats.bytes_sent += len(d)
-            _wake(self._room)
-            if not self._txq:
-                _wake(self._idle)
+            self._sent()
 
     def _on_message(self, topic: str, payload: object) -> None:
         hint = self._hint_of(topic)
@@ -474,14 +283,6 @@ class MqttLink(Link):
         if self._inbox.put(Datagram(bytes(payload), self._loop.time())):
             self.stats.bump("rx_overflow")
             log.warning("%s: nobody is reading; dropped the oldest received datagram", self.url)
-
-
-def _wake(futures: list[asyncio.Future[None]]) -> None:
-    waiting = list(futures)
-    futures.clear()
-    for fut in waiting:
-        if not fut.done():
-            fut.set_result(None)
 
 
 def redact(url: str) -> str:
