@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN, BACKOFF_MAX = 0.25, 5.0
 MAX_RETRIES = 3  # sends of one datagram that failed while the connection looked healthy
 WATCH_EVERY = 0.25  # seconds between connection health checks
+NODE_SHARE = 8  # datagrams we let wait in the node (the firmware queues 16)
 SEND_GRACE = 1.0  # seconds a send may still finish after its connection died
 BROADCAST = "^all"
 _TOPICS = ("meshtastic.connection.lost", "meshtastic.connection.established")
@@ -90,6 +91,7 @@ class MeshtasticLink(Link):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._txq: deque[bytes] = deque()
+        self._in_node: deque[float] = deque()  # estimated times our datagrams leave the node
         self._in_flight = False
         self._retries = 0
         self._down_drops = 0
@@ -211,10 +213,32 @@ class MeshtasticLink(Link):
             hopLimit=o.hop_limit,
         )
 
+    async def _room_in_node(self) -> None:
+        """Keep at most NODE_SHARE datagrams in the node that (by our airtime estimate) have
+        not left it yet. The library's own flow control follows the node's queue reports,
+        which lag under load; a node whose queue overflows refuses packets and the library
+        does not say so. Pacing by airtime keeps us well inside the firmware's queue."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._in_node and self._in_node[0] <= now:
+                self._in_node.popleft()
+            if len(self._in_node) < NODE_SHARE:
+                return
+            await asyncio.sleep(self._in_node[0] - now)
+
+    def _handed_over(self, nbytes: int) -> None:
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._in_node[-1]) if self._in_node else now
+        self._in_node.append(start + self.airtime(nbytes))
+
     async def _pump(self) -> None:
         while not self.closed:
             if not (self._txq and self.connected and _transport_up(self._iface)):
                 await self._changed(WATCH_EVERY)
+                continue
+            await self._room_in_node()
+            if not (self._txq and self.connected and _transport_up(self._iface)):
                 continue
             iface, worker, dead = self._iface, self._worker, self._dead
             assert worker is not None and dead is not None
@@ -236,6 +260,7 @@ class MeshtasticLink(Link):
             error = job.exception() if job.done() else _Disconnected("connection lost mid-send")
             if error is None:
                 self._retries = 0
+                self._handed_over(len(data))
                 self.stats.sent += 1
                 self.stats.bytes_sent += len(data)
                 self.stats.airtime_s += self.airtime(len(data))
