@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from relay.cli.options import radio_options, resolve_radio
+from relay.cli.options import channel_options, radio_options, resolve_radio
 from relay.demo.room import MAX_LISTENERS, MAX_SPEAKERS, RoomDemoSettings, run_room_demo
 from relay.demo.voice import DemoSettings, bundled_sample, run_demo
 from relay.errors import UsageError
@@ -34,27 +34,11 @@ from relay.voice.modes import mode_by_name
 )
 @radio_options
 @click.option(
-    "--mode",
-    default="1600",
-    show_default=True,
-    help="Codec2 mode: 3200 2400 1600 1400 1300 1200 700C.",
-)
-@click.option(
     "--frames-per-packet",
     type=int,
     help="Codec2 frames per packet (default: the planner's choice).",
 )
-@click.option(
-    "--loss", type=float, default=0.0, show_default=True, help="Packet loss as a fraction, 0..1."
-)
-@click.option(
-    "--burst",
-    type=float,
-    help="Mean loss burst length in packets (Gilbert-Elliott); default independent loss.",
-)
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of the channel's randomness."
-)
+@channel_options
 @click.option(
     "--rate", type=int, default=8000, show_default=True, help="Sample rate of the output WAV."
 )
@@ -196,23 +180,7 @@ def _refuse_options_before(ctx: click.Context) -> None:
     help=f"Members who only listen, 1..{MAX_LISTENERS}.",
 )
 @radio_options
-@click.option(
-    "--mode",
-    default="1600",
-    show_default=True,
-    help="Codec2 mode: 3200 2400 1600 1400 1300 1200 700C.",
-)
-@click.option(
-    "--loss", type=float, default=0.0, show_default=True, help="Packet loss as a fraction, 0..1."
-)
-@click.option(
-    "--burst",
-    type=float,
-    help="Mean loss burst length in packets (Gilbert-Elliott); default independent loss.",
-)
-@click.option(
-    "--seed", type=int, default=1, show_default=True, help="Seed of the channel's randomness."
-)
+@channel_options
 @click.option(
     "--attacks/--no-attacks",
     default=True,

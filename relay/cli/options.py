@@ -37,9 +37,7 @@ def radio_options(func: F) -> F:
             help="Duty-cycle limit as a fraction, e.g. 0.01 for 1 % (overrides --region).",
         ),
     ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+    return _stack(func, decorators)
 
 
 def resolve_radio(
@@ -73,3 +71,42 @@ def home_option(func: F) -> F:
 
 def resolve_home(value: Path | str | None) -> Home:
     return Home(value)
+
+
+def channel_options(func: F) -> F:
+    """--mode / --loss / --burst / --seed: the codec and the simulated channel's behaviour."""
+    decorators = [
+        click.option(
+            "--mode",
+            default="1600",
+            show_default=True,
+            help="Codec2 mode: 3200 2400 1600 1400 1300 1200 700C.",
+        ),
+        click.option(
+            "--loss",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Packet loss as a fraction, 0..1.",
+        ),
+        click.option(
+            "--burst",
+            type=float,
+            help="Mean loss burst length in packets (Gilbert-Elliott); default independent loss.",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Seed of the channel's randomness.",
+        ),
+    ]
+    return _stack(func, decorators)
+
+
+def _stack(func: F, decorators: list[Callable[[F], F]]) -> F:
+    """Apply option decorators so they appear in ``--help`` in list order."""
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
