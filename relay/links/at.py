@@ -392,9 +392,7 @@ class ATLink(Link):
 
     async def send(self, data: bytes) -> None:
         data = bytes(data)
-        if self.closed:
-            self.stats.refused += 1
-            raise LinkError(f"{self.url} is closed")
+        self._refuse_if_closed()
         if not 1 <= len(data) <= self.mtu:
             self.stats.refused += 1
             raise UsageError(

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from relay.errors import LinkError, UsageError
+
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
@@ -136,6 +138,21 @@ class Link(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the link; pending receivers get LinkError."""
+
+    def _refuse_if_closed(self) -> None:
+        """LinkError (counted as refused) once the link is closed."""
+        if getattr(self, "closed", False):
+            self.stats.refused += 1
+            raise LinkError(f"{self.url} is closed")
+
+    def _check_size(self, data: bytes, where: str | None = None) -> None:
+        """UsageError (counted as refused) for a datagram the link cannot carry."""
+        if len(data) > self.mtu:
+            self.stats.refused += 1
+            raise UsageError(
+                f"datagram of {len(data)} bytes exceeds the link MTU of {self.mtu} bytes "
+                f"({where or self.url})"
+            )
 
     def airtime(self, nbytes: int) -> float:
         """Seconds the channel is occupied by one datagram of ``nbytes`` (0 for wired links)."""

@@ -405,18 +405,11 @@ class RemoteSimLink(Link):
 
     async def send(self, data: bytes) -> None:
         data = bytes(data)
-        if self.closed:
-            self.stats.refused += 1
-            raise LinkError(f"{self.url} is closed")
+        self._refuse_if_closed()
         if self._failure is not None:
             self.stats.refused += 1
             raise LinkError(self._failure)
-        if len(data) > self.mtu:
-            self.stats.refused += 1
-            raise UsageError(
-                f"datagram of {len(data)} bytes exceeds the link MTU of {self.mtu} bytes "
-                f"({self.profile.name})"
-            )
+        self._check_size(data, self.profile.name)
         await self._ensure_started()
         async with self._send_lock:
             reply = await self._request(Data(data), (Ack, Nack))

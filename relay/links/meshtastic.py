@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-from relay.errors import LinkError, UsageError
+from relay.errors import LinkError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
 from relay.links.meshtastic_url import MTU, MeshtasticOptions, library, parse_url
 from relay.links.threads import Worker, in_thread
@@ -171,14 +171,8 @@ class MeshtasticLink(Link):
 
     async def send(self, data: bytes) -> None:
         data = bytes(data)
-        if self.closed:
-            self.stats.refused += 1
-            raise LinkError(f"{self.url} is closed")
-        if len(data) > self.mtu:
-            self.stats.refused += 1
-            raise UsageError(
-                f"datagram of {len(data)} bytes exceeds the Meshtastic MTU of {self.mtu} bytes"
-            )
+        self._refuse_if_closed()
+        self._check_size(data, "Meshtastic")
         self._start()
         while len(self._txq) >= self.options.queue:
             if not self.connected:  # the radio is away: keep the newest, drop the oldest

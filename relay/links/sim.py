@@ -446,15 +446,8 @@ class SimLink(Link):
 
     async def send(self, data: bytes) -> None:
         data = bytes(data)
-        if self.closed:
-            self.stats.refused += 1
-            raise LinkError(f"{self.url} is closed")
-        if len(data) > self.mtu:
-            self.stats.refused += 1
-            raise UsageError(
-                f"datagram of {len(data)} bytes exceeds the link MTU of {self.mtu} bytes "
-                f"({self.ether.profile.name})"
-            )
+        self._refuse_if_closed()
+        self._check_size(data, self.ether.profile.name)
         loop = self.ether._bind()
         while len(self._pending) >= self._queue_size:
             fut: asyncio.Future[None] = loop.create_future()

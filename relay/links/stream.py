@@ -18,7 +18,7 @@ import logging
 import random
 from collections import deque
 
-from relay.errors import LinkError, UsageError
+from relay.errors import LinkError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
 
 
@@ -94,15 +94,6 @@ class ReconnectingLink(Link):
 
     async def _release(self) -> None:
         """Extra clean-up in ``close()`` once the background task is gone."""
-
-    def _check_size(self, data: bytes) -> None:
-        """UsageError (counted as refused) for a datagram the link cannot carry."""
-        if len(data) > self.mtu:
-            self.stats.refused += 1
-            raise UsageError(
-                f"datagram of {len(data)} bytes exceeds the link MTU of {self.mtu} bytes "
-                f"({self.url})"
-            )
 
     # -- queue views
 
