@@ -7,6 +7,7 @@ import pytest
 from relay.core import roommsg as msg
 from relay.core.identity import Identity
 from relay.core.room import (
+    Clip,
     Dropped,
     FloorChanged,
     HandRaised,
@@ -491,3 +492,29 @@ def test_seals_after_a_rotation_are_not_mistaken_for_copies_and_rotation_is_repo
     events = net.over(a)
     for li in net.listeners:
         assert _of(events[li], OverEnded)[0].verdict == "verified"
+
+
+def test_clip_packets_reach_members_once_and_never_from_the_muted():
+    net = Net(speakers=2, listeners=3)
+    a, b = net.speakers
+    net.send(a.introduce(net.now), a)  # members learn a's identity from its hello
+    packet = a.clip(b"piece-1", net.now)
+    got = net.send(packet, a)
+    for room in net.listeners:
+        assert _of(got[room], Clip) == [
+            Clip(a.me.identity, b"piece-1", _of(got[room], Clip)[0].counter)
+        ]
+    # A replay, a tampered copy and an unknown sender's clip are dropped and counted.
+    listener = net.listeners[0]
+    assert _of(listener.receive(packet, net.now), Dropped)[0].reason == "replay"
+    tampered = packet[:-1] + bytes([packet[-1] ^ 1])
+    assert _of(listener.receive(tampered, net.now), Dropped)
+    assert _of(listener.receive(b.clip(b"who?", net.now), net.now), Dropped)
+    # Muted: the sender refuses locally, and receivers refuse what it sends anyway.
+    net.send(net.mod.mute(a.me.identity, net.now), net.mod)
+    with pytest.raises(UsageError, match="muted"):
+        a.clip(b"piece-2", net.now)
+    forced = a.sender.clip(b"piece-2", net.now)
+    assert _of(listener.receive(forced, net.now), Dropped)[0].reason == "muted"
+    with pytest.raises(UsageError):
+        a.sender.clip(b"", net.now)

@@ -37,6 +37,16 @@ class ControlMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ClipData:
+    """An authenticated voice-message packet from a known sender (see :mod:`relay.clip`)."""
+
+    sender: bytes
+    payload: bytes
+    counter: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     """A member introduced itself; its signature over the packet has been verified."""
 
@@ -57,6 +67,6 @@ class Rejected:
     time: float
 
 
-Event = VoiceFrames | ControlMessage | Hello | Rejected
+Event = VoiceFrames | ControlMessage | ClipData | Hello | Rejected
 
-__all__ = ["ControlMessage", "Event", "Hello", "Rejected", "VoiceFrames"]
+__all__ = ["ClipData", "ControlMessage", "Event", "Hello", "Rejected", "VoiceFrames"]

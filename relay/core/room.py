@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
-from relay.core.events import ControlMessage, Hello, Rejected, VoiceFrames
+from relay.core.events import ClipData, ControlMessage, Hello, Rejected, VoiceFrames
 from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
 from relay.core.session import CounterSource, Receiver, Sender
@@ -63,6 +63,15 @@ class Voice:
     """Frames from the floor holder, to be played."""
 
     frames: VoiceFrames
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """A voice-message packet from a member allowed to speak in the room (see relay.clip)."""
+
+    sender: bytes
+    payload: bytes
+    counter: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +115,9 @@ class Dropped:
     detail: str
 
 
-RoomEvent = Voice | OverEnded | FloorChanged | HandRaised | MemberChanged | KeyRotated | Dropped
+RoomEvent = (
+    Voice | Clip | OverEnded | FloorChanged | HandRaised | MemberChanged | KeyRotated | Dropped
+)
 
 
 @dataclass
@@ -359,6 +370,12 @@ class Room:
         self._my_fpp = max(self._my_fpp, len(frames))
         return self.sender.voice(mode, position, frames, now)
 
+    def clip(self, payload: bytes, now: float) -> bytes:
+        """One voice-message packet; refused while we are muted (as receivers would)."""
+        if self.me.identity in self.muted:
+            raise UsageError("a moderator muted you in this room")
+        return self.sender.clip(payload, now)
+
     def end_over(self, now: float, copies: int = SEAL_COPIES) -> list[bytes]:
         """Close our over with a signature over what we said; releases the floor.
 
@@ -436,6 +453,8 @@ class Room:
             return self._on_voice(event, now)
         if isinstance(event, Hello):
             return self._on_hello(event, now)
+        if isinstance(event, ClipData):
+            return [Clip(event.sender, event.payload, event.counter)]
         return self._on_control(event, now)
 
     def _on_voice(self, event: VoiceFrames, now: float) -> list[RoomEvent]:
@@ -496,6 +515,10 @@ class Room:
             if not 0 <= event.position <= MAX_POSITION:
                 return "malformed"
             return None
+        if isinstance(event, ClipData):
+            if self._opened_with is not self.keys:
+                return "old_key"
+            return "muted" if sender in self.muted else None
         if isinstance(event, ControlMessage) and event.kind not in SIGNED_KINDS:
             return "unknown_kind"  # must not move anybody's replay window
         if isinstance(event, ControlMessage):

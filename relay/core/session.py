@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 
 from relay.core import wire
 from relay.core.crypto import RoomKeys, SenderCipher, hint_epoch
-from relay.core.events import ControlMessage, Event, Hello, Rejected, VoiceFrames
+from relay.core.events import ClipData, ControlMessage, Event, Hello, Rejected, VoiceFrames
 from relay.core.identity import (
     KEY_LEN,
     SIGNATURE_LEN,
@@ -111,6 +111,12 @@ class Sender:
     def control(self, kind: int, payload: bytes, now: float) -> bytes:
         body = wire.ControlBody(kind, payload).pack()
         return self._seal(wire.PacketType.CONTROL, 0, body, now)
+
+    def clip(self, payload: bytes, now: float) -> bytes:
+        """One sealed voice-message packet (its payload is the clip layer's business)."""
+        if not payload:
+            raise UsageError("a clip packet needs a payload")
+        return self._seal(wire.PacketType.CLIP, 0, bytes(payload), now)
 
     def _check_signer(self, signer: Identity) -> None:
         if signer.identity != self.identity:
@@ -298,6 +304,10 @@ class Receiver:
                 # counter history is off (e.g. a packet injected far ahead): trust the low bits.
                 position = body.position
             return VoiceFrames(ident, mode, position, body.frames, header.counter, now)
+        if header.ptype == wire.PacketType.CLIP:
+            if not plaintext:
+                raise PacketError("malformed", "clip packet with an empty payload")
+            return ClipData(ident, bytes(plaintext), header.counter, now)
         body = wire.ControlBody.parse(plaintext)
         return ControlMessage(ident, body.kind, body.payload, header.counter, now, header.pack())
 

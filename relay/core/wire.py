@@ -11,7 +11,9 @@ A packet is a 7-byte clear header, an AES-CCM ciphertext and an 8-byte tag::
 
 A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
 first frame in the over) followed by whole Codec2 frames, so the voice overhead is
-7 + 1 + 8 = 16 bytes. A control packet's plaintext is a kind byte and a payload.
+7 + 1 + 8 = 16 bytes. A control packet's plaintext is a kind byte and a payload. A clip
+packet's plaintext belongs to the voice-message layer (:mod:`relay.clip`); its type is in the
+clear so that relays can send it after live voice and control without reading it.
 
 Parsing never raises anything but :class:`PacketError` for bytes that came from outside;
 building with impossible values raises :class:`UsageError` (that is the caller's bug).
@@ -43,6 +45,7 @@ class PacketType(enum.IntEnum):
     VOICE = 0
     CONTROL = 1
     HELLO = 2  # a member introducing itself: identity sealed under the room's announce key
+    CLIP = 3  # a piece of, or acknowledgement for, a voice message (bulk: relays send it last)
 
 
 class ControlKind(enum.IntEnum):
