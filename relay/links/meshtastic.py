@@ -14,6 +14,13 @@ call runs on a daemon thread, received packets cross into asyncio with
 noticed (reader thread gone, or the node not configured for ``timeout`` seconds) and the link
 reconnects with backoff; datagrams accepted meanwhile wait in the bounded queue, and when it
 overflows the oldest are dropped, logged and counted (``stats.extra["dropped_while_down"]``).
+
+A write that reached the socket has not necessarily reached the node: the node confirms each
+packet it queued with a QueueStatus report naming the packet id. Datagrams still unconfirmed
+when a connection dies are sent again on the next one (``resent``), and a packet the node
+refuses (a report with an error) is retried and, after MAX_RETRIES, counted as
+``send_failed`` -- so neither a dying TCP connection nor a full node loses a datagram silently.
+Firmware too old to send these reports is not tracked.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.25, 5.0
 MAX_RETRIES = 3  # sends of one datagram that failed while the connection looked healthy
 WATCH_EVERY = 0.25  # seconds between connection health checks
 NODE_SHARE = 8  # datagrams we let wait in the node (the firmware queues 16)
+UNCONFIRMED_MAX = 64  # handed-over datagrams remembered until the node confirms them
 SEND_GRACE = 1.0  # seconds a send may still finish after its connection died
 BROADCAST = "^all"
 _TOPICS = ("meshtastic.connection.lost", "meshtastic.connection.established")
@@ -93,6 +101,9 @@ class MeshtasticLink(Link):
         self._txq: deque[bytes] = deque()
         self._in_node: deque[float] = deque()  # estimated times our datagrams leave the node
         self._in_flight = False
+        self._unconfirmed: dict[int, bytes] = {}  # packet id -> datagram, awaiting the node
+        self._early: deque[int] = deque(maxlen=UNCONFIRMED_MAX)  # confirmed before registered
+        self._node_confirms = False  # the node has sent a per-packet queue report
         self._retries = 0
         self._down_drops = 0
         self._inbox = Inbox()
@@ -194,11 +205,11 @@ class MeshtasticLink(Link):
         while self.queued and not self.closed:
             await self._changed()
 
-    def _send_blocking(self, iface: Any, data: bytes) -> None:
+    def _send_blocking(self, iface: Any, data: bytes) -> int | None:
         if not _transport_up(iface):
             raise _Disconnected("no connection to the node")
         o = self.options
-        iface.sendData(
+        packet = iface.sendData(
             data,
             destinationId=BROADCAST,
             portNum=o.port,
@@ -206,6 +217,7 @@ class MeshtasticLink(Link):
             channelIndex=o.channel,
             hopLimit=o.hop_limit,
         )
+        return getattr(packet, "id", None)
 
     async def _room_in_node(self) -> None:
         """Keep at most NODE_SHARE datagrams in the node that (by our airtime estimate) have
@@ -254,6 +266,7 @@ class MeshtasticLink(Link):
             error = job.exception() if job.done() else _Disconnected("connection lost mid-send")
             if error is None:
                 self._retries = 0
+                self._awaiting_node(job.result(), data)
                 self._handed_over(len(data))
                 self.stats.sent += 1
                 self.stats.bytes_sent += len(data)
@@ -268,6 +281,39 @@ class MeshtasticLink(Link):
                 self._refused_by_node(data, error)
                 await self._changed(WATCH_EVERY)  # pace retries to a node that says no
             self._notify()
+
+    def _awaiting_node(self, packet_id: int | None, data: bytes) -> None:
+        if not packet_id or not self._node_confirms:
+            return
+        if packet_id in self._early:
+            self._early.remove(packet_id)
+            return
+        self._unconfirmed[packet_id] = data
+        while len(self._unconfirmed) > UNCONFIRMED_MAX:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+
+    def _queue_report(self, iface: Any, packet_id: int, res: int) -> None:
+        """The node's QueueStatus for one of our packets (on the loop)."""
+        if iface is not self._iface or not packet_id:
+            return
+        self._node_confirms = True
+        data = self._unconfirmed.pop(packet_id, None)
+        if data is None:
+            self._early.append(packet_id)
+        elif res:
+            self._refused_by_node(data, LinkError(f"the node refused the packet (error {res})"))
+            self._notify()
+
+    def _requeue_unconfirmed(self) -> None:
+        """A connection died: what the node never confirmed goes out again, in order."""
+        pending, self._unconfirmed = list(self._unconfirmed.values()), {}
+        self._early.clear()
+        if pending and not self.closed:
+            self._txq.extendleft(reversed(pending))
+            self.stats.bump("resent", len(pending))
+            log.info(
+                "%s: %d datagrams the node never confirmed will be resent", self.url, len(pending)
+            )
 
     def _refused_by_node(self, data: bytes, error: BaseException | None) -> None:
         self._retries += 1
@@ -334,10 +380,15 @@ class MeshtasticLink(Link):
         o = self.options
         timeout = max(1, round(o.timeout))
         if o.tcp:
-            return lib.tcp_interface.TCPInterface(
+            iface = lib.tcp_interface.TCPInterface(
                 o.device, portNumber=o.tcp_port, connectNow=False, timeout=timeout
             )
-        return lib.serial_interface.SerialInterface(o.device, connectNow=False, timeout=timeout)
+        else:
+            iface = lib.serial_interface.SerialInterface(
+                o.device, connectNow=False, timeout=timeout
+            )
+        self._hook_queue_reports(iface)
+        return iface
 
     @staticmethod
     def _connect_blocking(iface: Any) -> Any:
@@ -348,6 +399,18 @@ class MeshtasticLink(Link):
             _quiet_close(iface)
             raise
         return iface
+
+    def _hook_queue_reports(self, iface: Any) -> None:
+        """Hear the node's per-packet QueueStatus reports (the library keeps them to itself)."""
+        handle = getattr(iface, "_handleQueueStatusFromRadio", None)
+        if handle is None:
+            return
+
+        def report(status: Any) -> None:
+            handle(status)
+            self._to_loop(self._queue_report, iface, status.mesh_packet_id, status.res)
+
+        iface._handleQueueStatusFromRadio = report
 
     def _adopt(self, iface: Any) -> None:
         self._iface, self._candidate = iface, None
@@ -382,6 +445,7 @@ class MeshtasticLink(Link):
         iface, worker, dead = self._iface, self._worker, self._dead
         self._iface, self._worker, self._dead = None, None, None
         self.connected = False
+        self._requeue_unconfirmed()
         if dead is not None and not dead.done():
             dead.set_result(None)
         if worker is not None:
