@@ -147,14 +147,14 @@ def test_join_as_member_then_newer_key_and_moderator_no_op(alice, bob):
     # The moderator joining their own room changes nothing.
     a_store.join(decode_invite(encode_invite(info, a_me, None, 100), a_me), me=a_me.public)
     assert a_store.get("market") == info
-    # Rotation: a newer epoch replaces the key; only the previous epoch's key is kept.
+    # Rotation: a newer epoch replaces the key and older keys are erased.
     for epoch in (1, 2):
         a_store.set_key(info.room_id, epoch, bytes([epoch]) * 32)
-    assert set(a_store.keys(info.room_id)) == {1, 2}
+    assert set(a_store.keys(info.room_id)) == {2}
     rotated = a_store.get("market")
     b_store.join(decode_invite(encode_invite(rotated, a_me, None, 200), None))
     assert b_store.get("market").epoch == 2
-    assert set(b_store.keys(info.room_id)) == {0, 2}
+    assert set(b_store.keys(info.room_id)) == {2}
     # An older invite does not roll the key back.
     b_store.join(invite)
     assert b_store.get("market").key == bytes([2]) * 32

@@ -196,7 +196,7 @@ class RoomStore:
                     "who is not one of that room's moderators; refusing it"
                 )
             if info.epoch > epoch:
-                self._set_key(db, info.room_id, info.epoch, info.key, epoch)
+                self._set_key(db, info.room_id, info.epoch, info.key)
             elif info.epoch == epoch and self._key(info.room_id, epoch) != info.key:
                 raise UsageError(
                     "this invite carries a different key for the epoch you already have; "
@@ -208,6 +208,7 @@ class RoomStore:
                     "UPDATE rooms SET preset = ?, mode = ?, invite_issued_at = ? WHERE room_id = ?",
                     (info.preset, info.mode, invite.issued_at, info.room_id),
                 )
+        self._scrub()  # an older key may just have been erased
         return self._info(info.room_id)
 
     def leave(self, ref: str) -> RoomSummary:
@@ -237,7 +238,7 @@ class RoomStore:
         return [RoomSummary(bytes(r[0]), *r[1:]) for r in rows]
 
     def keys(self, room_id: bytes) -> dict[int, bytes]:
-        """Every key kept for the room by epoch: the current one and at most one before it."""
+        """Every key kept for the room by epoch (only the current one: older ones are erased)."""
         self._summary(room_id)
         rows = self._db.execute(
             "SELECT epoch, key FROM room_keys WHERE room_id = ? ORDER BY epoch", (room_id,)
@@ -293,7 +294,12 @@ class RoomStore:
             )
 
     def set_key(self, room_id: bytes, epoch: int, key: bytes) -> None:
-        """Rotate to a new key epoch; only the key of the epoch just replaced is kept."""
+        """Rotate to a new key epoch and erase every older key.
+
+        The grace for stragglers still sending under the old key lives in memory only
+        (``Room``'s REKEY_GRACE): a device seized after a rotation holds no key that opens
+        what was recorded before it.
+        """
         if not isinstance(key, bytes) or len(key) != 32:
             raise UsageError("a room key is 32 bytes")
         if not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
@@ -302,7 +308,7 @@ class RoomStore:
             current = self._summary(room_id).epoch
             if epoch <= current:
                 raise UsageError(f"key epoch {epoch} is not newer than the current {current}")
-            self._set_key(db, room_id, epoch, key, current)
+            self._set_key(db, room_id, epoch, key)
         self._scrub()
 
     # -- internals ------------------------------------------------------------------------
@@ -338,16 +344,14 @@ class RoomStore:
             [(room_id, i, m.signing_key, m.agreement_key) for i, m in enumerate(mods)],
         )
 
-    def _set_key(
-        self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes, previous: int
-    ) -> None:
+    def _set_key(self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes) -> None:
         db.execute(
             "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
             (room_id, epoch, key),
         )
         db.execute(
-            "DELETE FROM room_keys WHERE room_id = ? AND epoch NOT IN (?, ?)",
-            (room_id, epoch, previous),
+            "DELETE FROM room_keys WHERE room_id = ? AND epoch != ?",
+            (room_id, epoch),
         )
         db.execute("UPDATE rooms SET epoch = ? WHERE room_id = ?", (epoch, room_id))
 
