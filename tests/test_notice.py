@@ -1,0 +1,74 @@
+"""Relay notices: signed, in the clear, information only."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.core.identity import Identity
+from relay.core.notice import (
+    NOTICE_LEN,
+    NoticeReason,
+    RelayNotice,
+    build_notice,
+    is_notice,
+    parse_notice,
+)
+from relay.errors import PacketError, UsageError
+
+BRIDGE = Identity.generate()
+NOW = 1_750_000_000
+
+
+def _notice(**kw) -> RelayNotice:
+    fields = dict(
+        reason=NoticeReason.AIRTIME,
+        hint=0x3F,
+        speaker=0xBEEF,
+        first_counter=70_000,
+        packets=25,
+        issued_at=NOW,
+        relay=BRIDGE.public,
+    )
+    fields.update(kw)
+    return RelayNotice(**fields)
+
+
+def test_round_trip_and_text():
+    packet = build_notice(BRIDGE, _notice())
+    assert len(packet) == NOTICE_LEN == 141 and is_notice(packet)
+    got = parse_notice(packet, NOW + 5)
+    assert got == _notice()
+    assert BRIDGE.public.fingerprint in got.text and "airtime" in got.text and "beef" in got.text
+
+
+def test_tampered_stale_and_foreign_notices_are_refused():
+    packet = build_notice(BRIDGE, _notice())
+    for i in (0, 1, 5, 8, 12, 20, 100, 140):
+        bad = bytearray(packet)
+        bad[i] ^= 0x01
+        with pytest.raises(PacketError):
+            parse_notice(bytes(bad), NOW)
+    with pytest.raises(PacketError, match="too long ago"):
+        parse_notice(packet, NOW + 3600)
+    with pytest.raises(UsageError):
+        build_notice(Identity.generate(), _notice())  # not in its own name
+    with pytest.raises(UsageError):
+        _notice(packets=1 << 16)
+
+
+@given(st.binary(max_size=300))
+def test_parser_only_ever_raises_packet_error(data):
+    with contextlib.suppress(PacketError):
+        parse_notice(data, NOW)
+
+
+@given(st.integers(0, NOTICE_LEN - 1), st.integers(1, 255))
+def test_any_flipped_byte_is_refused(index, flip):
+    packet = bytearray(build_notice(BRIDGE, _notice()))
+    packet[index] ^= flip
+    with pytest.raises(PacketError):
+        parse_notice(bytes(packet), NOW)
