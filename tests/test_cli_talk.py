@@ -94,7 +94,8 @@ def wait_for_text(path: Path, pattern: str, timeout: float = 15.0) -> str:
     raise AssertionError(f"{pattern!r} never appeared in {path}: {text!r}")
 
 
-def test_a_room_across_processes(homes, tmp_path) -> None:
+@pytest.mark.parametrize("quality", [("--no-dtx",), ("--fec", "--dtx")], ids=["plain", "fec+dtx"])
+def test_a_room_across_processes(homes, tmp_path, quality) -> None:
     ether = subprocess.Popen(
         [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
         stdout=subprocess.PIPE,
@@ -121,13 +122,19 @@ def test_a_room_across_processes(homes, tmp_path) -> None:
 
         talk = subprocess.run(
             [sys.executable, "-m", "relay", "talk", "market", "--link", f"{url}?node=ana",
-             "--input", str(SAMPLE), "--timeout", "15", "--json", "--home", homes["ana"]],
+             "--input", str(SAMPLE), "--timeout", "15", "--json", "--home", homes["ana"],
+             *quality],
             capture_output=True, text=True, timeout=30, env=ENV,
         )  # fmt: skip
         assert talk.returncode == 0, talk.stderr
         said = json.loads(talk.stdout)
         assert said["granted"] and said["speaker"] == homes["ana_fp"]
-        assert said["frames_sent"] == 40 and not said["truncated"] and not said["interrupted"]
+        assert not said["truncated"] and not said["interrupted"]
+        assert said["speech_seconds"] == pytest.approx(1.6)
+        if "--fec" in quality:  # DTX may skip a pause; FEC copies ride along unsealed
+            assert said["fec"] and said["dtx"] and 30 <= said["frames_sent"] <= 40
+        else:
+            assert said["frames_sent"] == 40
 
         assert listen.wait(timeout=20) == 0, (tmp_path / "ben.err").read_text()
         heard = json.loads((tmp_path / "ben.out").read_text())
@@ -176,6 +183,7 @@ def test_help_has_examples() -> None:
         (["talk", "market", "--link", "sim://t"], "--input FILE or --mic"),
         (["talk", "market", "--link", "sim://t", "--input", str(SAMPLE), "--mic"], "one of them"),
         (["talk", "market", "--link", "sim://t", "--mic"], "pip install 'relay[audio]'"),
+        (["talk", "market", "--link", "sim://t", "--mic", "--fec"], "--input for now"),
         (["listen", "market", "--link", "sim://t", "--speaker"], "pip install 'relay[audio]'"),
         (["listen", "market", "--link", "sim://t", "--overs", "0"], "--overs must be"),
         (["listen", "market", "--link", "sim://t", "--out", "/no/such/dir/x.wav"], "directory"),

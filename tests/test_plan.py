@@ -136,3 +136,36 @@ def test_to_dict_is_json() -> None:
     assert back["best"]["mode"] in {m.name for m in MODES}
     assert len(back["rows"]) == len(plan(preset("SHORT_FAST")).rows)
     assert json.loads(json.dumps(plan(preset("LONG_FAST")).to_dict()))["best"] is None
+
+
+# --- FEC ----------------------------------------------------------------------------------
+
+
+def test_fec_cost_adds_the_copies_bytes_and_airtime() -> None:
+    from relay.plan import fec_cost
+
+    profile = preset("SHORT_FAST")
+    row = evaluate(profile, M1600, 5)
+    cost = fec_cost(profile, row)
+    assert cost is not None and cost.mode.name == "700C"
+    assert cost.datagram_bytes == row.datagram_bytes + 5 * 4
+    assert cost.airtime_per_second > row.airtime_per_second
+    assert cost.extra_airtime == pytest.approx(cost.airtime_per_second / row.airtime_per_second - 1)
+    assert fec_cost(profile, evaluate(profile, mode_by_name("3200"), 5)) is None  # no pairing
+    big = fec_cost(profile, evaluate(profile, M1600, max_frames_per_packet(profile, M1600)))
+    assert big is not None and not big.fits and "MTU" in big.problems[0]
+    json.dumps(big.to_dict())  # no infinities in JSON
+
+
+def test_planner_recommends_fec_only_for_lossy_links_where_it_fits() -> None:
+    profile = preset("SHORT_FAST")
+    clean = plan(profile)
+    assert not clean.use_fec and clean.fec is not None and "--fec" in clean.advice
+    lossy = plan(profile, loss=0.1)
+    assert lossy.use_fec and lossy.fec is not None and lossy.fec.fits
+    assert lossy.best is not None and lossy.best.mode.name == "1600"
+    assert "use it: --fec" in lossy.advice
+    d = lossy.to_dict()
+    assert d["recommend"]["fec"] is True and d["fec"]["redundant_mode"] == "700C"
+    assert not plan(profile, loss=0.01).use_fec
+    assert not plan(preset("LONG_FAST"), loss=0.2).use_fec  # nothing live fits at all

@@ -10,11 +10,19 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from relay.cli.options import channel_options, radio_options, resolve_radio
+from relay.cli.options import (
+    channel_options,
+    conceal_option,
+    dtx_option,
+    fec_option,
+    radio_options,
+    resolve_radio,
+)
 from relay.demo.room import MAX_LISTENERS, MAX_SPEAKERS, RoomDemoSettings, run_room_demo
 from relay.demo.voice import DemoSettings, bundled_sample, run_demo
 from relay.errors import UsageError
 from relay.voice.modes import mode_by_name
+from relay.voice.vad import DTX_DEFAULT
 
 
 @click.group("demo", invoke_without_command=True)
@@ -39,6 +47,9 @@ from relay.voice.modes import mode_by_name
     help="Codec2 frames per packet (default: the planner's choice).",
 )
 @channel_options
+@fec_option
+@dtx_option
+@conceal_option
 @click.option(
     "--rate", type=int, default=8000, show_default=True, help="Sample rate of the output WAV."
 )
@@ -62,6 +73,9 @@ def demo(
     loss,
     burst,
     seed,
+    fec,
+    dtx,
+    conceal,
     rate,
     realtime,
     as_json,
@@ -95,6 +109,9 @@ def demo(
         seed=seed,
         realtime=realtime,
         sample_rate=rate,
+        fec=fec,
+        dtx=DTX_DEFAULT if dtx is None else dtx,
+        conceal=conceal,
     )
     source = input_path if input_path is not None else bundled_sample()
     report = run_demo(settings, source, output_path)
@@ -118,6 +135,11 @@ def _render(r: dict) -> None:
         ("packets sent / received", f"{r['packets_sent']} / {r['packets_received']}"),
         ("lost on air / rejected", f"{r['packets_lost']} / {r['packets_rejected']}"),
         ("frames concealed", f"{r['frames_concealed']} of {r['frames_sent']}"),
+        (
+            "FEC / DTX",
+            f"{'on' if r['fec'] else 'off'} ({r['frames_from_fec']} frames from FEC) / "
+            f"{'on' if r['dtx'] else 'off'} ({r['frames_skipped']} frames skipped)",
+        ),
         ("codec bytes / air bytes", f"{r['codec_bytes']} / {r['air_bytes']}"),
         (
             "header + tag per packet",

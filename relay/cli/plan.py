@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relay.cli.options import radio_options, resolve_radio
+from relay.errors import UsageError
 from relay.plan import plan
 from relay.voice.modes import mode_by_name
 
@@ -17,8 +18,13 @@ from relay.voice.modes import mode_by_name
 @radio_options
 @click.option("--mode", help="Only this Codec2 mode (3200, 2400, 1600, 1400, 1300, 1200, 700C).")
 @click.option("--all-rows", is_flag=True, help="Show every frames-per-packet, not a summary.")
+@click.option(
+    "--loss",
+    type=float,
+    help="Packet loss you expect on the link (0..1): the planner says whether to use FEC.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, as_json):
+def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, as_json):
     """Airtime, channel occupancy and latency of live voice on a radio setting.
 
     For each Codec2 mode and number of frames per packet, shows the airtime one second of
@@ -33,7 +39,9 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, as_json):
       relay plan --sf 8 --bw 250 --cr 5 --region EU_868 --json
     """
     profile = resolve_radio(preset, sf, bw, cr, region, duty_cycle)
-    result = plan(profile, mode=mode_by_name(mode) if mode else None)
+    if loss is not None and not 0.0 <= loss <= 1.0:
+        raise UsageError(f"--loss must be between 0 and 1 (a fraction), got {loss}")
+    result = plan(profile, mode=mode_by_name(mode) if mode else None, loss=loss)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -67,6 +75,14 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, as_json):
         "talker uses; +relay: with one relay hop repeating it; delay ms: packetisation + air + "
         "jitter margin; * best live choice. --all-rows shows every packet size.[/]"
     )
+    if result.fec is not None and result.best is not None:
+        f = result.fec
+        console.print(
+            f"with --fec: {result.best.mode.name}+{f.mode.name}, {f.datagram_bytes} B packets, "
+            f"{f.airtime_per_packet * 1000:.0f} ms on air, {f.airtime_per_second:.3f} s/s "
+            f"({f.extra_airtime:+.0%}), {f.relay_occupancy:.0%} with a relay hop: "
+            + ("[green]fits[/]" if f.fits else "[red]does not fit[/]")
+        )
     console.print(result.advice)
 
 

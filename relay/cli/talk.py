@@ -17,8 +17,9 @@ from typing import Any
 import click
 import numpy as np
 
-from relay.cli.options import home_option, resolve_home
+from relay.cli.options import dtx_option, fec_option, home_option, resolve_home
 from relay.core.room import (
+    SEAL_COPIES,
     Dropped,
     FloorChanged,
     HandRaised,
@@ -113,9 +114,19 @@ def _positive(name: str, value: float | None) -> None:
     show_default=True,
     help="Seconds to wait for the floor before giving up.",
 )
+@fec_option
+@dtx_option
+@click.option(
+    "--adapt",
+    is_flag=True,
+    help="Step the codec down (1600, 1300, 1200, 700C) when the moderator's beacons or "
+    "speakers' seals report heavy loss, and back up when it clears.",
+)
 @home_option
 @_json_option
-def talk_cmd(room, url, input_path, mic, seconds, raise_hand, timeout, home, as_json) -> None:
+def talk_cmd(
+    room, url, input_path, mic, seconds, raise_hand, timeout, fec, dtx, adapt, home, as_json
+) -> None:
     """Say one over in ROOM: wait for the floor, speak, seal the over, release the floor.
 
     The hand goes up only between overs, never over a speaker. The codec is the room's mode;
@@ -134,6 +145,12 @@ def talk_cmd(room, url, input_path, mic, seconds, raise_hand, timeout, home, as_
     _positive("--seconds", seconds)
     if seconds is not None and not mic:
         raise UsageError("--seconds goes with --mic (a file is as long as it is)")
+    if mic and (fec or dtx):
+        raise UsageError("--fec and --dtx work with --input for now (not with --mic)")
+    if dtx is None:
+        from relay.voice.vad import DTX_DEFAULT
+
+        dtx = DTX_DEFAULT and not mic
     pcm = sd = None
     if mic:
         from relay.voice.device import require_sounddevice
@@ -144,7 +161,9 @@ def talk_cmd(room, url, input_path, mic, seconds, raise_hand, timeout, home, as_
 
         pcm = read_audio(input_path)
     h = resolve_home(home)
-    report = asyncio.run(_talk(h, room, url, pcm, sd, seconds, raise_hand, timeout))
+    report = asyncio.run(
+        _talk(h, room, url, pcm, sd, seconds, raise_hand, timeout, bool(fec), bool(dtx), adapt)
+    )
     if as_json:
         click.echo(json.dumps(report))
     elif report["granted"]:
@@ -166,7 +185,9 @@ def talk_cmd(room, url, input_path, mic, seconds, raise_hand, timeout, home, as_
         raise SystemExit(1)
 
 
-async def _talk(home, room_ref, url, pcm, sd, seconds, raise_hand, timeout) -> dict[str, Any]:
+async def _talk(
+    home, room_ref, url, pcm, sd, seconds, raise_hand, timeout, fec=False, dtx=False, adapt=False
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(stop)
@@ -175,11 +196,14 @@ async def _talk(home, room_ref, url, pcm, sd, seconds, raise_hand, timeout) -> d
             _note(f"warning: {warning}")
         mode = m.mode
         fpp, fits = m.frames_per_packet()
-        frames = None
+        over = None
         if pcm is not None:
-            from relay.voice.codec import Encoder
+            from relay.core.wire import FEC_PAIRS
+            from relay.voice.over import encode_over
 
-            frames = Encoder(mode).encode(pcm)
+            if fec and mode.name not in FEC_PAIRS:
+                raise UsageError(f"--fec: codec {mode.name} has no FEC pairing")
+            over = encode_over(pcm, mode, fec=fec, dtx=dtx)
         report: dict[str, Any] = {
             "room": m.info.name,
             "link": m.link.url,
@@ -187,6 +211,8 @@ async def _talk(home, room_ref, url, pcm, sd, seconds, raise_hand, timeout) -> d
             "mode": mode.name,
             "frames_per_packet": fpp,
             "fits_live": fits,
+            "fec": fec,
+            "dtx": dtx,
             "granted": False,
             "reason": None,
             "waited_seconds": None,
@@ -225,19 +251,43 @@ async def _talk(home, room_ref, url, pcm, sd, seconds, raise_hand, timeout) -> d
             return report
         closed.cancel()
         report["granted"] = True
+        if adapt and pcm is not None:
+            from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
+            from relay.demo.voice import choose_frames_per_packet
+            from relay.voice.adapt import LADDER
+            from relay.voice.over import encode_over
+
+            if mode.name in LADDER:
+                policy = m.node.policy
+                if policy.top != mode.name:
+                    policy.set_top(mode.name)
+                chosen = policy.mode(m.clock())
+                if chosen is not mode:
+                    mode = chosen
+                    fpp = min(
+                        choose_frames_per_packet(m.profile, mode)[0],
+                        (m.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame,
+                    )
+                    over = encode_over(pcm, mode, fec=fec and mode.name in FEC_PAIRS, dtx=dtx)
+                    report["mode"], report["frames_per_packet"] = mode.name, fpp
+            report["adapt"] = {"worst_loss": m.node.policy.worst_loss(m.clock())}
         report["waited_seconds"] = round(loop.time() - start, 3)
         left = floor_seconds_left(m)
         report["grant_seconds"] = round(left, 1)
         budget = left - GRANT_MARGIN - fpp * mode.frame_seconds
-        if frames is not None:
+        if over is not None:
             most = max(1, int(budget / mode.frame_seconds))
-            report["truncated"] = len(frames) > most
-            frames = frames[:most]
+            report["truncated"] = over.total > most
+            over = over.head(most)
+            frames = over.frames
             sent_before = m.link.stats.sent
-            speaking = asyncio.ensure_future(m.node.speak(mode, frames, fpp))
+            speaking = asyncio.ensure_future(m.node.speak_over(over, fpp))
             await _race(stop, speaking)
             if speaking.done():
-                report["frames_sent"] = speaking.result().frames_sent
+                result = speaking.result()
+                report["frames_sent"] = result.frames_sent
+                report["voice_packets"] = result.packets_sent - SEAL_COPIES
+                report["speech_seconds"] = round(over.seconds, 3)
             else:
                 speaking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -258,8 +308,10 @@ async def _talk(home, room_ref, url, pcm, sd, seconds, raise_hand, timeout) -> d
             report["frames_sent"] = result.frames_sent
             report["interrupted"] = stop.is_set()
         await m.link.drain()
-        report["voice_packets"] = -(-report["frames_sent"] // fpp)
-        report["speech_seconds"] = round(report["frames_sent"] * mode.frame_seconds, 3)
+        if not report["voice_packets"]:
+            report["voice_packets"] = -(-report["frames_sent"] // fpp)
+        if not report["speech_seconds"]:
+            report["speech_seconds"] = round(report["frames_sent"] * mode.frame_seconds, 3)
         return report
 
 

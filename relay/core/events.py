@@ -18,6 +18,11 @@ class VoiceFrames:
     frames: tuple[bytes, ...]
     counter: int
     time: float
+    # FEC packets only: lower-rate copies of the frames just before ``position`` (the last
+    # one is position - 1), in ``redundant_mode``. Not covered by over seals: play them only
+    # where the primary is missing.
+    redundant: tuple[bytes, ...] = ()
+    redundant_mode: CodecMode | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from relay.core import roommsg as msg
@@ -49,6 +49,7 @@ SIGNED_KINDS = frozenset(
     (ControlKind.OVER_END, ControlKind.HAND, ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY)
 )
 REPLAY_WINDOW = 4096
+SKIPPED = b""  # a position the speaker skipped (DTX), as the over seal covers it
 MAX_POSITION = 1 << 20  # frames in one over (about 11 h of 1600): bounds playout buffers
 MODERATOR_KINDS = frozenset((ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY))
 REKEY_COPIES = 3
@@ -108,6 +109,16 @@ class KeyRotated:
 
 
 @dataclass(frozen=True, slots=True)
+class LossReport:
+    """A member who transmits anyway (a speaker's seal, the moderator's beacon) said how many
+    packets it missed lately, in percent. Listeners never report (they never transmit)."""
+
+    reporter: bytes
+    loss: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """A packet that reached the room but was not acted on; ``reason`` is a counter key."""
 
@@ -116,8 +127,17 @@ class Dropped:
 
 
 RoomEvent = (
-    Voice | Clip | OverEnded | FloorChanged | HandRaised | MemberChanged | KeyRotated | Dropped
+    Voice
+    | Clip
+    | OverEnded
+    | FloorChanged
+    | HandRaised
+    | MemberChanged
+    | KeyRotated
+    | LossReport
+    | Dropped
 )
+LOSS_SMOOTHING = 0.5  # weight of the newest over in our own loss estimate
 
 
 @dataclass
@@ -126,6 +146,15 @@ class _Listening:
 
     frames: dict[int, bytes] = field(default_factory=dict)  # the first frame played per position
     conflict: bool = False
+    # DTX: the speaker skips silent frames. A packet whose counter directly follows the last
+    # one but whose position jumps proves (as far as room-level authentication goes; the seal
+    # decides) that the positions between were skipped: they are kept as b"" so the seal,
+    # which covers skips too, can still verify the segment.
+    last_counter: int | None = None
+    last_end: int = -1
+    # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
+    # seal covers primaries only, so a copy that may have been played leaves the over partial.
+    copies: set[int] = field(default_factory=set)
 
 
 def _grant_range(extra: bytes, seconds: int) -> tuple[int, int] | None:
@@ -189,6 +218,9 @@ class Room:
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
         self._previous: tuple[Receiver, float] | None = None
         self._gated_body = b""
+        # Our own packet loss on overs we heard (EWMA, 0..1; None until we heard one): sent
+        # in our seals and beacons, never on its own (a listener stays silent).
+        self.heard_loss: float | None = None
         self._install_key(key)
         self._opened_with = self.keys
 
@@ -352,6 +384,7 @@ class Room:
             tuple(muted[:255]),
             int(now),
             self.grant_range[0] if self.grant_range else msg.NO_COUNTER,
+            self._loss_percent(),
         )
         packet = self.sender.control_signed(ControlKind.BEACON, beacon.pack(), self.me, now)
         self._last_action[(self.keys.key_id, self.me.identity)] = int.from_bytes(packet[4:7], "big")
@@ -361,14 +394,25 @@ class Room:
         self._expire(now)
         return self.floor == self.me.identity
 
-    def voice(self, mode: CodecMode, position: int, frames: list[bytes], now: float) -> bytes:
-        """One voice packet of our over; refused unless we hold the floor."""
+    def voice(
+        self,
+        mode: CodecMode,
+        position: int,
+        frames: Sequence[bytes],
+        now: float,
+        redundant: Sequence[bytes] | None = None,
+    ) -> bytes:
+        """One voice packet of our over; refused unless we hold the floor.
+
+        ``redundant`` (FEC copies of the frames before ``position``) rides along but is not
+        part of the over's seal: the seal covers what the speaker said, once.
+        """
         if not self.holds_floor(now):
             raise UsageError("you do not hold the floor: raise a hand and wait for a grant")
         for i, frame in enumerate(frames):
             self._my_over[position + i] = frame
         self._my_fpp = max(self._my_fpp, len(frames))
-        return self.sender.voice(mode, position, frames, now)
+        return self.sender.voice(mode, position, frames, now, redundant)
 
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
@@ -382,7 +426,8 @@ class Room:
         The seal goes out ``copies`` times (each its own packet): a listener that loses it
         cannot verify anything of the over. Receivers keep the first and ignore the rest.
         """
-        frames = [self._my_over[p] for p in sorted(self._my_over)]
+        # Positions we skipped (DTX) are sealed as skipped: listeners check that too.
+        frames = [self._my_over.get(p, SKIPPED) for p in range(max(self._my_over, default=-1) + 1)]
         self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
         seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp).pack()
         packets = [
@@ -397,13 +442,27 @@ class Room:
         self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int
     ) -> msg.OverSeal:
         # As many digests as fit one packet with the seal's header and signature.
-        room = self.mtu - VOICE_PACKET_OVERHEAD - 10 - 64
+        room = self.mtu - VOICE_PACKET_OVERHEAD - 11 - 64  # 10 B header, 1 B loss report
         seg = msg.segment_frames(len(frames), fpp, max(1, room // msg.DIGEST_LEN))
         digests = tuple(
             msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
             for i, s in enumerate(range(0, len(frames), seg))
         )
-        return msg.OverSeal(len(frames), grant_seq, seg, digests)
+        return msg.OverSeal(len(frames), grant_seq, seg, digests, self._loss_percent())
+
+    def _loss_percent(self) -> int | None:
+        return None if self.heard_loss is None else min(100, round(100 * self.heard_loss))
+
+    def _heard(self, listening: _Listening, frames: int) -> None:
+        """Fold one over we heard into our loss estimate (skipped frames were not lost)."""
+        skipped = sum(1 for f in listening.frames.values() if f == SKIPPED)
+        expected = frames - skipped
+        if expected <= 0:
+            return
+        got = sum(1 for p, f in listening.frames.items() if f != SKIPPED and 0 <= p < frames)
+        loss = max(0.0, 1.0 - got / expected)
+        old = self.heard_loss
+        self.heard_loss = loss if old is None else old + LOSS_SMOOTHING * (loss - old)
 
     def beacon_interval(self, beacon_airtime: float) -> float:
         """Seconds between beacons so they use at most BEACON_SHARE of the channel."""
@@ -461,6 +520,21 @@ class Room:
         if event.sender != self.floor or event.sender in self.muted:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
+        if (
+            listening.last_counter is not None
+            and event.counter == listening.last_counter + 1
+            and event.position > listening.last_end + 1
+        ):
+            for pos in range(listening.last_end + 1, event.position):
+                if listening.frames.setdefault(pos, SKIPPED) != SKIPPED:
+                    listening.conflict = True
+        if listening.last_counter is None or event.counter > listening.last_counter:
+            listening.last_counter = event.counter
+            listening.last_end = max(listening.last_end, event.position + len(event.frames) - 1)
+        start = event.position - len(event.redundant)
+        listening.copies.update(
+            p for p in range(start, event.position) if p >= 0 and p not in listening.frames
+        )
         for i, frame in enumerate(event.frames):
             held = listening.frames.setdefault(event.position + i, frame)
             if held != frame:
@@ -625,6 +699,8 @@ class Room:
         by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
         self.hands = [by_prefix.get(p, p) for p in beacon.hands]
         self.muted = {by_prefix.get(p, p) for p in beacon.muted}
+        if beacon.loss is not None:
+            events.append(LossReport(event.sender, beacon.loss, now))
         return events
 
     def _on_rekey(
@@ -680,10 +756,15 @@ class Room:
             ok += 1
         if any(p >= seal.frames or p < 0 for p in listening.frames):
             return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
+        unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
         # Verified: every frame that was played is covered by a verified segment (frames
         # that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
-        return [OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests))]
+        self._heard(listening, seal.frames)
+        events: list[RoomEvent] = [OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests))]
+        if seal.loss is not None:
+            events.append(LossReport(speaker, seal.loss, event.time))
+        return events
 
     def _expire(self, now: float) -> None:
         if self.floor is not None and now > self.floor_until:

@@ -35,6 +35,20 @@ def _exact(data: bytes, n: int, what: str) -> None:
         raise PacketError("malformed", f"{what} must be {n} bytes, got {len(data)}")
 
 
+def _pack_loss(loss: int | None) -> bytes:
+    if loss is None:
+        return b""
+    if not 0 <= loss <= 100:
+        raise UsageError(f"a loss report is a percentage 0..100, got {loss}")
+    return bytes((loss,))
+
+
+def _parse_loss(data: bytes) -> int:
+    if data[0] > 100:
+        raise PacketError("malformed", f"loss report {data[0]} is not a percentage")
+    return data[0]
+
+
 class ModAction(enum.IntEnum):
     GRANT = 1  # arg: seconds of floor
     REVOKE = 2
@@ -117,6 +131,7 @@ class Beacon:
     muted: tuple[bytes, ...] = ()  # identity prefixes
     issued_at: int = 0  # room time (UNIX seconds): a recorded beacon goes stale
     first_counter: int = NO_COUNTER  # first voice counter the grant admits (NO_COUNTER: none)
+    loss: int | None = None  # optional trailing byte: the moderator's packet loss, percent
 
     def pack(self) -> bytes:
         if len(self.hands) > 255 or len(self.muted) > 255:
@@ -132,7 +147,7 @@ class Beacon:
             out.append(len(group))
             for prefix in group:
                 out += prefix[:PREFIX_LEN].ljust(PREFIX_LEN, b"\x00")
-        return bytes(out)
+        return bytes(out) + _pack_loss(self.loss)
 
     @classmethod
     def parse(cls, body: bytes) -> Beacon:
@@ -161,10 +176,19 @@ class Beacon:
                 )
             )
             pos += count * PREFIX_LEN
-        if pos != len(body):
+        loss = _parse_loss(body[pos:]) if len(body) == pos + 1 else None
+        if pos + (loss is not None) != len(body):
             raise PacketError("malformed", "beacon has trailing bytes")
         return cls(
-            epoch, holder, remaining, grant_seq, groups[0], groups[1], issued_at, first_counter
+            epoch,
+            holder,
+            remaining,
+            grant_seq,
+            groups[0],
+            groups[1],
+            issued_at,
+            first_counter,
+            loss,
         )
 
 
@@ -176,6 +200,10 @@ class OverSeal:
     grant_seq: int
     segment_frames: int
     digests: tuple[bytes, ...]
+    # Optional trailing byte: the share of packets (percent) the speaker missed of the overs
+    # it heard lately. Speakers transmit anyway, so reporting costs no listener its silence;
+    # talkers use it to step their codec down (relay.voice.adapt). Seals without it parse.
+    loss: int | None = None
 
     def pack(self) -> bytes:
         return (
@@ -184,6 +212,7 @@ class OverSeal:
             + self.segment_frames.to_bytes(2, "big")
             + bytes((len(self.digests),))
             + b"".join(self.digests)
+            + _pack_loss(self.loss)
         )
 
     @classmethod
@@ -193,13 +222,19 @@ class OverSeal:
         grant_seq = int.from_bytes(body[4:7], "big")
         seg = int.from_bytes(body[7:9], "big")
         count = body[9]
-        _exact(body[10:], count * DIGEST_LEN, "over seal digests")
+        end = 10 + count * DIGEST_LEN
+        loss = _parse_loss(body[end:]) if len(body) == end + 1 else None
+        _exact(
+            body[10 : end if loss is not None else len(body)],
+            count * DIGEST_LEN,
+            "over seal digests",
+        )
         if seg < 1 or count > MAX_SEGMENTS or count != math.ceil(frames / seg):
             raise PacketError("malformed", "over seal segments do not add up")
         digests = tuple(
             bytes(body[10 + i * DIGEST_LEN : 10 + (i + 1) * DIGEST_LEN]) for i in range(count)
         )
-        return cls(frames, grant_seq, seg, digests)
+        return cls(frames, grant_seq, seg, digests, loss)
 
 
 def segment_frames(total: int, frames_per_packet: int, max_segments: int) -> int:
@@ -213,10 +248,17 @@ def segment_frames(total: int, frames_per_packet: int, max_segments: int) -> int
 def segment_digest(
     key_id: str, speaker: bytes, grant_seq: int, index: int, frames: list[bytes]
 ) -> bytes:
+    """Digest of one segment of an over. ``frames`` are the codec frames by position; an empty
+    entry is a position the speaker skipped (DTX silence). Segments without skips hash exactly
+    as before DTX existed; segments with skips set the index's top bit and length-prefix every
+    entry, so no arrangement of frames and skips can hash like another."""
+    dtx = any(not f for f in frames)
     h = hashlib.sha256(b"relay/v1 segment")
     h.update(bytes.fromhex(key_id) + speaker + grant_seq.to_bytes(3, "big"))
-    h.update(index.to_bytes(2, "big"))
+    h.update((index | (0x8000 if dtx else 0)).to_bytes(2, "big"))
     for frame in frames:
+        if dtx:
+            h.update(len(frame).to_bytes(1, "big"))
         h.update(frame)
     return h.digest()[:DIGEST_LEN]
 

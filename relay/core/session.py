@@ -101,12 +101,29 @@ class Sender:
         associated = header.pack()
         return associated + self._cipher.seal(associated, header.counter, plaintext)
 
-    def voice(self, mode: CodecMode, position: int, frames: Sequence[bytes], now: float) -> bytes:
-        """One sealed voice packet carrying ``frames``, the first at index ``position``."""
+    def voice(
+        self,
+        mode: CodecMode,
+        position: int,
+        frames: Sequence[bytes],
+        now: float,
+        redundant: Sequence[bytes] | None = None,
+    ) -> bytes:
+        """One sealed voice packet carrying ``frames``, the first at index ``position``.
+
+        With ``redundant`` (lower-rate copies of the ``len(frames)`` frames before
+        ``position``, in the mode :data:`wire.FEC_PAIRS` names) it is a VOICE_FEC packet.
+        """
         if position < 0:
             raise UsageError("frame position must not be negative")
-        body = wire.VoiceBody(position % wire.POSITION_MODULUS, tuple(frames)).pack(mode)
-        return self._seal(wire.PacketType.VOICE, mode.wire_index, body, now)
+        low = position % wire.POSITION_MODULUS
+        if redundant is None:
+            body = wire.VoiceBody(low, tuple(frames)).pack(mode)
+            return self._seal(wire.PacketType.VOICE, mode.wire_index, body, now)
+        if position < len(frames):
+            raise UsageError("redundant frames need as many frames before the packet")
+        body = wire.VoiceFecBody(low, tuple(frames), tuple(redundant)).pack(mode)
+        return self._seal(wire.PacketType.VOICE_FEC, mode.wire_index, body, now)
 
     def control(self, kind: int, payload: bytes, now: float) -> bytes:
         body = wire.ControlBody(kind, payload).pack()
@@ -295,15 +312,25 @@ class Receiver:
     def _event(self, peer: _Peer, header: wire.Header, plaintext: bytes, now: float) -> Event:
         """The event a decrypted packet carries; changes no state."""
         ident = peer.cipher.identity
-        if header.ptype == wire.PacketType.VOICE:
+        if header.ptype in wire.VOICE_TYPES:
             mode = wire.voice_mode(header)
-            body = wire.VoiceBody.parse(plaintext, mode)
-            position = self._unwrap(peer, header.counter, body, now)
+            body: wire.VoiceBody | wire.VoiceFecBody
+            if header.ptype == wire.PacketType.VOICE_FEC:
+                body = wire.VoiceFecBody.parse(plaintext, mode)
+                redundant, red_mode = body.redundant, wire.fec_mode(mode)
+            else:
+                body = wire.VoiceBody.parse(plaintext, mode)
+                redundant, red_mode = (), None
+            position = self._unwrap(peer, header.counter, len(body.frames), body.position, now)
             if position < 0:
                 # Positions count from the over's start; a negative estimate means the
                 # counter history is off (e.g. a packet injected far ahead): trust the low bits.
                 position = body.position
-            return VoiceFrames(ident, mode, position, body.frames, header.counter, now)
+            if position < len(redundant):  # copies of frames before the over began
+                redundant = redundant[len(redundant) - position :]
+            return VoiceFrames(
+                ident, mode, position, body.frames, header.counter, now, redundant, red_mode
+            )
         if header.ptype == wire.PacketType.CLIP:
             if not plaintext:
                 raise PacketError("malformed", "clip packet with an empty payload")
@@ -323,9 +350,8 @@ class Receiver:
             peer.last_position = None
 
     @staticmethod
-    def _unwrap(peer: _Peer, counter: int, body: wire.VoiceBody, now: float) -> int:
+    def _unwrap(peer: _Peer, counter: int, n: int, low: int, now: float) -> int:
         if peer.last_position is None or now - peer.last_time > STREAM_GAP:
-            return body.position
-        n = len(body.frames)
+            return low
         expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
-        return wire.unwrap_position(body.position, expected)
+        return wire.unwrap_position(low, expected)

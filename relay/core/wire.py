@@ -11,9 +11,14 @@ A packet is a 7-byte clear header, an AES-CCM ciphertext and an 8-byte tag::
 
 A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
 first frame in the over) followed by whole Codec2 frames, so the voice overhead is
-7 + 1 + 8 = 16 bytes. A control packet's plaintext is a kind byte and a payload. A clip
-packet's plaintext belongs to the voice-message layer (:mod:`relay.clip`); its type is in the
-clear so that relays can send it after live voice and control without reading it.
+7 + 1 + 8 = 16 bytes. A voice-with-FEC packet (type 4, sub = the primary mode) carries the same
+position byte, N primary frames, then N lower-rate copies of the N frames before the first
+primary, in the mode :data:`FEC_PAIRS` pairs with the primary (sizes make N unambiguous). It is
+sealed and checked exactly like voice; the first packet of an over is plain voice (nothing
+precedes it), so plain voice keeps its 16 bytes. A control packet's plaintext is a kind byte
+and a payload. A clip packet's plaintext belongs to the voice-message layer
+(:mod:`relay.clip`); its type is in the clear so that relays can send it after live voice and
+control without reading it.
 
 Parsing never raises anything but :class:`PacketError` for bytes that came from outside;
 building with impossible values raises :class:`UsageError` (that is the caller's bug).
@@ -25,7 +30,7 @@ import enum
 from dataclasses import dataclass
 
 from relay.errors import PacketError, UsageError
-from relay.voice.modes import CodecMode, mode_by_index
+from relay.voice.modes import CodecMode, mode_by_index, mode_by_name
 
 VERSION = 1
 HEADER_LEN = 7
@@ -46,6 +51,20 @@ class PacketType(enum.IntEnum):
     CONTROL = 1
     HELLO = 2  # a member introducing itself: identity sealed under the room's announce key
     CLIP = 3  # a piece of, or acknowledgement for, a voice message (bulk: relays send it last)
+    VOICE_FEC = 4  # voice frames + lower-rate copies of the previous packet's frames (FEC)
+
+
+VOICE_TYPES = frozenset((PacketType.VOICE, PacketType.VOICE_FEC))
+# Primary mode -> the mode of its redundant copies. Same frame duration (positions line up).
+# Measured (bench/quality.py, 1600, 5 frames/packet, 10 % random loss, 8 samples x 3 seeds):
+# 700C copies give STOI 0.817 / PESQ 2.50 at 377 B/s on air, 1200 copies 0.800 / 2.36 at
+# 424 B/s: 700C is both better and cheaper.
+FEC_PAIRS: dict[str, str] = {
+    "1600": "700C",
+    "1400": "700C",
+    "1300": "700C",
+    "1200": "700C",
+}
 
 
 class ControlKind(enum.IntEnum):
@@ -161,6 +180,61 @@ class VoiceBody:
 
 
 @dataclass(frozen=True, slots=True)
+class VoiceFecBody:
+    """Plaintext of a voice packet with FEC: frames, and copies of the frames before them."""
+
+    position: int  # low 8 bits of the first primary frame's index in the over
+    frames: tuple[bytes, ...]
+    redundant: tuple[bytes, ...]  # len(frames) copies of positions position-N .. position-1
+
+    def pack(self, mode: CodecMode) -> bytes:
+        red = fec_mode(mode)
+        if len(self.redundant) != len(self.frames):
+            raise UsageError("an FEC packet carries as many redundant frames as primary ones")
+        for frame in self.redundant:
+            if len(frame) != red.bytes_per_frame:
+                raise UsageError(
+                    f"codec {red.name} frames are {red.bytes_per_frame} bytes, got {len(frame)}"
+                )
+        return VoiceBody(self.position, self.frames).pack(mode) + b"".join(self.redundant)
+
+    @classmethod
+    def parse(cls, plaintext: bytes, mode: CodecMode) -> VoiceFecBody:
+        red = fec_mode_or_error(mode)
+        size, rsize = mode.bytes_per_frame, red.bytes_per_frame
+        body = len(plaintext) - VOICE_PREFIX_LEN
+        if body <= 0 or body % (size + rsize):
+            raise PacketError(
+                "malformed",
+                f"FEC voice body of {max(body, 0)} bytes is not a whole number of "
+                f"{mode.name}+{red.name} frame pairs ({size}+{rsize} bytes)",
+            )
+        n = body // (size + rsize)
+        split_at = VOICE_PREFIX_LEN + n * size
+        frames = tuple(bytes(plaintext[i : i + size]) for i in range(1, split_at, size))
+        redundant = tuple(
+            bytes(plaintext[i : i + rsize]) for i in range(split_at, len(plaintext), rsize)
+        )
+        return cls(position=plaintext[0], frames=frames, redundant=redundant)
+
+
+def fec_mode(mode: CodecMode) -> CodecMode:
+    """The mode of ``mode``'s redundant copies; UsageError if the mode has no FEC pairing."""
+    name = FEC_PAIRS.get(mode.name)
+    if name is None:
+        raise UsageError(f"codec {mode.name} has no FEC pairing (have: {', '.join(FEC_PAIRS)})")
+    return mode_by_name(name)
+
+
+def fec_mode_or_error(mode: CodecMode) -> CodecMode:
+    """Like :func:`fec_mode`, but a peer naming an unpaired mode is a PacketError."""
+    try:
+        return fec_mode(mode)
+    except UsageError:
+        raise PacketError("malformed", f"no FEC pairing for codec {mode.name}") from None
+
+
+@dataclass(frozen=True, slots=True)
 class ControlBody:
     """Plaintext of a control packet."""
 
@@ -190,10 +264,12 @@ def voice_mode(header: Header) -> CodecMode:
 def split(packet: bytes) -> tuple[Header, bytes, bytes]:
     """Split a packet into (header, associated data, ciphertext+tag)."""
     header = Header.parse(packet)
-    if header.ptype != PacketType.VOICE and header.sub != 0:
+    if header.ptype not in VOICE_TYPES and header.sub != 0:
         raise PacketError("malformed", f"non-voice packet with nonzero sub field {header.sub}")
-    if header.ptype == PacketType.VOICE:
-        voice_mode(header)
+    if header.ptype in VOICE_TYPES:
+        mode = voice_mode(header)
+        if header.ptype == PacketType.VOICE_FEC:
+            fec_mode_or_error(mode)
     data = bytes(packet)
     return header, data[:HEADER_LEN], data[HEADER_LEN:]
 

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 
 from relay.core import Receiver, RoomKeys, Sender, random_room_key
-from relay.core.wire import VOICE_PACKET_OVERHEAD
+from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
 from relay.errors import UsageError
 from relay.links.sim import Ether
-from relay.plan import plan
+from relay.plan import evaluate, fec_advised, fec_cost, plan
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run
-from relay.runtime.voice import Listener, talk
+from relay.runtime.voice import Listener, batches, talk
 from relay.store.counters import CounterStore
 from relay.voice.audio import read_audio, write_audio
-from relay.voice.codec import Encoder
 from relay.voice.modes import SAMPLE_RATE, CodecMode
+from relay.voice.over import EncodedOver, encode_over
 
 DEFAULT_SAMPLE = "hts1.wav"
 
@@ -50,8 +50,13 @@ class DemoSettings:
     seed: int = 1
     realtime: bool = False
     sample_rate: int = SAMPLE_RATE
+    fec: bool | None = None  # None: as the planner recommends for ``loss``
+    dtx: bool = False
+    conceal: str = "interpolate"
 
     def __post_init__(self) -> None:
+        if self.fec and self.mode.name not in FEC_PAIRS:
+            raise UsageError(f"--fec: codec {self.mode.name} has no FEC pairing")
         if not 0.0 <= self.loss <= 1.0:
             raise UsageError(f"--loss must be between 0 and 1 (a fraction), got {self.loss}")
         if self.burst is not None and self.burst < 1.0:
@@ -77,9 +82,12 @@ def check_frames_fit(profile: RadioProfile, mode: CodecMode, frames: int) -> Non
         )
 
 
-def choose_frames_per_packet(profile: RadioProfile, mode: CodecMode) -> tuple[int, bool]:
-    """The planner's frames-per-packet for this mode, and whether live voice fits."""
-    result = plan(profile, mode=mode)
+def choose_frames_per_packet(
+    profile: RadioProfile, mode: CodecMode, loss: float | None = None
+) -> tuple[int, bool]:
+    """The planner's frames-per-packet for this mode (for this loss: room for FEC), and
+    whether live voice fits."""
+    result = plan(profile, mode=mode, loss=loss)
     if result.best is not None:
         return result.best.frames_per_packet, True
     # Nothing fits live: fill packets to the MTU, the least airtime per second of speech.
@@ -100,19 +108,24 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
     fpp = settings.frames_per_packet
     fits_live = choose_frames_per_packet(settings.profile, mode)[1]
     if fpp is None:
-        fpp = choose_frames_per_packet(settings.profile, mode)[0]
-    frames = Encoder(mode).encode(pcm)
+        fpp = choose_frames_per_packet(settings.profile, mode, settings.loss)[0]
+    fec = settings.fec
+    if fec is None:  # the planner's advice for this loss, at this packet size
+        cost = fec_cost(settings.profile, evaluate(settings.profile, mode, fpp))
+        fec = fec_advised(cost, settings.loss)
+    encoded = encode_over(pcm, mode, fec=fec, dtx=settings.dtx)
+    frames = encoded.frames
     wall_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="relay-demo-") as state_dir:
         outcome = run(
-            _exchange(settings, frames, fpp, Path(state_dir)), virtual=not settings.realtime
+            _exchange(settings, encoded, fpp, Path(state_dir)), virtual=not settings.realtime
         )
     wall_seconds = time.monotonic() - wall_start
     listener, talked, ether, a, b = outcome
     over = listener.overs[0] if listener.overs else None
     received_pcm = over.audio() if over is not None else np.zeros(0, dtype=np.int16)
     # The listener hears exactly as long as was said: pad or trim the concealed tail.
-    target = len(frames) * mode.samples_per_frame
+    target = encoded.total * mode.samples_per_frame
     received_pcm = np.pad(received_pcm, (0, max(0, target - len(received_pcm))))[:target]
     write_audio(output_path, received_pcm, rate=settings.sample_rate)
 
@@ -126,7 +139,10 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
         ]
     arrived = b.stats.received
     airtime = a.stats.airtime_s
-    overhead = talked.datagram_sizes[0] - fpp * mode.bytes_per_frame if talked.datagram_sizes else 0
+    overhead = 0
+    if talked.datagram_sizes:  # the first packet is plain voice, even with FEC
+        first = next(batches(frames, fpp, None, encoded.positions))[1]
+        overhead = talked.datagram_sizes[0] - len(first) * mode.bytes_per_frame
     link_overhead = settings.profile.link_overhead_bytes
     return {
         "input": str(input_path),
@@ -151,7 +167,16 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
         },
         "fits_live": fits_live,
         "frames_sent": len(frames),
-        "frames_concealed": over.frames_missing if over else len(frames),
+        "frames_skipped": encoded.total - len(frames),
+        "frames_concealed": (
+            over.frames_missing - over.frames_comfort  # lost primaries (FEC copies included)
+            if over
+            else encoded.total
+        ),
+        "frames_from_fec": over.frames_redundant if over else 0,
+        "fec": fec,
+        "dtx": settings.dtx,
+        "conceal": settings.conceal,
         "frames_late": over.frames_late if over else 0,
         "over_complete": bool(over and over.complete),
         "loss": settings.loss,
@@ -164,7 +189,7 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
     }
 
 
-async def _exchange(settings: DemoSettings, frames: list[bytes], fpp: int, state_dir: Path):
+async def _exchange(settings: DemoSettings, over: EncodedOver, fpp: int, state_dir: Path):
     loop = asyncio.get_running_loop()
     epoch = time.time() - loop.time()
 
@@ -185,9 +210,18 @@ async def _exchange(settings: DemoSettings, frames: list[bytes], fpp: int, state
         sender = Sender(keys, identity, counters)
         receiver = Receiver(keys)
         receiver.add_sender(identity)
-        listener = Listener(receiver, room_clock)
+        listener = Listener(receiver, room_clock, conceal=settings.conceal)
         listening = asyncio.create_task(listener.run(b))
-        talked = await talk(a, sender, settings.mode, frames, fpp, room_clock)
+        talked = await talk(
+            a,
+            sender,
+            settings.mode,
+            over.frames,
+            fpp,
+            room_clock,
+            redundant=over.redundant,
+            positions=over.positions if over.dtx else None,
+        )
         await a.drain()
         # Give the last packets time to play out (and the idle timeout if the end was lost).
         await listener.wait_overs(1, timeout=listener.idle_timeout + listener.max_delay + 5.0)

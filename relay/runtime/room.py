@@ -17,6 +17,7 @@ from relay.core.room import (
     FloorChanged,
     HandRaised,
     KeyRotated,
+    LossReport,
     MemberChanged,
     OverEnded,
     Room,
@@ -25,7 +26,9 @@ from relay.core.room import (
 )
 from relay.links.base import Link
 from relay.runtime.voice import Playout, RoomClock, TalkResult, speak
+from relay.voice.adapt import ModePolicy
 from relay.voice.modes import CodecMode
+from relay.voice.over import EncodedOver
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
@@ -66,6 +69,9 @@ class RoomNode:
         self._on_event = on_event
         self._on_key = on_key
         room.on_rotate = self._rotated  # our own removals rotate the key too
+        # Loss reports from members who transmit anyway feed an adaptive-mode policy; a
+        # talker that wants to adapt asks it for the mode of its next over.
+        self.policy = ModePolicy()
         self._changed = asyncio.Event()
         self._rng = random.Random(seed)
 
@@ -83,6 +89,8 @@ class RoomNode:
                 self.log.dropped[event.reason] = self.log.dropped.get(event.reason, 0) + 1
             elif isinstance(event, KeyRotated):
                 self._key_rotated(event)
+            elif isinstance(event, LossReport):
+                self.policy.report(event.reporter, event.loss, event.time)
             if isinstance(
                 event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
             ):
@@ -137,9 +145,19 @@ class RoomNode:
         return True
 
     async def speak(
-        self, mode: CodecMode, frames: Sequence[bytes], frames_per_packet: int
+        self,
+        mode: CodecMode,
+        frames: Sequence[bytes],
+        frames_per_packet: int,
+        *,
+        redundant: Sequence[bytes] | None = None,
+        positions: Sequence[int] | None = None,
     ) -> TalkResult:
-        """Speak one over (we must hold the floor); ends with our signed seal."""
+        """Speak one over (we must hold the floor); ends with our signed seal.
+
+        ``redundant``: FEC copies of ``frames`` (each packet carries those of the frames
+        before it); ``positions``: DTX, the over positions of ``frames`` (silence skipped).
+        """
         return await speak(
             self.link,
             self.room.voice,
@@ -148,6 +166,18 @@ class RoomNode:
             frames,
             frames_per_packet,
             self.clock,
+            redundant,
+            positions,
+        )
+
+    async def speak_over(self, over: EncodedOver, frames_per_packet: int) -> TalkResult:
+        """Speak a prepared over (see :func:`relay.voice.over.encode_over`)."""
+        return await self.speak(
+            over.mode,
+            over.frames,
+            frames_per_packet,
+            redundant=over.redundant,
+            positions=over.positions if over.dtx else None,
         )
 
     # ---------------------------------------------------------------- moderating

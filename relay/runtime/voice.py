@@ -8,17 +8,18 @@ loop, so the same code runs in virtual time (simulations, tests) and in real tim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
 from relay.core import ControlKind, ControlMessage, Receiver, Sender, VoiceFrames
-from relay.errors import LinkError
+from relay.errors import LinkError, UsageError
 from relay.links.base import Link
 from relay.voice.codec import Decoder
-from relay.voice.conceal import Concealer
-from relay.voice.jitter import JitterBuffer
+from relay.voice.conceal import DEFAULT_METHOD, METHODS, Concealer
+from relay.voice.jitter import JitterBuffer, PlayoutSlot
 from relay.voice.modes import CodecMode
 
 RoomClock = Callable[[], float]
@@ -36,7 +37,40 @@ class TalkResult:
     datagram_sizes: list[int] = field(default_factory=list)
 
 
-VoiceSealer = Callable[[CodecMode, int, Sequence[bytes], float], bytes]
+VoiceSealer = Callable[..., bytes]  # (mode, position, frames, now[, redundant]) -> packet
+
+
+def batches(
+    frames: Sequence[bytes],
+    frames_per_packet: int,
+    redundant: Sequence[bytes] | None = None,
+    positions: Sequence[int] | None = None,
+) -> Iterator[tuple[int, Sequence[bytes], Sequence[bytes] | None]]:
+    """Split an over into packets: ``(first position, frames, redundant copies or None)``.
+
+    ``positions`` (DTX: increasing, with jumps where silence was skipped) gives each frame's
+    place in the over; a packet never spans a jump. With ``redundant`` (the same frames
+    encoded in the FEC mode, one for one) a packet carries copies of the frames just before
+    it (as many as it has frames) when those were sent: losing one packet then costs quality,
+    not silence. The first packet of an over, or of a talk spurt, goes as plain voice.
+    """
+    if frames_per_packet < 1:
+        raise UsageError("frames per packet must be at least 1")
+    if redundant is not None and len(redundant) != len(frames):
+        raise UsageError("redundant frames must match the primary frames one for one")
+    pos = list(range(len(frames))) if positions is None else list(positions)
+    if len(pos) != len(frames) or any(b <= a for a, b in pairwise(pos)) or (pos and pos[0] < 0):
+        raise UsageError("positions must be increasing, non-negative, one per frame")
+    i = 0
+    while i < len(frames):
+        n = 1
+        while n < frames_per_packet and i + n < len(frames) and pos[i + n] == pos[i] + n:
+            n += 1
+        red = None
+        if redundant is not None and i >= n and pos[i - n] == pos[i] - n:
+            red = redundant[i - n : i]
+        yield pos[i], frames[i : i + n], red
+        i += n
 
 
 async def talk(
@@ -46,16 +80,25 @@ async def talk(
     frames: Sequence[bytes],
     frames_per_packet: int,
     room_clock: RoomClock,
+    *,
+    redundant: Sequence[bytes] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> TalkResult:
-    """Send one over on a plain session (no room), ending with an unsigned end marker."""
+    """Send one over on a plain session (no room), ending with an unsigned end marker.
+
+    ``redundant`` adds FEC copies and ``positions`` marks DTX skips (see :func:`speak`).
+    """
+    total = positions[-1] + 1 if positions else len(frames)
     return await speak(
         link,
         sender.voice,
-        lambda now: [sender.over_end(len(frames), now)],
+        lambda now: [sender.over_end(total, now)],
         mode,
         frames,
         frames_per_packet,
         room_clock,
+        redundant,
+        positions,
     )
 
 
@@ -67,22 +110,28 @@ async def speak(
     frames: Sequence[bytes],
     frames_per_packet: int,
     room_clock: RoomClock,
+    redundant: Sequence[bytes] | None = None,
+    positions: Sequence[int] | None = None,
 ) -> TalkResult:
     """Send one over as it is spoken: a packet leaves when its last frame has been captured.
 
-    ``seal(mode, position, frames, now)`` makes each voice packet and ``end(now)`` the
-    end-of-over packets, so a plain session and a room share the pacing.
+    ``seal(mode, position, frames, now[, redundant])`` makes each voice packet and
+    ``end(now)`` the end-of-over packets, so a plain session and a room share the pacing.
+    ``redundant``: the over in the FEC mode (see :func:`batches`), or None for no FEC.
+    ``positions``: DTX, the over positions of ``frames`` (skipped silence is not sent).
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
     result = TalkResult(capture_start=start)
-    for first in range(0, len(frames), frames_per_packet):
-        batch = frames[first : first + frames_per_packet]
+    for first, batch, red in batches(frames, frames_per_packet, redundant, positions):
         captured = start + (first + len(batch)) * mode.frame_seconds
         delay = captured - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        packet = seal(mode, first, batch, room_clock())
+        if red is None:
+            packet = seal(mode, first, batch, room_clock())
+        else:
+            packet = seal(mode, first, batch, room_clock(), red)
         await link.send(packet)
         result.packets_sent += 1
         result.frames_sent += len(batch)
@@ -105,8 +154,10 @@ class Over:
     mode: CodecMode
     pcm: list[np.ndarray] = field(default_factory=list)
     play_times: dict[int, float] = field(default_factory=dict)  # position -> loop time
-    frames_missing: int = 0
+    frames_missing: int = 0  # slots without their primary frame (lost, late or skipped)
     frames_late: int = 0
+    frames_redundant: int = 0  # of the missing, played from an FEC copy
+    frames_comfort: int = 0  # of the missing, skipped by the talker (DTX): comfort noise
     complete: bool = False  # the sender's end-of-over arrived
     verdict: str | None = None  # rooms: verified | partial | forged | unsigned
 
@@ -124,16 +175,69 @@ class Over:
 class _Stream:
     """Playout state for the over one sender is speaking."""
 
-    def __init__(self, event: VoiceFrames, initial_delay: float, max_delay: float) -> None:
+    def __init__(
+        self, event: VoiceFrames, initial_delay: float, max_delay: float, conceal: str
+    ) -> None:
         mode = event.mode
         self.over = Over(event.sender, mode)
         self.buffer = JitterBuffer(mode.frame_seconds, initial_delay, max_delay)
-        self.concealer = Concealer(Decoder(mode))
+        self.concealer = Concealer(Decoder(mode), conceal)
         self.last_arrival = event.time
+        # Lower-rate copies of frames (FEC), played only where the primary is missing: a
+        # primary that arrives in time replaces its copy, as the buffer is asked first.
+        self.fallback: dict[int, tuple[CodecMode, bytes]] = {}
+        # DTX: positions the talker skipped (silence), played as comfort noise.
+        self.skipped: set[int] = set()
+        self._last_counter: int | None = None
+        self._last_end = -1
 
-    def play(self, slots) -> None:
-        for slot in slots:
-            self.over.pcm.append(self.concealer.render(slot))
+    def push(self, event: VoiceFrames, arrival: float) -> None:
+        self._note_skips(event)
+        self.buffer.push(event.position, event.frames, arrival)
+        if event.redundant and event.redundant_mode is not None:
+            start = event.position - len(event.redundant)
+            floor = self.buffer.next_position
+            for pos, frame in enumerate(event.redundant, start):
+                if pos >= floor:
+                    self.fallback.setdefault(pos, (event.redundant_mode, frame))
+
+    def _note_skips(self, event: VoiceFrames) -> None:
+        """Mark frames the talker skipped (DTX) as silence, not loss.
+
+        Counters are consecutive per sender, so the number of packets lost between two
+        arrivals is known; a position jump larger than those packets could have carried was
+        skipped on purpose. (Unsure cases, loss and a pause together, count as pause: comfort
+        noise is a better guess than speech glided across a pause.)
+        """
+        counter, end = event.counter, event.position + len(event.frames) - 1
+        last = self._last_counter
+        if last is not None and counter > last and event.position > self._last_end + 1:
+            gap = event.position - self._last_end - 1
+            lost_packets = counter - last - 1
+            if gap > lost_packets * len(event.frames):
+                self.skipped.update(range(self._last_end + 1, event.position))
+        if last is None or counter > last:
+            self._last_counter = counter
+            self._last_end = max(self._last_end, end)
+
+    def play(self, slots: Sequence[PlayoutSlot]) -> None:
+        slots = list(slots)
+        ahead: tuple[int, bytes] | None = None
+        for i, slot in enumerate(slots):
+            copy = self.fallback.pop(slot.position, None)
+            if slot.frame is None and slot.position in self.skipped:
+                self.skipped.discard(slot.position)
+                pcm = self.concealer.render_comfort()
+            elif slot.frame is None and copy is not None:
+                pcm = self.concealer.render_redundant(*copy, slot.position)
+            else:
+                if slot.frame is None and (ahead is None or ahead[0] <= slot.position):
+                    ahead = next(
+                        ((s.position, s.frame) for s in slots[i + 1 :] if s.frame is not None),
+                        None,
+                    ) or self.buffer.peek_after(slot.position)
+                pcm = self.concealer.render(slot, ahead)
+            self.over.pcm.append(pcm)
             self.over.play_times[slot.position] = slot.play_time
 
     def finish(self, total_frames: int | None, complete: bool) -> Over:
@@ -141,11 +245,17 @@ class _Stream:
         if total_frames is not None:
             # Frames lost at the very end: the jitter buffer never saw them, the count says so.
             played_to = self.over.first_position + len(self.over.pcm)
-            for _ in range(max(0, total_frames - played_to)):
-                self.over.pcm.append(self.concealer.render_frame(None))
+            for pos in range(played_to, total_frames):
+                copy = self.fallback.pop(pos, None)
+                if copy is not None:
+                    self.over.pcm.append(self.concealer.render_redundant(*copy, pos))
+                else:
+                    self.over.pcm.append(self.concealer.render_frame(None, pos))
                 self.buffer.frames_missing += 1
         self.over.frames_missing = self.buffer.frames_missing + self.over.first_position
         self.over.frames_late = self.buffer.frames_late
+        self.over.frames_redundant = self.concealer.frames_redundant
+        self.over.frames_comfort = self.concealer.frames_comfort
         self.over.complete = complete
         return self.over
 
@@ -164,7 +274,11 @@ class Playout:
         initial_delay: float = 0.04,
         max_delay: float = 2.0,
         idle_timeout: float = 3.0,
+        conceal: str = DEFAULT_METHOD,
     ) -> None:
+        if conceal not in METHODS:
+            raise UsageError(f"unknown concealment {conceal!r} (known: {', '.join(METHODS)})")
+        self.conceal = conceal
         self.initial_delay = initial_delay
         self.max_delay = max_delay
         self.idle_timeout = idle_timeout
@@ -179,9 +293,9 @@ class Playout:
             if stream is not None:
                 self._close(event.sender, None, complete=False)
             stream = self._streams[event.sender] = _Stream(
-                event, self.initial_delay, self.max_delay
+                event, self.initial_delay, self.max_delay, self.conceal
             )
-        stream.buffer.push(event.position, event.frames, arrival)
+        stream.push(event, arrival)
         stream.last_arrival = arrival
         stream.play(stream.buffer.pop_due(arrival))
 

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 from relay.voice.modes import DEFAULT_MODE, MODES, SAMPLE_RATE, CodecMode, mode_by_name
 
 if TYPE_CHECKING:
+    from relay.voice.adapt import ModePolicy
     from relay.voice.audio import read_audio, write_audio
     from relay.voice.codec import Decoder, Encoder
     from relay.voice.conceal import Concealer
     from relay.voice.jitter import JitterBuffer, JitterStats, PlayoutSlot
+    from relay.voice.over import EncodedOver, encode_over
 
 _LAZY = {
     "read_audio": "relay.voice.audio",
@@ -26,6 +28,9 @@ _LAZY = {
     "JitterBuffer": "relay.voice.jitter",
     "JitterStats": "relay.voice.jitter",
     "PlayoutSlot": "relay.voice.jitter",
+    "ModePolicy": "relay.voice.adapt",
+    "EncodedOver": "relay.voice.over",
+    "encode_over": "relay.voice.over",
 }
 
 __all__ = [
@@ -35,10 +40,13 @@ __all__ = [
     "CodecMode",
     "Concealer",
     "Decoder",
+    "EncodedOver",
     "Encoder",
     "JitterBuffer",
     "JitterStats",
+    "ModePolicy",
     "PlayoutSlot",
+    "encode_over",
     "mode_by_name",
     "read_audio",
     "write_audio",

@@ -154,6 +154,19 @@ class JitterBuffer:
                 self._played = {p for p in played if p >= floor}
         return out
 
+    def peek_after(self, position: int) -> tuple[int, bytes] | None:
+        """The first frame held after ``position`` (concealment interpolates towards it)."""
+        later = [p for p in self._pending if p > position]
+        if not later:
+            return None
+        pos = min(later)
+        return pos, self._pending[pos]
+
+    @property
+    def next_position(self) -> int:
+        """The next slot to be emitted (frames before it can no longer be played)."""
+        return self._next
+
     @property
     def pending(self) -> int:
         """Frames received and waiting for their slot."""
