@@ -33,6 +33,7 @@ class Broker:
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\n"
         )
         self.logfile = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,15 +1,20 @@
-"""The bridge envelope: what a bridge wraps around a sealed packet on the MQTT side.
+"""The bridge envelope: a sealed packet with its hop count and the gateway that published it.
 
 The relay wire format has no hop count (every byte of it is authenticated by the room key,
-which a bridge does not hold), so bridges add their own 6-byte envelope on MQTT::
+which a bridge does not hold), so bridges keep their own. Between an MQTT link and the
+bridge core a packet travels as these bytes::
 
     byte 0      envelope version (1)
     byte 1      hops: how many bridges republished it after the one that first published it
     bytes 2-5   gateway id of the bridge that published this copy (big-endian)
     ...         the sealed relay packet, untouched
 
-A bridge drops envelopes carrying its own gateway id (the broker echoing its own publish)
-and envelopes whose hops reached its hop limit. Parsing raises only :class:`PacketError`.
+On the broker the same two facts ride in the v2 batch payload (:mod:`relay.links.mqtt`):
+the batch's origin is the gateway id, each record carries its hops. So the hop limit holds
+across brokers, broker bridges and clusters, and internet-only members still read the
+packets (they publish with hop 0). A bridge drops envelopes carrying its own gateway id (a
+broker echoing its own publish) and envelopes whose hops reached its hop limit. Parsing
+raises only :class:`PacketError`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import click
 
-from relay.bridge.core import LinkKind
+from relay.bridge.core import DEFAULT_HOP_LIMIT, LinkKind
 from relay.errors import UsageError
 from relay.links.base import Link
 from relay.links.url import open_link
@@ -87,16 +87,27 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
     type=click.IntRange(0, (1 << 32) - 1),
     help="This bridge's id (default: random).",
 )
+@click.option(
+    "--hop-limit",
+    type=click.IntRange(1, 255),
+    default=DEFAULT_HOP_LIMIT,
+    show_default=True,
+    help="How many bridges may republish a packet on MQTT (ends loops between brokers).",
+)
 @_common_options
-def bridge_cmd(links, mqtt_url, rooms, gateway_id, duty_cycle, duration, as_json, verbose):
+def bridge_cmd(
+    links, mqtt_url, rooms, gateway_id, hop_limit, duty_cycle, duration, as_json, verbose
+):
     """Bridge radio links to an MQTT broker, where other bridges and internet-only members
     (talk/listen --link mqtt://...) meet.
 
-    The broker sees sealed packets only, one topic per room hint (relay/v1/<hint>).
+    The broker sees sealed packets only, one topic per room hint (relay/v2/<hint>); any
+    MQTT broker works: `relay broker`, mosquitto, EMQX, a cluster.
 
     \b
     Examples:
       relay bridge --link sim://island_a --mqtt mqtt://127.0.0.1:1883
+      relay bridge --link sim://island_a --mqtt 'mqtt://10.0.0.2?qos=0&linger=20'
       relay bridge --link kiss+tcp://127.0.0.1:8001 --mqtt mqtts://user:pw@broker.example
       relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room 3f --duty-cycle 0.01
     """
@@ -108,7 +119,17 @@ def bridge_cmd(links, mqtt_url, rooms, gateway_id, duty_cycle, duration, as_json
     if link_kind(mqtt_url) is not LinkKind.MQTT:
         raise UsageError(f"--mqtt {mqtt_url!r} must be an mqtt:// or mqtts:// URL")
     hints = _parse_hints(rooms)
-    _run([*links, mqtt_url], duty_cycle, duration, as_json, verbose, "bridge", hints, gateway_id)
+    _run(
+        [*links, mqtt_url],
+        duty_cycle,
+        duration,
+        as_json,
+        verbose,
+        "bridge",
+        hints,
+        gateway_id,
+        hop_limit,
+    )
 
 
 def _parse_hints(rooms: Sequence[str]) -> frozenset[int] | None:
@@ -133,6 +154,7 @@ def _run(
     what: str,
     hints: frozenset[int] | None = None,
     gateway_id: int | None = None,
+    hop_limit: int = DEFAULT_HOP_LIMIT,
 ) -> None:
     if len(set(urls)) != len(urls):
         raise UsageError("the same link URL is given twice")
@@ -146,7 +168,7 @@ def _run(
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
     logger.propagate = False
     try:
-        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id))
+        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id, hop_limit))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
@@ -163,6 +185,7 @@ async def _main(
     duration: float | None,
     hints: frozenset[int] | None,
     gateway_id: int | None,
+    hop_limit: int = DEFAULT_HOP_LIMIT,
 ) -> dict:
     opened: list[Link] = []
     try:
@@ -172,6 +195,7 @@ async def _main(
             [BridgeLink(url, link, link_kind(url)) for url, link in zip(urls, opened, strict=True)],
             duty_cycle=duty_cycle,
             gateway_id=gateway_id,
+            hop_limit=hop_limit,
         )
     except BaseException:
         for link in opened:

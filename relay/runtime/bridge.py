@@ -10,12 +10,17 @@ Radio links (every scheme but ``mqtt://``/``mqtts://``) get a :class:`Pacer` bui
 link's own ``airtime()`` and the bridge's duty cycle, so traffic from a faster side never
 overruns a radio's budget.
 
-**MQTT links carry bare sealed packets.** The v1 topic layout of :mod:`relay.links.mqtt`
-puts the sealed packet itself in the payload (so internet-only members on ``mqtt://`` read
-it, and the topic is the packet's room hint), so the bridge registers MQTT links with the
-core as unpaced plain links, not as envelope-carrying :attr:`LinkKind.MQTT`. Loops through
-the broker are stopped by MQTT 5 *no local* (a bridge never hears its own publishes) and by
-the core's dedup (a packet is forwarded at most once per dedup window, from wherever it came).
+**MQTT links carry envelopes.** An ``mqtt://`` link (anything with ``carry_envelopes``) is
+told the bridge's gateway id and registered with the core as :attr:`LinkKind.MQTT`: each
+packet crosses the broker with its hop count and the id of the bridge that published it
+(inside the v2 batch payload, see :mod:`relay.links.mqtt`), so a loop of bridges through
+one or several brokers stops at the hop limit, and the core drops its own echoes. Members
+on ``mqtt://`` (talk/listen) see bare packets and publish with hop 0. A link given as
+:attr:`LinkKind.MQTT` that cannot carry envelopes is forwarded to as a plain, unpaced link.
+
+**Receive tasks heal.** A link whose ``recv`` raises (anything but being closed) gets its
+receive task restarted with exponential backoff (``RECV_BACKOFF_MIN``..``RECV_BACKOFF_MAX``),
+counted per link (``recv_restarts``) and logged; a closed link ends its task for good.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.bridge.core import BridgeCore, LinkKind, Notice, Send
+from relay.bridge.core import DEFAULT_HOP_LIMIT, BridgeCore, LinkKind, Notice, Send
 from relay.bridge.pacer import Pacer
 from relay.errors import LinkError, RelayError, UsageError
 from relay.links.base import Link
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 MQTT_SCHEMES = frozenset({"mqtt", "mqtts"})
 DEFAULT_OUT_QUEUE = 1024  # datagrams waiting for one link before the oldest is dropped
 STOP_DRAIN_TIMEOUT = 2.0
+RECV_BACKOFF_MIN = 0.1  # seconds before restarting a failed receive task
+RECV_BACKOFF_MAX = 5.0
 
 NoticeHook = Callable[[Notice], None]
 
@@ -65,13 +72,15 @@ class BridgeCounters:
     send_errors: dict[str, int] = field(default_factory=dict)  # link -> failed sends
     out_dropped: dict[str, int] = field(default_factory=dict)  # link -> outbound queue full
     recv_closed: list[str] = field(default_factory=list)  # links whose receive ended
+    recv_restarts: dict[str, int] = field(default_factory=dict)  # link -> recv failures
 
 
 class Bridge:
     """Forwards sealed packets between ``links`` (see the module docstring).
 
     ``duty_cycle`` (0 < f <= 1) is the airtime budget of every radio link's pacer over a
-    sliding ``window``; ``gateway_id`` defaults to a random 32-bit id.
+    sliding ``window``; ``gateway_id`` defaults to a random 32-bit id (the core's, if a
+    ``core`` is given); ``hop_limit`` bounds how many bridges republish a packet on MQTT.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class Bridge:
         on_notice: NoticeHook | None = None,
         out_queue: int = DEFAULT_OUT_QUEUE,
         core: BridgeCore | None = None,
+        hop_limit: int = DEFAULT_HOP_LIMIT,
     ) -> None:
         self.links: dict[str, BridgeLink] = {}
         for bl in links:
@@ -94,15 +104,24 @@ class Bridge:
             raise UsageError("a bridge needs at least two links")
         if out_queue < 1:
             raise UsageError(f"out_queue must be >= 1, got {out_queue}")
-        self.gateway_id = secrets.randbits(32) if gateway_id is None else gateway_id
-        self.core = core if core is not None else BridgeCore(self.gateway_id)
+        if gateway_id is None:
+            gateway_id = core.gateway_id if core is not None else secrets.randbits(32)
+        self.gateway_id = gateway_id
+        if core is None:
+            core = BridgeCore(self.gateway_id, hop_limit=hop_limit)
+        elif core.gateway_id != self.gateway_id:
+            raise UsageError("the core's gateway id differs from the bridge's")
+        self.core = core
         self.pacers: dict[str, Pacer] = {}
         for bl in self.links.values():
             if bl.kind is LinkKind.RADIO:
                 pacer = Pacer(bl.link.airtime, duty_cycle, window)
                 self.pacers[bl.name] = pacer
                 self.core.add_link(bl.name, LinkKind.RADIO, pacer)
-            else:  # bare packets on MQTT: see the module docstring
+            elif hasattr(bl.link, "carry_envelopes"):  # see the module docstring
+                bl.link.carry_envelopes(self.gateway_id)
+                self.core.add_link(bl.name, LinkKind.MQTT)
+            else:  # an MQTT-kind link without envelopes: plain and unpaced
                 self.core.add_link(bl.name, LinkKind.RADIO)
         self.counters = BridgeCounters()
         self._on_notice = on_notice
@@ -176,15 +195,32 @@ class Bridge:
 
     # ---------------------------------------------------------------- tasks
     async def _receive(self, bl: BridgeLink) -> None:
+        """Feed what ``bl`` receives to the core; restart after a failure (backoff)."""
         loop = asyncio.get_running_loop()
+        delay = RECV_BACKOFF_MIN
         while True:
             try:
                 dgram = await bl.link.recv()
-            except LinkError as exc:
-                if self._running:
-                    log.warning("bridge: %s stopped receiving: %s", bl.name, exc)
-                    self.counters.recv_closed.append(bl.name)
-                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if getattr(bl.link, "closed", False) or not self._running:
+                    if self._running:
+                        log.warning("bridge: %s stopped receiving: %s", bl.name, exc)
+                        self.counters.recv_closed.append(bl.name)
+                    return
+                bump(self.counters.recv_restarts, bl.name)
+                log.warning(
+                    "bridge: receiving on %s failed (%s: %s); restarting in %.1f s",
+                    bl.name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECV_BACKOFF_MAX)
+                continue
+            delay = RECV_BACKOFF_MIN
             out = self.core.receive(bl.name, dgram.data, loop.time())
             self._dispatch(out.sends)
             for notice in out.notices:
@@ -194,15 +230,19 @@ class Bridge:
 
     async def _timer(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._wake is not None
+        wake = self._wake
+        assert wake is not None
         while True:
-            now = loop.time()
-            self._dispatch(self.core.due(now))
+            self._dispatch(self.core.due(loop.time()))
             wakeup = self.core.next_wakeup(loop.time())
-            timeout = None if wakeup is None else max(0.0, wakeup - loop.time())
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            wake.clear()
+            # A timer handle, not wait_for(): this runs once per received packet when busy.
+            handle = None if wakeup is None else loop.call_at(wakeup, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                if handle is not None:
+                    handle.cancel()
 
     async def _sender(self, bl: BridgeLink) -> None:
         queue = self._out[bl.name]
@@ -259,7 +299,17 @@ class Bridge:
                 "forwarded": s.forwarded.get(name, 0),
                 "send_errors": self.counters.send_errors.get(name, 0),
                 "out_dropped": self.counters.out_dropped.get(name, 0),
+                "recv_restarts": self.counters.recv_restarts.get(name, 0),
             }
+            ls = getattr(bl.link, "stats", None)
+            if ls is not None:  # the driver's own counters: reconnects, drops, echoes...
+                entry["link"] = {
+                    "sent": ls.sent,
+                    "received": ls.received,
+                    "refused": ls.refused,
+                    "dropped": ls.dropped,
+                    **dict(sorted(ls.extra.items())),
+                }
             pacer = self.pacers.get(name)
             if pacer is not None:
                 p = pacer.stats
