@@ -392,3 +392,50 @@ def test_pacer_refuses_bad_settings_and_junk() -> None:
     pacer = Pacer(airtime)
     assert pacer.offer(b"junk", 0.0)[0].reason == "malformed"
     assert pacer.stats.malformed == 1
+
+
+# --- voice messages (CLIP) are bulk: after control and live voice, queued, never refused ---
+
+
+def clip(counter: int = 0, sender: int = 0x0203) -> bytes:
+    return packet(PacketType.CLIP, sender=sender, counter=counter, n=24)
+
+
+def test_clip_packets_go_after_control_and_never_inside_a_live_over() -> None:
+    pacer = Pacer(airtime, gap=1.5)
+    pieces = [clip(counter=i) for i in range(3)]
+    for p in pieces:
+        assert pacer.offer(p, 0.0)[0].reason == "bulk"
+    voice = packet(counter=1)
+    pacer.offer(voice, 0.0)
+    ctl = control(counter=9)
+    pacer.offer(ctl, 0.0)
+    sent = drain(pacer, 0.0, 30.0)
+    order = [p for _, p in sent]
+    assert order == [ctl, voice, *pieces]
+    # The over was live until 1.5 s of silence: the first piece waited for its end.
+    assert sent[2][0] >= 1.5
+    assert pacer.stats.bulk_sent == 3 and pacer.stats.bulk_dropped == 0
+
+
+def test_clip_packets_wait_for_budget_instead_of_being_dropped() -> None:
+    # 1 % of a 100 s window = 1 s of airtime: three 31-byte packets (0.31 s each) fit, the
+    # fourth waits for the window to slide; none is dropped.
+    pacer = Pacer(airtime, duty_cycle=0.01, window=100.0)
+    pieces = [clip(counter=i) for i in range(5)]
+    for p in pieces:
+        assert pacer.offer(p, 0.0)[0].queued
+    sent = drain(pacer, 0.0, 500.0)
+    assert [p for _, p in sent] == pieces
+    assert sent[3][0] >= 100.0 and pacer.stats.bulk_dropped == 0
+
+
+def test_clip_backlog_is_bounded_and_counted_and_does_not_block_new_overs() -> None:
+    pacer = Pacer(airtime, duty_cycle=0.01, window=100.0, reserve_packets=1, max_bulk=2)
+    decisions = [pacer.offer(clip(counter=i), 0.0)[0].reason for i in range(3)]
+    assert decisions == ["bulk", "bulk", "bulk_overflow"]
+    assert pacer.stats.bulk_dropped == 1 and pacer.backlog() == 2
+    # Queued bulk does not count against the admission of live voice.
+    assert pacer.offer(packet(counter=7), 0.0)[0].reason == "voice"
+    with pytest.raises(UsageError):
+        Pacer(airtime, max_bulk=0)

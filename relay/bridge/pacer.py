@@ -13,6 +13,13 @@ what is offered for one outbound radio link and releases it one transmission at 
 
 Only as a last resort, when an admitted over's backlog exceeds ``max_backlog`` packets, is
 it cut (counted and reported): memory stays bounded even if the admission estimate was wrong.
+
+Voice-message packets (clear type CLIP: pieces and acknowledgements) are bulk traffic,
+stored and forwarded: they wait behind control and behind live voice (never between two
+packets of an over that is still going, which would delay it by a whole piece's airtime),
+go out only from budget no admitted over holds, and are never refused for budget: they
+wait. Only a bulk queue past ``max_bulk`` packets drops (counted as ``bulk_dropped``). They
+do not count against the admission of new overs: live voice comes first.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ class PacerDecision:
 
     queued: bool
     reason: (
-        str  # control | voice | over_refused | over_cut | too_big | control_overflow | malformed
+        str  # control | voice | bulk | over_refused | over_cut | too_big | control_overflow
+        # | bulk_overflow | malformed
     )
     key: OverKey | None = None
     notify: bool = False
@@ -61,6 +69,8 @@ class PacerStats:
     overs_cut: int = 0
     voice_dropped: int = 0  # packets of refused or cut overs
     control_dropped: int = 0
+    bulk_sent: int = 0
+    bulk_dropped: int = 0
     too_big: int = 0
     malformed: int = 0
 
@@ -103,6 +113,7 @@ class Pacer:
         reserve_packets: int = DEFAULT_RESERVE_PACKETS,
         max_backlog: int = 1024,
         max_control: int = 256,
+        max_bulk: int = 4096,
     ) -> None:
         if not 0.0 < duty_cycle <= 1.0:
             raise UsageError(f"duty_cycle must be in (0, 1], got {duty_cycle!r}")
@@ -112,8 +123,8 @@ class Pacer:
             raise UsageError(f"over gap must be > 0 seconds, got {gap!r}")
         if over_reserve is not None and over_reserve < 0:
             raise UsageError(f"over_reserve must be >= 0 seconds, got {over_reserve!r}")
-        if reserve_packets < 1 or max_backlog < 1 or max_control < 1:
-            raise UsageError("reserve_packets, max_backlog and max_control must be >= 1")
+        if reserve_packets < 1 or max_backlog < 1 or max_control < 1 or max_bulk < 1:
+            raise UsageError("reserve_packets, max_backlog, max_control and max_bulk must be >= 1")
         self.airtime = airtime
         self.budget = duty_cycle * window
         self.window = float(window)
@@ -122,9 +133,11 @@ class Pacer:
         self.reserve_packets = reserve_packets
         self.max_backlog = max_backlog
         self.max_control = max_control
+        self.max_bulk = max_bulk
         self.stats = PacerStats()
         self._control: deque[_Item] = deque()
         self._voice: deque[_Item] = deque()
+        self._bulk: deque[_Item] = deque()
         self._overs: dict[OverKey, _Over] = {}
         self._air = AirtimeWindow(window)
         self._next_forget = float("-inf")
@@ -162,6 +175,8 @@ class Pacer:
             self.stats.malformed += 1
             return [PacerDecision(False, "malformed")]
         airtime = float(self.airtime(len(packet)))
+        if header.ptype == PacketType.CLIP:
+            return [self._offer_bulk(bytes(packet), airtime)]
         if header.ptype != PacketType.VOICE:
             return [self._offer_control(bytes(packet), airtime)]
         return [self._offer_voice(bytes(packet), airtime, (header.hint, header.sender), now)]
@@ -177,6 +192,36 @@ class Pacer:
         self._control.append(_Item(packet, airtime, None))
         self._queued_airtime += airtime
         return PacerDecision(True, "control")
+
+    def _offer_bulk(self, packet: bytes, airtime: float) -> PacerDecision:
+        if airtime > self.budget + _EPS:
+            self.stats.too_big += 1
+            self.stats.bulk_dropped += 1
+            return PacerDecision(False, "too_big")
+        if len(self._bulk) >= self.max_bulk:
+            self.stats.bulk_dropped += 1
+            return PacerDecision(False, "bulk_overflow")
+        self._bulk.append(_Item(packet, airtime, None))
+        return PacerDecision(True, "bulk")
+
+    def _over_live(self, now: float) -> float | None:
+        """When the last admitted over still going falls silent for ``gap`` (None: none is)."""
+        ends = [
+            o.last_seen + self.gap
+            for o in self._overs.values()
+            if o.admitted and not o.cut and now - o.last_seen <= self.gap
+        ]
+        return max(ends) if ends else None
+
+    def _bulk_ready_at(self, now: float) -> float:
+        """Earliest time the head of the bulk queue may go (after live voice, within the
+        budget that sent, queued and held traffic leaves)."""
+        item = self._bulk[0]
+        live = self._over_live(now)
+        if live is not None:
+            return live + _EPS
+        ahead = self._queued_airtime  # control waiting (no over is live, so none is held)
+        return self._fits_at(now, item.airtime + ahead)
 
     def _offer_voice(
         self, packet: bytes, airtime: float, key: OverKey, now: float
@@ -241,6 +286,12 @@ class Pacer:
         while self._busy_until <= now + _EPS:
             queue = self._control or self._voice
             if not queue:
+                if self._bulk and self._bulk_ready_at(now) <= now + _EPS:
+                    item = self._bulk.popleft()
+                    self._transmit(item, now)
+                    self.stats.bulk_sent += 1
+                    out.append(item.packet)
+                    continue
                 break
             item = queue[0]
             if self._fits_at(now, item.airtime) > now + _EPS:
@@ -263,13 +314,22 @@ class Pacer:
         self._forget_ended(now)
         return out
 
+    def _transmit(self, item: _Item, now: float) -> None:
+        start = max(now, self._busy_until)
+        self._busy_until = start + item.airtime
+        self._air.add(self._busy_until, item.airtime)
+        self.stats.sent += 1
+        self.stats.airtime_s += item.airtime
+
     def next_wakeup(self, now: float) -> float | None:
         """When ``due`` may next release something (None: nothing is queued)."""
         queue = self._control or self._voice
         if not queue:
+            if self._bulk:
+                return max(now, self._busy_until, self._bulk_ready_at(now))
             return None
         return max(now, self._busy_until, self._fits_at(now, queue[0].airtime))
 
     def backlog(self) -> int:
         """Packets queued and not yet released."""
-        return len(self._control) + len(self._voice)
+        return len(self._control) + len(self._voice) + len(self._bulk)

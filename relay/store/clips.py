@@ -1,0 +1,276 @@
+"""Voice messages on disk: the outbox and the inbox, in one SQLite file per home.
+
+Every step of a transfer is committed (``synchronous=FULL``) before it is acted on, so a
+``kill -9`` of a sender or receiver at any moment loses nothing:
+
+* outbox: the signed offer and the whole codec stream are stored before the first piece is
+  sent; each receiver's latest ack replaces the previous one. A restarted sender resumes
+  from what its receivers last said they hold (and asks them again).
+* inbox: each piece is stored as it arrives; a message that completes and verifies moves
+  to ``inbox`` in one transaction, unique by (room, sender, message id), so nothing is ever
+  stored or shown twice, and its pieces go away in the same transaction.
+
+A full disk (``database or disk is full``) becomes one clear :class:`UsageError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.clip.wire import Ack, Offer, digest
+from relay.errors import PacketError, UsageError
+from relay.store.db import connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    room_id BLOB NOT NULL, msg_id BLOB NOT NULL, offer BLOB NOT NULL, data BLOB NOT NULL,
+    data_digest BLOB NOT NULL, created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'sending',
+    PRIMARY KEY (room_id, msg_id));
+CREATE TABLE IF NOT EXISTS outbox_acks (
+    room_id BLOB NOT NULL, msg_id BLOB NOT NULL, receiver BLOB NOT NULL, ack BLOB NOT NULL,
+    PRIMARY KEY (room_id, msg_id, receiver));
+CREATE TABLE IF NOT EXISTS inbox_offers (
+    room_id BLOB NOT NULL, sender BLOB NOT NULL, msg_id BLOB NOT NULL, offer BLOB NOT NULL,
+    PRIMARY KEY (room_id, sender, msg_id));
+CREATE TABLE IF NOT EXISTS inbox_pieces (
+    room_id BLOB NOT NULL, sender BLOB NOT NULL, msg_id BLOB NOT NULL, idx INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (room_id, sender, msg_id, idx));
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, room_id BLOB NOT NULL, sender BLOB NOT NULL,
+    msg_id BLOB NOT NULL, offer BLOB NOT NULL, data BLOB NOT NULL, received REAL NOT NULL,
+    sender_name TEXT NOT NULL DEFAULT '', UNIQUE (room_id, sender, msg_id));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingClip:
+    room_id: bytes
+    offer: Offer
+    data: bytes
+    created: float
+    state: str  # sending | done
+    acks: dict[bytes, Ack]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxClip:
+    id: str  # message id, hex: what `relay clip play` takes
+    room_id: bytes
+    sender: bytes
+    offer: Offer
+    data: bytes
+    received: float
+    sender_name: str = ""  # the sender's fingerprint, as verified on arrival
+
+    @property
+    def msg_id(self) -> bytes:
+        return self.offer.msg_id
+
+
+@contextlib.contextmanager
+def _disk(path: Path) -> Iterator[None]:
+    """A full disk is the user's problem to fix: say so in one line."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "full" in text:
+            raise UsageError(f"disk full: cannot store voice messages in {path} ({text})") from None
+        raise UsageError(f"voice-message store {path}: {text}") from None
+
+
+class ClipStore:
+    """The outbox and inbox of one home (``clips.db``, 0600, WAL, fsync on commit)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        with _disk(self.path):
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ClipStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with _disk(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLITE_FULL has already rolled back
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ outbox
+    def add_outgoing(self, room_id: bytes, offer: Offer, data: bytes) -> OutgoingClip:
+        """Store a new message before any of it is sent."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO outbox (room_id, msg_id, offer, data, data_digest, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (room_id, offer.msg_id, offer.pack(), data, digest(data), now),
+            )
+        return OutgoingClip(room_id, offer, data, now, "sending", {})
+
+    def find_outgoing(self, room_id: bytes, data: bytes) -> OutgoingClip | None:
+        """An unfinished message with exactly this speech (re-running `send` resumes it)."""
+        with _disk(self.path):
+            row = self._conn.execute(
+                "SELECT msg_id FROM outbox WHERE room_id = ? AND data_digest = ? "
+                "AND state = 'sending' ORDER BY created LIMIT 1",
+                (room_id, digest(data)),
+            ).fetchone()
+        return self.outgoing(room_id, row[0]) if row else None
+
+    def outgoing(self, room_id: bytes, msg_id: bytes) -> OutgoingClip | None:
+        with _disk(self.path):
+            row = self._conn.execute(
+                "SELECT offer, data, created, state FROM outbox WHERE room_id = ? AND msg_id = ?",
+                (room_id, msg_id),
+            ).fetchone()
+            if row is None:
+                return None
+            acks = {
+                r[0]: Ack.parse(r[1])
+                for r in self._conn.execute(
+                    "SELECT receiver, ack FROM outbox_acks WHERE room_id = ? AND msg_id = ?",
+                    (room_id, msg_id),
+                )
+            }
+        return OutgoingClip(room_id, Offer.parse(row[0]), row[1], row[2], row[3], acks)
+
+    def pending(self, room_id: bytes) -> list[OutgoingClip]:
+        """Messages still being delivered, oldest first."""
+        with _disk(self.path):
+            ids = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT msg_id FROM outbox WHERE room_id = ? AND state = 'sending' "
+                    "ORDER BY created",
+                    (room_id,),
+                )
+            ]
+        return [c for c in (self.outgoing(room_id, i) for i in ids) if c is not None]
+
+    def save_acks(self, room_id: bytes, msg_id: bytes, acks: dict[bytes, Ack]) -> None:
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO outbox_acks (room_id, msg_id, receiver, ack) "
+                "VALUES (?, ?, ?, ?)",
+                [(room_id, msg_id, r, a.pack()) for r, a in acks.items()],
+            )
+
+    def mark_sent(self, room_id: bytes, msg_id: bytes) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET state = 'done' WHERE room_id = ? AND msg_id = ?",
+                (room_id, msg_id),
+            )
+
+    # ------------------------------------------------------------------ inbox
+    def save_offer(self, room_id: bytes, sender: bytes, offer: Offer) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO inbox_offers (room_id, sender, msg_id, offer) "
+                "VALUES (?, ?, ?, ?)",
+                (room_id, sender, offer.msg_id, offer.pack()),
+            )
+
+    def save_piece(
+        self, room_id: bytes, sender: bytes, msg_id: bytes, index: int, data: bytes
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO inbox_pieces (room_id, sender, msg_id, idx, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (room_id, sender, msg_id, index, data),
+            )
+
+    def drop_partial(self, room_id: bytes, sender: bytes, msg_id: bytes) -> None:
+        """Forget a partial message that did not verify (it starts over)."""
+        with self._tx() as c:
+            for table in ("inbox_pieces", "inbox_offers"):
+                c.execute(
+                    f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                    (room_id, sender, msg_id),
+                )
+
+    def complete(
+        self, room_id: bytes, sender: bytes, offer: Offer, data: bytes, sender_name: str = ""
+    ) -> bool:
+        """Move a verified message into the inbox; False if it was already there."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO inbox "
+                "(room_id, sender, msg_id, offer, data, received, sender_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (room_id, sender, offer.msg_id, offer.pack(), data, time.time(), sender_name),
+            )
+            for table in ("inbox_pieces", "inbox_offers"):
+                c.execute(
+                    f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                    (room_id, sender, offer.msg_id),
+                )
+        return cur.rowcount == 1
+
+    def partials(self, room_id: bytes) -> list[tuple[bytes, bytes, Offer | None, dict[int, bytes]]]:
+        """Partly received messages: (sender, msg id, offer or None, pieces)."""
+        out: dict[tuple[bytes, bytes], tuple[Offer | None, dict[int, bytes]]] = {}
+        with _disk(self.path):
+            for sender, msg_id, raw in self._conn.execute(
+                "SELECT sender, msg_id, offer FROM inbox_offers WHERE room_id = ?", (room_id,)
+            ):
+                out[(sender, msg_id)] = (_offer(raw), {})
+            for sender, msg_id, idx, data in self._conn.execute(
+                "SELECT sender, msg_id, idx, data FROM inbox_pieces WHERE room_id = ?", (room_id,)
+            ):
+                out.setdefault((sender, msg_id), (None, {}))[1][idx] = data
+        return [(s, m, o, p) for (s, m), (o, p) in out.items()]
+
+    def inbox(self, room_id: bytes | None = None) -> list[InboxClip]:
+        """Complete, verified messages, oldest first."""
+        sql = "SELECT room_id, sender, offer, data, received, sender_name FROM inbox"
+        args: tuple[bytes, ...] = ()
+        if room_id is not None:
+            sql += " WHERE room_id = ?"
+            args = (room_id,)
+        with _disk(self.path):
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        out = []
+        for room, sender, raw, data, received, name in rows:
+            offer = Offer.parse(raw)
+            out.append(InboxClip(offer.msg_id.hex(), room, sender, offer, data, received, name))
+        return out
+
+    def find(self, ref: str) -> InboxClip:
+        """The inbox message whose id (hex) starts with ``ref``; UsageError otherwise."""
+        key = ref.strip().lower()
+        if not key or any(ch not in "0123456789abcdef" for ch in key):
+            raise UsageError(f"{ref!r} is not a voice-message id (hex, see `relay clip inbox`)")
+        found = [c for c in self.inbox() if c.id.startswith(key)]
+        if not found:
+            raise UsageError(f"no voice message {ref!r} in the inbox (see `relay clip inbox`)")
+        if len(found) > 1:
+            raise UsageError(f"{ref!r} names {len(found)} voice messages; give more of the id")
+        return found[0]
+
+
+def _offer(raw: bytes) -> Offer | None:
+    try:
+        return Offer.parse(raw)
+    except PacketError:
+        return None
