@@ -14,6 +14,8 @@ from relay.errors import RelayError, UsageError
 # (the voice stack pulls in numpy, soundfile and pycodec2).
 COMMANDS: dict[str, str] = {
     "bridge": "relay.cli.bridge:bridge_cmd",
+    "broker": "relay.cli.broker:broker_cmd",
+    "clip": "relay.cli.clip:clip_group",
     "demo": "relay.cli.demo:demo",
     "devices": "relay.cli.devices:devices_cmd",
     "emulate": "relay.cli.emulate:emulate_group",
