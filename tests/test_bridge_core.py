@@ -70,6 +70,19 @@ def test_forward_never_returns_to_source_and_hits_each_link_once() -> None:
         assert sorted(links) == sorted({"r1", "r2", "m1", "m2"} - {src})
 
 
+def test_a_repeating_link_gets_each_packet_back_exactly_once() -> None:
+    core = BridgeCore(1)
+    core.add_link("hill", LinkKind.RADIO, repeat=True)
+    core.add_link("other", LinkKind.RADIO)
+    p = packet()
+    assert sorted(s.link for s in core.receive("hill", p, 0.0).sends) == ["hill", "other"]
+    echo = core.receive("hill", p, 0.5)  # our own copy, heard back through another repeater
+    assert echo.sends == [] and echo.dropped == "duplicate"
+    assert [s.link for s in core.receive("other", packet(counter=1), 1.0).sends] == ["hill"]
+    with pytest.raises(UsageError, match="only radio links repeat"):
+        core.add_link("m", LinkKind.MQTT, repeat=True)
+
+
 def test_dedup_cache_is_bounded_by_count_and_age() -> None:
     cache = DedupCache(max_entries=3, max_age=10.0)
     for i in range(5):

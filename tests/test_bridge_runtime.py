@@ -134,6 +134,8 @@ def test_a_bridge_needs_two_distinct_links() -> None:
         a = island("island_a", "x")
         with pytest.raises(UsageError, match="at least two"):
             Bridge([BridgeLink("a", a, LinkKind.RADIO)])
+        with pytest.raises(UsageError, match="only radio links repeat"):
+            Bridge([BridgeLink("m", a, LinkKind.MQTT, repeat=True)])
         with pytest.raises(UsageError, match="twice"):
             Bridge([BridgeLink("a", a, LinkKind.RADIO), BridgeLink("a", a, LinkKind.RADIO)])
         await a.close()
@@ -167,6 +169,69 @@ def test_repeater_carries_a_room_between_two_islands(tmp_path: Path) -> None:
     assert heard >= 0.8 * spoken, (heard, spoken, stats)
     assert stats["links"]["b"]["forwarded"] > 0
     assert stats["overs_refused"] == 0
+
+
+def test_store_and_forward_on_one_channel_reaches_a_member_out_of_range(tmp_path: Path) -> None:
+    """One channel; the listener is out of range of the moderator and the speaker and hears
+    them only through a single-link repeater on a hilltop, which sends every packet it hears
+    once more (so the channel carries about twice the traffic)."""
+
+    def node(name: str) -> Link:
+        apart = "&apart=mod,speaker" if name == "listener" else ""
+        return open_link(f"sim://hill?preset={PRESET}&lbt=on&node={name}{apart}")
+
+    async def main():
+        rep = Bridge([BridgeLink("hill", node("hilltop"), LinkKind.RADIO, repeat=True)])
+        channel = ethers()["hill"]
+        await rep.start()
+        try:
+            listeners, spoken = await room_over(
+                tmp_path, node("mod"), node("speaker"), [node("listener")], settle=10.0
+            )
+        finally:
+            await rep.stop()
+        return listeners[0], spoken, rep.stats(), channel.stats
+
+    listener, spoken, stats, channel = run(main())
+    assert [o.verdict for o in listener.log.overs] == ["verified"], (listener.log.dropped, stats)
+    assert listener.log.voice_frames >= 0.8 * spoken, (listener.log.voice_frames, spoken)
+    repeated = stats["links"]["hill"]["forwarded"]
+    assert repeated > 0 and stats["dropped"].get("duplicate", 0) == 0
+    assert channel.transmissions >= 2 * repeated - 2, (channel.transmissions, repeated)
+
+
+def test_two_store_and_forward_repeaters_on_one_channel_do_not_amplify(tmp_path: Path) -> None:
+    """Each repeats what the sender said once; each hears the other's copy as a duplicate."""
+    n = 10
+
+    async def main():
+        reps = [
+            Bridge(
+                [BridgeLink("c", island("one", f"rep{i}"), LinkKind.RADIO, repeat=True)],
+                gateway_id=i,
+            )
+            for i in (1, 2)
+        ]
+        for rep in reps:
+            await rep.start()
+        sender = island("one", "sender")
+        counters = CounterStore(tmp_path / "counters.db")
+        ident = Identity.generate()
+        room = Room(os.urandom(8), os.urandom(32), 0, [ident.public], ident, counters)
+        for _ in range(n):
+            await sender.send(room.beacon(time.time()))
+            await asyncio.sleep(2.0)
+        await asyncio.sleep(30.0)
+        total = ethers()["one"].stats.transmissions
+        await sender.close()
+        counters.close()
+        for rep in reps:
+            await rep.stop()
+        return total, [rep.stats() for rep in reps]
+
+    total, stats = run(main())
+    assert total <= 3 * n, (total, stats)  # the original and at most one copy per repeater
+    assert sum(s["dropped"].get("duplicate", 0) for s in stats) >= n, stats
 
 
 def test_two_repeaters_in_a_loop_do_not_amplify(tmp_path: Path) -> None:
@@ -385,7 +450,8 @@ def test_repeat_command_runs_for_a_duration_and_reports_json() -> None:
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["repeat", "--link", "sim://x"], "two --link"),
+        (["repeat"], "needs a --link"),
+        (["repeat", "--link", "sim://x?node=a&apart=a"], "other nodes"),
         (["repeat", "--link", "nope://x", "--link", "sim://y"], "unknown link scheme"),
         (["repeat", "--link", "sim://x", "--link", "mqtt://127.0.0.1"], "relay bridge"),
         (["repeat", "--link", "sim://x", "--link", "sim://y", "--duty-cycle", "2"], "duty"),

@@ -78,6 +78,25 @@ def test_everyone_but_the_sender_hears() -> None:
     run(main())
 
 
+def test_nodes_apart_do_not_hear_each_other_but_the_one_between_hears_both() -> None:
+    async def main() -> None:
+        a = open_link("sim://valley?node=a&apart=c")
+        b, c = open_link("sim://valley?node=b"), open_link("sim://valley?node=c")
+        await a.send(b"from a")
+        await a.drain()
+        await c.send(b"from c")
+        await c.drain()
+        assert await _collect(b) == [b"from a", b"from c"]
+        assert await _collect(c) == [] and await _collect(a) == []
+        for link in (a, b, c):
+            await link.close()
+
+    run(main())
+    for bad, match in (("apart=x", "needs node="), ("node=a&apart=a", "other nodes")):
+        with pytest.raises(UsageError, match=match):
+            open_link(f"sim://valley2?{bad}")
+
+
 def test_mtu_refused() -> None:
     a = Ether(FAST).attach()
 

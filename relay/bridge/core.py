@@ -5,14 +5,16 @@ core takes ``(link, bytes, time)`` and answers with the sends to make. It guaran
 
 * dedup across paths: a packet (by hash of its sealed bytes) is forwarded at most once
   within the dedup window, however many links or gateways it arrives from;
-* no echo: a packet never goes back out of the link it came from, never twice onto a link;
+* no echo: a packet never goes back out of the link it came from, never twice onto a link --
+  except on a link registered to ``repeat`` (a store-and-forward repeater on one channel),
+  where each packet goes back out exactly once (dedup stops the echoes of the echo);
 * loop prevention on MQTT: the :class:`~relay.bridge.envelope.Envelope` carries a hop count
   and the publishing gateway id; our own publishes and exhausted hops are dropped, counted;
 * airtime discipline: packets bound for a radio link with a :class:`Pacer` are queued there
   and released by :meth:`BridgeCore.due`; what the pacer refuses comes back as notices.
 
-Repeating onto the same single link (store and forward) is deliberately not done here: it
-would break the no-echo rule and needs its own airtime plan.
+Store and forward on one channel costs a second transmission of everything repeated: the
+planner's "+relay" column (``relay plan``) is that channel occupancy.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class _Link:
     name: str
     kind: LinkKind
     pacer: Pacer | None
+    repeat: bool = False
 
 
 class BridgeCore:
@@ -98,13 +101,18 @@ class BridgeCore:
         self.stats = BridgeStats()
         self._links: dict[str, _Link] = {}
 
-    def add_link(self, name: str, kind: LinkKind, pacer: Pacer | None = None) -> None:
-        """Register a link; a radio link with a pacer gets paced output."""
+    def add_link(
+        self, name: str, kind: LinkKind, pacer: Pacer | None = None, *, repeat: bool = False
+    ) -> None:
+        """Register a link; a radio link with a pacer gets paced output; ``repeat`` sends what
+        it hears back onto it (store and forward on one channel)."""
         if name in self._links:
             raise UsageError(f"link {name!r} is already registered")
         if pacer is not None and kind is not LinkKind.RADIO:
             raise UsageError("only radio links are paced")
-        self._links[name] = _Link(name, kind, pacer)
+        if repeat and kind is not LinkKind.RADIO:
+            raise UsageError("only radio links repeat onto themselves")
+        self._links[name] = _Link(name, kind, pacer, repeat)
 
     def _drop(self, out: Outcome, reason: str) -> Outcome:
         out.dropped = reason
@@ -136,8 +144,8 @@ class BridgeCore:
             return self._drop(out, "malformed_packet")
         if not self.dedup.check_and_add(packet, now):
             return self._drop(out, "duplicate")
-        for target in self._links.values():  # each link once; never the source
-            if target.name == source.name:
+        for target in self._links.values():  # each link once; the source only if it repeats
+            if target.name == source.name and not target.repeat:
                 continue
             if target.kind is LinkKind.MQTT:
                 if hops + 1 >= self.hop_limit:

@@ -49,7 +49,7 @@ def _common_options(func):
     "links",
     multiple=True,
     metavar="URL",
-    help="A radio link to repeat between (give two or more).",
+    help="A radio link to repeat between (two or more); one alone: store and forward on it.",
 )
 @_common_options
 def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
@@ -58,18 +58,29 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
     The repeater needs no room key: it forwards sealed packets, each at most once per link,
     never back where it came from, paced to each radio's airtime and duty cycle.
 
+    With a single --link it is a store-and-forward repeater on that channel: everything it
+    hears goes out once more, which reaches members out of each other's range but doubles
+    the channel's airtime (see the +relay column of `relay plan`).
+
     \b
     Examples:
+      relay repeat --link sim://hilltop --duration 60                 (store and forward)
       relay repeat --link sim://island_a --link sim://island_b --duration 60
       relay repeat --link kiss+tcp://127.0.0.1:8001 --link meshtastic:///dev/ttyUSB0
       relay repeat --link at:///dev/ttyUSB0 --link at:///dev/ttyUSB1 --duty-cycle 0.01
     """
-    if len(links) < 2:
-        raise UsageError("relay repeat needs two --link URLs (the radios to repeat between)")
+    if not links:
+        raise UsageError("relay repeat needs a --link URL (two to repeat between radios)")
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
             raise UsageError(f"{url}: MQTT is for `relay bridge --mqtt`, not repeat")
-    _run(list(links), duty_cycle, duration, as_json, verbose, "repeat")
+    if len(links) == 1:
+        click.echo(
+            "relay repeat: store and forward on one channel: every packet goes out twice "
+            "(see `relay plan`, column +relay)",
+            err=True,
+        )
+    _run(list(links), duty_cycle, duration, as_json, verbose, "repeat", repeat=len(links) == 1)
 
 
 @click.command("bridge")
@@ -155,6 +166,7 @@ def _run(
     hints: frozenset[int] | None = None,
     gateway_id: int | None = None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
+    repeat: bool = False,
 ) -> None:
     if len(set(urls)) != len(urls):
         raise UsageError("the same link URL is given twice")
@@ -168,7 +180,7 @@ def _run(
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
     logger.propagate = False
     try:
-        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id, hop_limit))
+        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id, hop_limit, repeat))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
@@ -186,13 +198,17 @@ async def _main(
     hints: frozenset[int] | None,
     gateway_id: int | None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
+    repeat: bool = False,
 ) -> dict:
     opened: list[Link] = []
     try:
         for url in urls:
             opened.append(open_link(url))
         bridge = Bridge(
-            [BridgeLink(url, link, link_kind(url)) for url, link in zip(urls, opened, strict=True)],
+            [
+                BridgeLink(url, link, link_kind(url), repeat)
+                for url, link in zip(urls, opened, strict=True)
+            ],
             duty_cycle=duty_cycle,
             gateway_id=gateway_id,
             hop_limit=hop_limit,

@@ -72,7 +72,8 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, as_js
     console.print(
         "[dim]frames: Codec2 frames per packet; bytes: packet size; air ms: airtime of one "
         "packet; air/s: seconds on air per second of speech; busy: share of the channel one "
-        "talker uses; +relay: with one relay hop repeating it; delay ms: packetisation + air + "
+        "talker uses; +relay: with a store-and-forward repeater on the same channel (relay "
+        "repeat with one --link) sending it again; delay ms: packetisation + air + "
         "jitter margin; * best live choice. --all-rows shows every packet size.[/]"
     )
     if result.fec is not None and result.best is not None:

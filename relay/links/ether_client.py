@@ -158,6 +158,8 @@ def _parse(url: str) -> tuple[str, int, dict[str, object], dict[str, object]]:
     if address is None:
         raise UsageError(f"{url!r} names no ether server (sim://HOST:PORT)")
     _, opts, node = parse_url(url)
+    if "apart" in node:
+        raise UsageError(f"{url}: apart= works on in-process channels only, not a remote ether")
     return address[0], address[1], opts, node
 
 

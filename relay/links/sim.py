@@ -8,7 +8,9 @@ One :class:`Ether` is one shared radio channel with one :class:`RadioProfile`; a
 * half duplex: a node hears nothing that overlaps a moment it was transmitting;
 * two transmissions that overlap in time destroy each other at every receiver;
 * loss is drawn per receiver per datagram from the ether's seeded RNG (reproducible runs);
-* an optional sliding-window duty-cycle budget per node either delays or refuses sending.
+* an optional sliding-window duty-cycle budget per node either delays or refuses sending;
+* range: two nodes can be put out of each other's reach (``apart=NAME,...`` on a node's URL,
+  :meth:`Ether.separate`), so a store-and-forward repeater between them is the only path.
 
 Delivery happens at the end of a transmission via ``loop.call_at``, so the channel runs in
 real time and, under :class:`relay.runtime.clock.VirtualTimeLoop`, hours in milliseconds.
@@ -227,6 +229,7 @@ class Ether:
         self._nodes: dict[str, SimLink] = {}
         self._members: list[SimLink] = []  # every node ever attached, for totals
         self._loss_state: dict[str, LossModel] = {}
+        self._apart: set[frozenset[str]] = set()  # pairs of nodes out of each other's range
         self._recent: list[_Tx] = []
         self._horizon = 0.0  # longest airtime seen: how far back overlaps can reach
         self._busy_until = -math.inf
@@ -264,6 +267,15 @@ class Ether:
         self._members.append(link)
         self._loss_state[name] = self.loss.fresh()
         return link
+
+    def separate(self, a: str, b: str) -> None:
+        """Put nodes ``a`` and ``b`` (names, attached or not yet) out of each other's range.
+
+        Simplified physics: they neither hear nor sense each other, but a transmission of one
+        still collides with anything overlapping it elsewhere on the channel."""
+        if a == b:
+            raise UsageError(f"a node cannot be out of its own range ({a!r})")
+        self._apart.add(frozenset((a, b)))
 
     def _detach(self, link: SimLink) -> None:
         if self._nodes.get(link.name) is link:
@@ -359,6 +371,8 @@ class Ether:
                 continue
             lost = self._loss_state[name].lost(self.rng)  # always drawn: same RNG stream
             if node.attached_at is not None and node.attached_at > tx.start + _EPS:
+                continue
+            if frozenset((tx.sender.name, name)) in self._apart:
                 continue
             if self._transmitting(node, tx.start, tx.end):
                 node.stats.bump("half_duplex_missed")
@@ -580,6 +594,7 @@ _KEYS = (
     "duty_window",
     "queue",
     "node",
+    "apart",
     "lbt",
 )
 
@@ -649,6 +664,13 @@ def parse_url(url: str) -> tuple[str, dict[str, object], dict[str, object]]:
     node: dict[str, object] = {}
     if "node" in raw:
         node["name"] = raw.pop("node")
+    if "apart" in raw:
+        if "name" not in node:
+            raise UsageError("sim:// apart= needs node= (whose range it limits)")
+        others = [n.strip() for n in raw.pop("apart").split(",") if n.strip()]
+        if not others or node["name"] in others:
+            raise UsageError("sim:// apart= lists other nodes' names, e.g. apart=alice,bob")
+        node["apart"] = tuple(others)
     if "queue" in raw:
         node["queue_size"] = int(_num("queue", raw.pop("queue"), int))
         if node["queue_size"] < 1:  # type: ignore[operator]
@@ -724,8 +746,9 @@ def open_url(url: str) -> Link:
 
     ``sim://NAME?preset=SHORT_FAST&loss=0.1&burst=4&seed=1&duty_cycle=0.01&duty_policy=queue``
     (or ``sf=7&bw=125k&cr=5`` instead of a preset; ``region=EU_868`` instead of duty_cycle;
-    ``node=alice`` names the node). A URL naming a channel that exists joins it; it may
-    repeat the channel's options but not contradict them.
+    ``node=alice`` names the node; ``apart=bob,carol`` puts it out of their range). A URL
+    naming a channel that exists joins it; it may repeat the channel's options but not
+    contradict them.
 
     ``sim://HOST:PORT?node=alice`` (a port) joins the channel served by ``relay ether`` in
     another process instead: see :mod:`relay.links.ether_client`.
@@ -744,4 +767,6 @@ def open_url(url: str) -> Link:
             f"sim://{name} is already open with different options; "
             f"join it as sim://{name} or pick another channel name"
         )
+    for other in node.get("apart", ()):  # type: ignore[attr-defined]
+        ether.separate(node["name"], other)  # type: ignore[arg-type]
     return ether.attach(node.get("name"), queue_size=node.get("queue_size"))  # type: ignore[arg-type]

@@ -62,6 +62,7 @@ class BridgeLink:
     name: str
     link: Link
     kind: LinkKind
+    repeat: bool = False  # store and forward: send what it hears back onto it, once
 
 
 @dataclass(slots=True)
@@ -99,9 +100,11 @@ class Bridge:
         for bl in links:
             if bl.name in self.links:
                 raise UsageError(f"link name {bl.name!r} given twice")
+            if bl.repeat and bl.kind is not LinkKind.RADIO:
+                raise UsageError("only radio links repeat onto themselves")
             self.links[bl.name] = bl
-        if len(self.links) < 2:
-            raise UsageError("a bridge needs at least two links")
+        if len(self.links) < 2 and not any(bl.repeat for bl in self.links.values()):
+            raise UsageError("a bridge needs at least two links (or one that repeats)")
         if out_queue < 1:
             raise UsageError(f"out_queue must be >= 1, got {out_queue}")
         if gateway_id is None:
@@ -117,7 +120,7 @@ class Bridge:
             if bl.kind is LinkKind.RADIO:
                 pacer = Pacer(bl.link.airtime, duty_cycle, window)
                 self.pacers[bl.name] = pacer
-                self.core.add_link(bl.name, LinkKind.RADIO, pacer)
+                self.core.add_link(bl.name, LinkKind.RADIO, pacer, repeat=bl.repeat)
             elif hasattr(bl.link, "carry_envelopes"):  # see the module docstring
                 bl.link.carry_envelopes(self.gateway_id)
                 self.core.add_link(bl.name, LinkKind.MQTT)
