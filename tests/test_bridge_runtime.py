@@ -23,7 +23,8 @@ from relay.bridge.core import BridgeCore, LinkKind
 from relay.bridge.dedup import DedupCache
 from relay.cli.main import cli
 from relay.core.identity import Identity
-from relay.core.room import Room
+from relay.core.notice import NoticeReason
+from relay.core.room import RelayNoticed, Room
 from relay.core.wire import Header, PacketType
 from relay.demo.voice import bundled_sample
 from relay.errors import UsageError
@@ -605,3 +606,51 @@ def test_a_receive_task_that_fails_is_restarted_with_backoff(caplog) -> None:
     assert stats["links"]["a"]["recv_restarts"] == 2, stats
     assert took >= RECV_BACKOFF_MIN  # backed off before retrying
     assert caplog.text.count("restarting in") == 2
+
+
+# --- telling the speaker's side why an over did not cross -----------------------------------
+
+
+def test_a_refused_over_is_explained_to_the_speakers_island_by_a_signed_notice(
+    tmp_path: Path,
+) -> None:
+    """Island B's budget has no room for the over: the repeater refuses it whole and sends a
+    signed relay notice back onto island A, where a member of the room is shown why."""
+    relay_id = Identity.generate()
+    counters = CounterStore(tmp_path / "counters.db")
+    room_id, key = os.urandom(8), os.urandom(32)
+    speaker_id, watcher_id = Identity.generate(), Identity.generate()
+    speaker = Room(room_id, key, 0, [speaker_id.public], speaker_id, counters)
+    watcher = Room(room_id, key, 0, [speaker_id.public], watcher_id, counters)
+    frames = Encoder(MODE).encode(read_audio(bundled_sample("forig.wav")))[:30]
+
+    async def main():
+        # 180 ms of air an hour per radio: room for a notice (69 ms), not for an over's reserve.
+        rep = repeater("1", duty_cycle=5e-5, identity=relay_id)
+        await rep.start()
+        talk, watch = island("island_a", "speaker"), island("island_a", "watcher")
+        for i in range(0, len(frames), FPP):
+            await talk.send(speaker.sender.voice(MODE, i, frames[i : i + FPP], time.time()))
+            await asyncio.sleep(0.2)
+        await talk.drain()
+        await asyncio.sleep(2.0)
+        heard = []
+        while watch.pending():
+            heard.append((await watch.recv()).data)
+        stats = rep.stats()
+        for link in (talk, watch):
+            await link.close()
+        await rep.stop()
+        return heard, stats
+
+    heard, stats = run(main())
+    counters.close()
+    events = [e for data in heard for e in watcher.receive(data, time.time())]
+    notices = [e.notice for e in events if isinstance(e, RelayNoticed)]
+    assert len(notices) == 1, (events, stats)  # one notice per refused over, not per packet
+    notice = notices[0]
+    assert notice.reason is NoticeReason.AIRTIME and notice.relay == relay_id.public
+    assert notice.speaker == speaker.keys.short_id(speaker_id.identity)
+    assert relay_id.public.fingerprint in notice.text
+    assert stats["overs_refused"] == 1 and stats["notices"]["told_speaker"] == 1
+    assert stats["links"]["b"]["forwarded"] == 0  # nothing of the over went onto island B

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.core.crypto import hint_epoch
 from relay.core.identity import Identity
 from relay.core.notice import (
     NOTICE_LEN,
@@ -17,6 +20,7 @@ from relay.core.notice import (
     is_notice,
     parse_notice,
 )
+from relay.core.room import Dropped, RelayNoticed, Room
 from relay.errors import PacketError, UsageError
 
 BRIDGE = Identity.generate()
@@ -72,3 +76,25 @@ def test_any_flipped_byte_is_refused(index, flip):
     packet[index] ^= flip
     with pytest.raises(PacketError):
         parse_notice(bytes(packet), NOW)
+
+
+def test_a_room_shows_notices_about_itself_and_drops_the_rest():
+    class Counters:
+        def reserve(self, name, count, limit):
+            return 0
+
+    me = Identity.generate()
+    room = Room(os.urandom(8), os.urandom(32), 0, [me.public], me, Counters())
+    now = time.time()
+    hint = room.keys.hint(hint_epoch(now))
+    ours = build_notice(BRIDGE, _notice(hint=hint, issued_at=int(now)))
+    (event,) = room.receive(ours, now)
+    assert isinstance(event, RelayNoticed) and event.notice.hint == hint
+    elsewhere = next(h for h in range(256) if h not in room.keys.hints_near(now, 2))
+    other = build_notice(BRIDGE, _notice(hint=elsewhere, issued_at=int(now)))
+    (dropped,) = room.receive(other, now)
+    assert isinstance(dropped, Dropped) and dropped.reason == "notice_other_room"
+    forged = bytearray(ours)
+    forged[-1] ^= 1
+    (dropped,) = room.receive(bytes(forged), now)
+    assert isinstance(dropped, Dropped) and dropped.reason == "notice_forged"

@@ -50,6 +50,8 @@ class Notice:
 
     link: str
     decision: PacerDecision
+    source: str = ""  # the link the packet came from (where a speaker can be told)
+    counter: int = 0  # the packet's send counter
 
 
 @dataclass(slots=True)
@@ -139,7 +141,7 @@ class BridgeCore:
                 return self._drop(out, "hop_limit")
             hops, packet = env.hops, env.packet
         try:
-            Header.parse(packet)
+            header = Header.parse(packet)
         except PacketError:
             return self._drop(out, "malformed_packet")
         if not self.dedup.check_and_add(packet, now):
@@ -158,10 +160,27 @@ class BridgeCore:
             else:
                 for decision in target.pacer.offer(packet, now):
                     if not decision.queued:
-                        out.notices.append(Notice(target.name, decision))
+                        out.notices.append(
+                            Notice(target.name, decision, source.name, header.counter)
+                        )
                 continue
             self.stats.bump(self.stats.forwarded, target.name)
         return out
+
+    def originate(self, link: str, packet: bytes, now: float) -> list[Send]:
+        """Send a packet of the bridge's own (a relay notice) on ``link``: enveloped for MQTT,
+        paced (as control) for a paced radio; its echo will be a duplicate."""
+        target = self._links.get(link)
+        if target is None:
+            raise UsageError(f"unknown link {link!r}")
+        self.dedup.check_and_add(packet, now)
+        if target.pacer is not None:
+            target.pacer.offer(packet, now)  # released (and counted) by due()
+            return []
+        self.stats.bump(self.stats.forwarded, link)
+        if target.kind is LinkKind.MQTT:
+            packet = Envelope(hops=0, gateway=self.gateway_id, packet=packet).pack()
+        return [Send(link, packet)]
 
     def due(self, now: float) -> list[Send]:
         """Paced radio transmissions to make now."""

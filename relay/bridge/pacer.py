@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.core.wire import Header, PacketType
+from relay.core.wire import VOICE_TYPES, Header, PacketType
 from relay.errors import PacketError, UsageError
 from relay.radio.duty import AirtimeWindow
 
@@ -177,7 +177,7 @@ class Pacer:
         airtime = float(self.airtime(len(packet)))
         if header.ptype == PacketType.CLIP:
             return [self._offer_bulk(bytes(packet), airtime)]
-        if header.ptype != PacketType.VOICE:
+        if header.ptype not in VOICE_TYPES:  # control, hello, relay notices
             return [self._offer_control(bytes(packet), airtime)]
         return [self._offer_voice(bytes(packet), airtime, (header.hint, header.sender), now)]
 

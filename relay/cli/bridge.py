@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import click
 
 from relay.bridge.core import DEFAULT_HOP_LIMIT, LinkKind
+from relay.cli.options import home_option, resolve_home
+from relay.core.identity import Identity
 from relay.errors import UsageError
 from relay.links.base import Link
 from relay.links.url import open_link
@@ -34,6 +36,7 @@ _common = [
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON."),
     click.option("--verbose", "-v", is_flag=True, help="Log refused overs and link trouble."),
+    home_option,
 ]
 
 
@@ -52,11 +55,13 @@ def _common_options(func):
     help="A radio link to repeat between (two or more); one alone: store and forward on it.",
 )
 @_common_options
-def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
+def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
     """Repeat room packets between radio links (cross-band: hear on one, send on another).
 
     The repeater needs no room key: it forwards sealed packets, each at most once per link,
-    never back where it came from, paced to each radio's airtime and duty cycle.
+    never back where it came from, paced to each radio's airtime and duty cycle. An over
+    that does not fit a radio's budget is refused whole, and the speaker's side gets a
+    notice signed by this relay's identity (the one in --home; a throwaway one if none).
 
     With a single --link it is a store-and-forward repeater on that channel: everything it
     hears goes out once more, which reaches members out of each other's range but doubles
@@ -80,7 +85,16 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
             "(see `relay plan`, column +relay)",
             err=True,
         )
-    _run(list(links), duty_cycle, duration, as_json, verbose, "repeat", repeat=len(links) == 1)
+    _run(
+        list(links),
+        duty_cycle,
+        duration,
+        as_json,
+        verbose,
+        "repeat",
+        repeat=len(links) == 1,
+        home=home,
+    )
 
 
 @click.command("bridge")
@@ -107,7 +121,7 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose):
 )
 @_common_options
 def bridge_cmd(
-    links, mqtt_url, rooms, gateway_id, hop_limit, duty_cycle, duration, as_json, verbose
+    links, mqtt_url, rooms, gateway_id, hop_limit, duty_cycle, duration, as_json, verbose, home
 ):
     """Bridge radio links to an MQTT broker, where other bridges and internet-only members
     (talk/listen --link mqtt://...) meet.
@@ -140,6 +154,7 @@ def bridge_cmd(
         hints,
         gateway_id,
         hop_limit,
+        home=home,
     )
 
 
@@ -167,11 +182,14 @@ def _run(
     gateway_id: int | None = None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
+    home: object = None,
 ) -> None:
     if len(set(urls)) != len(urls):
         raise UsageError("the same link URL is given twice")
     if not 0.0 < duty_cycle <= 1.0:
         raise UsageError(f"--duty-cycle must be in (0, 1], got {duty_cycle}")
+    state = resolve_home(home)  # type: ignore[arg-type]
+    identity = state.identity() if state.has_identity() else Identity.generate()
     logger = logging.getLogger("relay.runtime.bridge")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"relay {what}: %(message)s"))
@@ -180,7 +198,9 @@ def _run(
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
     logger.propagate = False
     try:
-        stats = asyncio.run(_main(urls, duty_cycle, duration, hints, gateway_id, hop_limit, repeat))
+        stats = asyncio.run(
+            _main(urls, duty_cycle, duration, hints, gateway_id, hop_limit, repeat, identity)
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
@@ -199,6 +219,7 @@ async def _main(
     gateway_id: int | None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
+    identity: Identity | None = None,
 ) -> dict:
     opened: list[Link] = []
     try:
@@ -212,6 +233,7 @@ async def _main(
             duty_cycle=duty_cycle,
             gateway_id=gateway_id,
             hop_limit=hop_limit,
+            identity=identity,
         )
     except BaseException:
         for link in opened:

@@ -27,9 +27,10 @@ import enum
 from dataclasses import dataclass
 
 from relay.core.identity import KEY_LEN, SIGNATURE_LEN, Identity, PublicIdentity
+from relay.core.wire import PacketType
 from relay.errors import PacketError, UsageError
 
-NOTICE_TYPE = 5  # the packet type in byte 0 (see relay.core.wire.PacketType)
+NOTICE_TYPE = PacketType.NOTICE
 VERSION = 1
 DOMAIN = b"relay/v1 relay notice"
 BODY_LEN = 13
@@ -77,8 +78,8 @@ class RelayNotice:
     def text(self) -> str:
         """What a member is shown."""
         return (
-            f"relay {self.relay.fingerprint} did not forward {self.packets} packets of an "
-            f"over by {self.speaker:04x}: {REASON_TEXT[self.reason]}"
+            f"relay {self.relay.fingerprint} is not forwarding the over by {self.speaker:04x} "
+            f"onto its radio: {REASON_TEXT[self.reason]}"
         )
 
     def _body(self) -> bytes:

@@ -29,8 +29,9 @@ from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
 from relay.core.events import ClipData, ControlMessage, Hello, Rejected, VoiceFrames
 from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
+from relay.core.notice import RelayNotice, is_notice, parse_notice
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
-from relay.core.session import CounterSource, Receiver, Sender
+from relay.core.session import HINT_TOLERANCE, CounterSource, Receiver, Sender
 from relay.core.signing import signed_message, split_signature
 from relay.core.wire import VOICE_PACKET_OVERHEAD, ControlKind
 from relay.errors import PacketError, UsageError
@@ -119,6 +120,15 @@ class LossReport:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayNoticed:
+    """A relay (bridge or repeater) says it is not forwarding an over of this room.
+
+    Signed by the relay, but anyone can run a relay: information to show, never acted on."""
+
+    notice: RelayNotice
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """A packet that reached the room but was not acted on; ``reason`` is a counter key."""
 
@@ -135,6 +145,7 @@ RoomEvent = (
     | MemberChanged
     | KeyRotated
     | LossReport
+    | RelayNoticed
     | Dropped
 )
 LOSS_SMOOTHING = 0.5  # weight of the newest over in our own loss estimate
@@ -478,6 +489,8 @@ class Room:
     # ------------------------------------------------------------------ receiving
     def receive(self, packet: bytes, now: float) -> list[RoomEvent]:
         """Everything one packet caused. Never raises for what a peer sent."""
+        if is_notice(packet):
+            return [self._on_notice(packet, now)]
         self._expire(now)
         self._opened_with = self.keys
         event = self.receiver.receive(packet, now)
@@ -496,6 +509,15 @@ class Room:
             return self._handle(event, now)
         except PacketError as exc:
             return [self._drop(exc.reason, str(exc))]
+
+    def _on_notice(self, packet: bytes, now: float) -> RelayNoticed | Dropped:
+        try:
+            notice = parse_notice(packet, now)
+        except PacketError as exc:
+            return self._drop(f"notice_{exc.reason}", str(exc))
+        if notice.hint not in self.keys.hints_near(now, HINT_TOLERANCE):
+            return self._drop("notice_other_room", "relay notice about another room")
+        return RelayNoticed(notice)
 
     def _drop(self, reason: str, detail: str) -> Dropped:
         self.stats[reason] += 1

@@ -52,6 +52,7 @@ class PacketType(enum.IntEnum):
     HELLO = 2  # a member introducing itself: identity sealed under the room's announce key
     CLIP = 3  # a piece of, or acknowledgement for, a voice message (bulk: relays send it last)
     VOICE_FEC = 4  # voice frames + lower-rate copies of the previous packet's frames (FEC)
+    NOTICE = 5  # a relay's signed, clear notice about an over it did not forward (core.notice)
 
 
 VOICE_TYPES = frozenset((PacketType.VOICE, PacketType.VOICE_FEC))

@@ -4,7 +4,9 @@
 to ``core.receive(name, data, loop.time())`` and queues the resulting sends; a sender task
 per link hands them to the link in order (a slow link never blocks the others); a timer task
 releases what the radio pacers hold (``core.due``) at ``core.next_wakeup``. Notices (whole
-overs refused or cut for airtime) are logged and counted.
+overs refused or cut for airtime) are logged and counted; a bridge given an ``identity``
+also tells the speaker's side with a signed relay notice (:mod:`relay.core.notice`), sent
+back on the link the over came from.
 
 Radio links (every scheme but ``mqtt://``/``mqtts://``) get a :class:`Pacer` built from the
 link's own ``airtime()`` and the bridge's duty cycle, so traffic from a faster side never
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,8 @@ from urllib.parse import urlsplit
 
 from relay.bridge.core import DEFAULT_HOP_LIMIT, BridgeCore, LinkKind, Notice, Send
 from relay.bridge.pacer import Pacer
+from relay.core.identity import Identity
+from relay.core.notice import NoticeReason, RelayNotice, build_notice
 from relay.errors import LinkError, RelayError, UsageError
 from relay.links.base import Link
 
@@ -95,7 +100,11 @@ class Bridge:
         out_queue: int = DEFAULT_OUT_QUEUE,
         core: BridgeCore | None = None,
         hop_limit: int = DEFAULT_HOP_LIMIT,
+        identity: Identity | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.identity = identity  # signs relay notices; None: refusals are only logged
+        self.clock = clock  # UNIX time for the notices' issue time
         self.links: dict[str, BridgeLink] = {}
         for bl in links:
             if bl.name in self.links:
@@ -279,8 +288,28 @@ class Bridge:
                 "?" if hint is None else f"{hint:02x}",
                 "?" if sender is None else f"{sender:04x}",
             )
+        if d.notify and self.identity is not None and d.key is not None and notice.source:
+            self._tell_speaker(notice, d.key)
         if self._on_notice is not None:
             self._on_notice(notice)
+
+    def _tell_speaker(self, notice: Notice, key: tuple[int, int]) -> None:
+        """Send a signed relay notice back where the refused over came from."""
+        assert self.identity is not None
+        reason = NoticeReason.CUT if notice.decision.reason == "over_cut" else NoticeReason.AIRTIME
+        relay_notice = RelayNotice(
+            reason,
+            hint=key[0],
+            speaker=key[1],
+            first_counter=notice.counter,
+            packets=1,
+            issued_at=int(self.clock()) & 0xFFFFFFFF,
+            relay=self.identity.public,
+        )
+        packet = build_notice(self.identity, relay_notice)
+        now = asyncio.get_running_loop().time()
+        self._dispatch(self.core.originate(notice.source, packet, now))
+        bump(self.counters.notices, "told_speaker")
 
     # ---------------------------------------------------------------- stats
     def stats(self) -> dict[str, Any]:
