@@ -301,6 +301,14 @@ def test_control_goes_before_voice() -> None:
     assert pacer.stats.control_sent == 2 and pacer.stats.voice_sent == 5
 
 
+def test_fec_voice_is_paced_as_voice_not_as_control() -> None:
+    pacer = Pacer(airtime)
+    fec = [packet(PacketType.VOICE_FEC, counter=i) for i in range(3)]
+    decisions = [pacer.offer(p, 0.0)[0] for p in fec]
+    assert [d.reason for d in decisions] == ["voice"] * 3
+    assert pacer.stats.overs_admitted == 1 and pacer.stats.control_sent == 0
+
+
 def test_transmissions_do_not_overlap() -> None:
     pacer = Pacer(airtime)
     for i in range(4):
