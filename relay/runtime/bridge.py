@@ -353,6 +353,8 @@ class Bridge:
                     "overs_cut": p.overs_cut,
                     "voice_dropped": p.voice_dropped,
                     "control_dropped": p.control_dropped,
+                    "bulk_sent": p.bulk_sent,
+                    "bulk_dropped": p.bulk_dropped,
                     "backlog": pacer.backlog(),
                 }
             links[name] = entry
