@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 import soundfile
 from click.testing import CliRunner
+from test_live_voice import PCM, fake_sounddevice
 
 from relay.cli.main import cli
 from relay.demo.voice import bundled_sample
 from relay.runtime.clock import run
-from relay.runtime.member import open_member, speak_live
+from relay.runtime.member import open_member
 from relay.store.home import Home
 from relay.voice.audio import read_audio
 from relay.voice.device import SpeakerPlayout, SpeakerSink, microphone
@@ -183,7 +184,7 @@ def test_help_has_examples() -> None:
         (["talk", "market", "--link", "sim://t"], "--input FILE or --mic"),
         (["talk", "market", "--link", "sim://t", "--input", str(SAMPLE), "--mic"], "one of them"),
         (["talk", "market", "--link", "sim://t", "--mic"], "pip install 'relay[audio]'"),
-        (["talk", "market", "--link", "sim://t", "--mic", "--fec"], "--input for now"),
+        (["talk", "market", "--link", "sim://t", "--mic", "--fec"], "pip install 'relay[audio]'"),
         (["listen", "market", "--link", "sim://t", "--speaker"], "pip install 'relay[audio]'"),
         (["listen", "market", "--link", "sim://t", "--overs", "0"], "--overs must be"),
         (["listen", "market", "--link", "sim://t", "--out", "/no/such/dir/x.wav"], "directory"),
@@ -242,36 +243,6 @@ def test_demo_room_mistakes_and_plain_demo_unchanged(tmp_path) -> None:
     assert plain["packets_received"] == plain["packets_sent"] and out.exists()
 
 
-class FakeMicrophone:
-    """sounddevice.InputStream stand-in: 'captures' the sample on the loop's clock."""
-
-    def __init__(self, *, samplerate, channels, dtype, blocksize, callback, device) -> None:
-        assert (samplerate, channels, dtype) == (8000, 1, "int16")
-        self.blocksize, self.callback = blocksize, callback
-        self.pcm = read_audio(SAMPLE)
-        self.position = 0
-        self.handle = None
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def capture() -> None:
-            block = np.zeros((self.blocksize, 1), np.int16)
-            chunk = self.pcm[self.position : self.position + self.blocksize]
-            block[: len(chunk), 0] = chunk
-            self.position += self.blocksize
-            self.callback(block, self.blocksize, None, None)
-            self.handle = loop.call_later(self.blocksize / 8000, capture)
-
-        self.handle = loop.call_later(self.blocksize / 8000, capture)
-
-    def stop(self) -> None:
-        self.handle.cancel()
-
-    def close(self) -> None:
-        pass
-
-
 class FakeOutput:
     def __init__(self, *, samplerate, channels, dtype, callback, device) -> None:
         self.callback = callback
@@ -288,7 +259,7 @@ class FakeOutput:
 
 def test_microphone_to_speaker_in_one_process(homes) -> None:
     """--mic and --speaker paths with sounddevice faked: live speech, verified, played."""
-    fake_sd = types.SimpleNamespace(InputStream=FakeMicrophone, OutputStream=FakeOutput)
+    fake_sd = fake_sounddevice(read_audio(SAMPLE), FakeOutput)
     url = "sim://mic-test?preset=SHORT_TURBO"
 
     async def scenario() -> tuple[list, list, dict]:
@@ -311,10 +282,10 @@ def test_microphone_to_speaker_in_one_process(homes) -> None:
             assert await ana.node.wait_for_floor(timeout=10)
             fpp, _ = ana.frames_per_packet()
             start = loop.time()
-            source = microphone(fake_sd, ana.mode, fpp)
+            source = microphone(fake_sd, ana.mode)
             async with contextlib.aclosing(source):
-                said = await speak_live(
-                    ana, ana.mode, source, until=lambda: loop.time() - start > 1.0
+                said = await ana.node.speak_live(
+                    ana.mode, source, fpp, until=lambda: loop.time() - start > 1.0
                 )
             await ana.link.drain()
             assert await heard.wait_overs(1, timeout=5)
@@ -340,6 +311,41 @@ def test_microphone_to_speaker_in_one_process(homes) -> None:
     speaker = state["speaker"]
     assert state["marks"][speaker] >= said.packets_sent - 1  # hello + voice + seals
     assert state["restored"][speaker] == state["marks"][speaker]
+
+
+def test_talk_mic_with_fec_and_dtx(homes) -> None:
+    """`relay talk --mic --fec --dtx` (sounddevice faked): a listener verifies the live over
+    and the pauses cost no packets."""
+    from relay.cli.talk import _talk
+
+    fake_sd = fake_sounddevice(PCM)
+    url = "sim://mic-fec-dtx?preset=SHORT_TURBO"
+    seconds = len(PCM) / 8000
+
+    async def scenario() -> tuple[dict, list]:
+        heard = SpeakerPlayout(SpeakerSink(types.SimpleNamespace(OutputStream=FakeOutput)))
+        mod_home, ana_home, ben_home = (Home(homes[n]) for n in ("mod", "ana", "ben"))
+        async with (
+            open_member(mod_home, "market", url) as mod,
+            open_member(ben_home, "market", url, playout=heard),
+        ):
+            stop = asyncio.Event()
+            moderating = asyncio.create_task(mod.node.moderate(auto_grant=20, stop=stop))
+            report = await _talk(ana_home, "market", url, None, fake_sd, seconds, True, 10.0,
+                                 fec=True, dtx=True)  # fmt: skip
+            assert await heard.wait_overs(1, timeout=5)
+            stop.set()
+            await moderating
+        return report, heard.overs
+
+    report, (over,) = run(scenario(), virtual=True)
+    assert report["granted"] and report["fec"] and report["dtx"] and not report["interrupted"]
+    assert over.verdict == "verified" and over.frames_comfort > 40
+    positions = round(report["speech_seconds"] / over.mode.frame_seconds)
+    assert abs(positions - seconds / over.mode.frame_seconds) <= 2
+    assert report["frames_sent"] < 0.8 * positions  # the pauses were not sent
+    fpp = report["frames_per_packet"]
+    assert report["voice_packets"] < 0.8 * positions / fpp
 
 
 def test_speaker_sink_plays_in_order_then_silence() -> None:

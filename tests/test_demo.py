@@ -176,3 +176,27 @@ def test_fec_and_dtx_in_the_demo(tmp_path):
     assert len(read_audio(tmp_path / "d.wav")) == len(read_audio(bundled_sample()))
     with pytest.raises(UsageError, match="FEC pairing"):
         settings(mode=mode_by_name("3200"), fec=True)
+
+
+def test_room_demo_with_fec_and_dtx():
+    """`relay demo room --fec --dtx`: copies fill losses, pauses are skipped, all still safe."""
+    from click.testing import CliRunner
+
+    from relay.cli.main import cli
+
+    def room(*args: str):
+        return CliRunner().invoke(
+            cli, ["demo", "room", "--speakers", "2", "--listeners", "3", *args]
+        )
+
+    result = room("--loss", "0.1", "--fec", "--dtx", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["fec"] and r["dtx"] and r["frames_from_fec"] > 0 and r["frames_skipped"] > 0
+    assert r["overs_delivered"] == r["overs"] == 3 and r["removed_member_decrypts"] == 0
+    assert r["floor_violations_dropped"] > 0 and r["forged_moderation_rejected"] > 0
+    plain = json.loads(room("--no-fec", "--no-dtx", "--json").stdout)
+    assert not plain["fec"] and plain["frames_skipped"] == plain["frames_from_fec"] == 0
+    assert plain["overs_verified"] == 3
+    refused = room("--mode", "3200", "--fec")
+    assert refused.exit_code == 2 and "no FEC pairing" in refused.stderr

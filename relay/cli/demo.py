@@ -203,6 +203,8 @@ def _refuse_options_before(ctx: click.Context) -> None:
 )
 @radio_options
 @channel_options
+@fec_option
+@dtx_option
 @click.option(
     "--attacks/--no-attacks",
     default=True,
@@ -226,6 +228,8 @@ def demo_room(
     loss,
     burst,
     seed,
+    fec,
+    dtx,
     attacks,
     realtime,
     as_json,
@@ -244,6 +248,9 @@ def demo_room(
       relay demo room --speakers 3 --listeners 20 --json
       relay demo room --preset SHORT_TURBO --loss 0.05 --burst 2 --seed 7
       relay demo room --speakers 1 --no-attacks --realtime
+      relay demo room --loss 0.1 --fec --dtx
+
+    FEC is off unless --fec; DTX is on unless --no-dtx, as for `relay talk`.
     """
     if burst is not None and not burst >= 1:
         raise UsageError(f"--burst is a mean burst length in packets (>= 1), got {burst}")
@@ -257,6 +264,8 @@ def demo_room(
         seed=seed,
         attacks=attacks,
         realtime=realtime,
+        fec=bool(fec),
+        dtx=DTX_DEFAULT if dtx is None else dtx,
     )
     report = run_room_demo(settings)
     if as_json:
@@ -274,6 +283,11 @@ def _render_room(r: dict) -> None:
     rows = [
         ("radio", f"{r['preset']}, loss {r['loss']:.0%}, seed {r['seed']}"),
         ("codec", f"Codec2 {r['mode']}, {r['frames_per_packet']} frames/packet"),
+        (
+            "FEC / DTX",
+            f"{'on' if r['fec'] else 'off'} ({r['frames_from_fec']} frames from FEC) / "
+            f"{'on' if r['dtx'] else 'off'} ({r['frames_skipped']} frames skipped)",
+        ),
         ("room", f"1 moderator, {r['speakers']} speakers, {r['listeners']} listeners"),
         ("overs spoken", str(r["overs"])),
         ("overs heard (worst listener)", f"{r['overs_delivered']} of {r['overs']}"),

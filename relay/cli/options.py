@@ -125,7 +125,7 @@ def dtx_option(func: F) -> F:
         default=None,
         help="Discontinuous transmission: send no packets during pauses (listeners hear "
         f"comfort noise and keep timing). Default: {'on' if DTX_DEFAULT else 'off'} "
-        "for speech from a file.",
+        "(from a file or the microphone).",
     )(func)
 
 

@@ -32,7 +32,6 @@ from relay.runtime.member import (
     Member,
     floor_seconds_left,
     open_member,
-    speak_live,
     wait_for_grant,
 )
 from relay.runtime.voice import Over, Playout
@@ -145,12 +144,10 @@ def talk_cmd(
     _positive("--seconds", seconds)
     if seconds is not None and not mic:
         raise UsageError("--seconds goes with --mic (a file is as long as it is)")
-    if mic and (fec or dtx):
-        raise UsageError("--fec and --dtx work with --input for now (not with --mic)")
     if dtx is None:
         from relay.voice.vad import DTX_DEFAULT
 
-        dtx = DTX_DEFAULT and not mic
+        dtx = DTX_DEFAULT
     pcm = sd = None
     if mic:
         from relay.voice.device import require_sounddevice
@@ -197,12 +194,13 @@ async def _talk(
         mode = m.mode
         fpp, fits = m.frames_per_packet()
         over = None
+        from relay.core.wire import FEC_PAIRS
+
+        if fec and mode.name not in FEC_PAIRS:
+            raise UsageError(f"--fec: codec {mode.name} has no FEC pairing")
         if pcm is not None:
-            from relay.core.wire import FEC_PAIRS
             from relay.voice.over import encode_over
 
-            if fec and mode.name not in FEC_PAIRS:
-                raise UsageError(f"--fec: codec {mode.name} has no FEC pairing")
             over = encode_over(pcm, mode, fec=fec, dtx=dtx)
         report: dict[str, Any] = {
             "room": m.info.name,
@@ -300,12 +298,19 @@ async def _talk(
             from relay.voice.device import microphone
 
             deadline = loop.time() + min(budget, seconds or budget)
-            source = microphone(sd, mode, fpp)
+            source = microphone(sd, mode)
             async with contextlib.aclosing(source):
-                result = await speak_live(
-                    m, mode, source, until=lambda: stop.is_set() or loop.time() >= deadline
+                live = await m.node.speak_live(
+                    mode,
+                    source,
+                    fpp,
+                    fec=fec,
+                    dtx=dtx,
+                    until=lambda: stop.is_set() or loop.time() >= deadline,
                 )
-            report["frames_sent"] = result.frames_sent
+            report["frames_sent"] = live.frames_sent
+            report["voice_packets"] = live.packets_sent - SEAL_COPIES
+            report["speech_seconds"] = round(live.positions * mode.frame_seconds, 3)
             report["interrupted"] = stop.is_set()
         await m.link.drain()
         if not report["voice_packets"]:

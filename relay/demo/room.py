@@ -23,7 +23,7 @@ import numpy as np
 from relay.core import roommsg as msg
 from relay.core.identity import Identity
 from relay.core.room import Room
-from relay.core.wire import ControlKind
+from relay.core.wire import FEC_PAIRS, ControlKind
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
 from relay.errors import UsageError
 from relay.links.sim import Ether
@@ -32,8 +32,8 @@ from relay.runtime.clock import run
 from relay.runtime.room import RoomNode
 from relay.store.counters import CounterStore
 from relay.voice.audio import read_audio
-from relay.voice.codec import Encoder
 from relay.voice.modes import CodecMode
+from relay.voice.over import EncodedOver, encode_over
 
 SAMPLES = ("hts1.wav", "hts2.wav", "morig.wav", "forig.wav", "cross.wav")
 MAX_SPEAKERS = 16
@@ -51,6 +51,8 @@ class RoomDemoSettings:
     seed: int = 1
     attacks: bool = True
     realtime: bool = False
+    fec: bool = False  # 700C copies of the previous packet's frames (see relay.voice.over)
+    dtx: bool = False  # skip silence (the bundled samples have little of it)
 
     def __post_init__(self) -> None:
         if not 1 <= self.speakers <= MAX_SPEAKERS:
@@ -63,6 +65,8 @@ class RoomDemoSettings:
             )
         if self.attacks and self.speakers < 2:
             raise UsageError("the attacks need a second speaker: use --speakers 2 or --no-attacks")
+        if self.fec and self.mode.name not in FEC_PAIRS:
+            raise UsageError(f"--fec: codec {self.mode.name} has no FEC pairing")
 
 
 def run_room_demo(settings: RoomDemoSettings) -> dict[str, Any]:
@@ -105,17 +109,19 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
     moderating = asyncio.create_task(moderator.moderate(auto_grant=30, stop=stop))
 
     speech = [
-        Encoder(s.mode).encode(read_audio(bundled_sample(SAMPLES[i % len(SAMPLES)])))
+        encode_over(
+            read_audio(bundled_sample(SAMPLES[i % len(SAMPLES)])), s.mode, fec=s.fec, dtx=s.dtx
+        )
         for i in range(s.speakers)
     ]
-    talks: list[tuple[bytes, float, int]] = []  # (speaker, capture start, frames)
+    talks: list[tuple[bytes, float, int]] = []  # (speaker, capture start, frames DTX skipped)
 
-    async def one_over(node: RoomNode, frames: list[bytes], start_after: float) -> None:
+    async def one_over(node: RoomNode, over: EncodedOver, start_after: float) -> None:
         await asyncio.sleep(start_after)
         if not await node.wait_for_floor(timeout=600.0):
             return
-        result = await node.speak(s.mode, frames, fpp)
-        talks.append((node.room.me.identity, result.capture_start, len(frames)))
+        result = await node.speak_over(over, fpp)
+        talks.append((node.room.me.identity, result.capture_start, over.total - len(over.frames)))
         await node.link.drain()
 
     # Everybody raises a hand at once-ish; the moderator grants in queue order.
@@ -130,7 +136,7 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
     await moderator.send(*moderator.room.remove(removed.room.me.identity, clock()))
     await moderator.link.drain()
     await asyncio.sleep(1.0)
-    await one_over(speakers[0], speech[0][:50], 0.0)
+    await one_over(speakers[0], speech[0].head(50), 0.0)
     await asyncio.sleep(3.0 + moderator.playout.max_delay)
     removed_decrypts = removed.log.voice_packets - before
 
@@ -166,7 +172,7 @@ def _report(
     verified = [sum(1 for o in li.log.overs if o.verdict == "verified") for li in heard]
     latencies: list[float] = []
     starts = {}
-    for speaker, start, _frames in talks:
+    for speaker, start, _skipped in talks:
         starts.setdefault(speaker, []).append(start)
     for li in heard:
         seen: dict[bytes, int] = {}
@@ -205,6 +211,10 @@ def _report(
         "loss": s.loss,
         "seed": s.seed,
         "attacks": s.attacks,
+        "fec": s.fec,
+        "dtx": s.dtx,
+        "frames_skipped": sum(skipped for _, _, skipped in talks),
+        "frames_from_fec": sum(o.frames_redundant for li in heard for o in li.playout.overs),
         "fits_live": fits_live,
         "virtual_seconds": round(elapsed, 2),
     }

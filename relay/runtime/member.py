@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from relay.core.identity import Identity, PublicIdentity
@@ -33,7 +33,7 @@ from relay.links.sim import remote_address
 from relay.links.url import open_link
 from relay.radio.profiles import RadioProfile, preset
 from relay.runtime.room import EventHook, RoomNode
-from relay.runtime.voice import Playout, RoomClock, TalkResult
+from relay.runtime.voice import Playout, RoomClock
 from relay.store.counters import CounterStore
 from relay.store.home import Home
 from relay.store.replay import ReplayStore
@@ -264,35 +264,3 @@ def floor_seconds_left(member: Member) -> float:
     """Seconds of the current grant left to us (0 if we do not hold the floor)."""
     now = member.clock()
     return max(0.0, member.room.floor_until - now) if member.room.holds_floor(now) else 0.0
-
-
-async def speak_live(
-    member: Member,
-    mode: CodecMode,
-    batches: AsyncIterator[Sequence[bytes]],
-    *,
-    until: Callable[[], bool] = lambda: False,
-) -> TalkResult:
-    """Speak frames as a live source (a microphone) yields them, one packet per batch, then
-    seal the over. Stops early when the grant runs out or ``until()`` says so."""
-    loop = asyncio.get_running_loop()
-    room, link = member.room, member.link
-    result = TalkResult(capture_start=loop.time())
-    position = 0
-    async for batch in batches:
-        if until() or not room.holds_floor(member.clock()):
-            break
-        packet = room.voice(mode, position, list(batch), member.clock())
-        await link.send(packet)
-        position += len(batch)
-        result.packets_sent += 1
-        result.frames_sent += len(batch)
-        result.codec_bytes += len(batch) * mode.bytes_per_frame
-        result.datagram_bytes += len(packet)
-        result.datagram_sizes.append(len(packet))
-    for packet in room.end_over(member.clock()):
-        await link.send(packet)
-        result.packets_sent += 1
-        result.datagram_bytes += len(packet)
-        result.datagram_sizes.append(len(packet))
-    return result

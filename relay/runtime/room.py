@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from relay.core.room import (
     Dropped,
@@ -25,10 +27,10 @@ from relay.core.room import (
     Voice,
 )
 from relay.links.base import Link
-from relay.runtime.voice import Playout, RoomClock, TalkResult, speak
+from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
 from relay.voice.modes import CodecMode
-from relay.voice.over import EncodedOver
+from relay.voice.over import EncodedOver, OverEncoder, SentFrame
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
@@ -45,6 +47,58 @@ class NodeLog:
     voice_frames: int = 0  # frames that really arrived (playout also counts concealment)
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LiveTalk(TalkResult):
+    """What a live talker did; ``positions``: how long the over was, DTX skips included."""
+
+    positions: int = 0
+
+
+Packet = tuple[int, Sequence[bytes], Sequence[bytes] | None]  # first position, frames, copies
+
+
+class LivePackets:
+    """Cuts a live over into packets as its frames are decided, exactly as :func:`batches`
+    cuts a whole over: same sizes, same FEC copies, never across a DTX skip.
+
+    It runs :func:`batches` itself on the last packet sent plus the frames held since: the
+    first packet it cuts is the one already sent (so the next one's copies are right), the
+    last one is held back until it is full or known to end (a skip, or the end of the over).
+    """
+
+    def __init__(self, frames_per_packet: int) -> None:
+        self.frames_per_packet = frames_per_packet
+        self._last: list[SentFrame] = []  # the last packet sent
+        self._held: list[SentFrame] = []  # decided, not yet sent
+
+    def push(
+        self, frames: Sequence[SentFrame], decided: int, *, final: bool = False
+    ) -> list[Packet]:
+        """Packets ready to send, given ``frames`` just decided (see
+        :meth:`OverEncoder.push`) and ``decided`` positions so far (sent or skipped);
+        ``final``: the over ends here, send everything."""
+        self._held += frames
+        if not self._held:
+            return []
+        window = self._last + self._held
+        copies = [c for _, _, c in window if c is not None]
+        cut = list(
+            batches(
+                [f for _, f, _ in window],
+                self.frames_per_packet,
+                copies if len(copies) == len(window) else None,
+                [p for p, _, _ in window],
+            )
+        )[1 if self._last else 0 :]
+        first, batch, _ = cut[-1]
+        ends = len(batch) == self.frames_per_packet or first + len(batch) < decided
+        ready = cut if final or ends else cut[:-1]
+        if ready:
+            sent = sum(len(b) for _, b, _ in ready)
+            self._last, self._held = self._held[sent - len(ready[-1][1]) : sent], self._held[sent:]
+        return ready
 
 
 class RoomNode:
@@ -179,6 +233,53 @@ class RoomNode:
             redundant=over.redundant,
             positions=over.positions if over.dtx else None,
         )
+
+    async def speak_live(
+        self,
+        mode: CodecMode,
+        audio: AsyncIterator[np.ndarray],
+        frames_per_packet: int,
+        *,
+        fec: bool = False,
+        dtx: bool = False,
+        until: Callable[[], bool] = lambda: False,
+    ) -> LiveTalk:
+        """Speak audio as it is captured (a microphone), then seal the over.
+
+        The audio goes through the :class:`OverEncoder` a file goes through (FEC copies,
+        DTX) and is cut by :class:`LivePackets` as :meth:`speak_over` cuts a file's over, so
+        listeners cannot tell them apart. Stops when the grant runs out or ``until()`` says
+        so; audio captured by then is still sent while we hold the floor.
+        """
+        result = LiveTalk(capture_start=asyncio.get_running_loop().time())
+        encoder = OverEncoder(mode, fec=fec, dtx=dtx)
+        packets = LivePackets(frames_per_packet)
+        async for pcm in audio:
+            if until() or not self.room.holds_floor(self.clock()):
+                break
+            await self._send_live(mode, packets.push(encoder.push(pcm), encoder.total), result)
+        tail = packets.push(encoder.finish(), encoder.total, final=True)
+        await self._send_live(mode, tail, result)
+        result.positions = encoder.total
+        for packet in self.room.end_over(self.clock()):
+            await self.link.send(packet)
+            result.packets_sent += 1
+            result.datagram_bytes += len(packet)
+            result.datagram_sizes.append(len(packet))
+        return result
+
+    async def _send_live(self, mode: CodecMode, packets: list[Packet], result: LiveTalk) -> None:
+        """Seal and send voice packets while we hold the floor (receivers drop them after)."""
+        for first, batch, copies in packets:
+            if not self.room.holds_floor(self.clock()):
+                return
+            packet = self.room.voice(mode, first, batch, self.clock(), copies)
+            await self.link.send(packet)
+            result.packets_sent += 1
+            result.frames_sent += len(batch)
+            result.codec_bytes += len(batch) * mode.bytes_per_frame
+            result.datagram_bytes += len(packet)
+            result.datagram_sizes.append(len(packet))
 
     # ---------------------------------------------------------------- moderating
     async def moderate(

@@ -16,7 +16,6 @@ import numpy as np
 
 from relay.errors import UsageError
 from relay.runtime.voice import Playout
-from relay.voice.codec import Encoder
 from relay.voice.modes import SAMPLE_RATE, CodecMode
 
 INSTALL_HINT = "pip install 'relay[audio]'"
@@ -36,13 +35,15 @@ def require_sounddevice(flag: str) -> Any:
     return sounddevice
 
 
-async def microphone(
-    sd: Any, mode: CodecMode, frames_per_packet: int, *, device: Any = None
-) -> AsyncIterator[list[bytes]]:
-    """Yield Codec2 frames as the microphone captures them, one packet's worth at a time."""
+async def microphone(sd: Any, mode: CodecMode, *, device: Any = None) -> AsyncIterator[np.ndarray]:
+    """Yield the microphone's audio (1-D int16, 8 kHz) one Codec2 frame at a time.
+
+    Blocks of one frame, not one packet: the talker encodes, runs DTX and cuts packets
+    itself (:meth:`relay.runtime.room.RoomNode.speak_live`), and DTX decides a frame only
+    after hearing a little past it, so packet-sized blocks would add a packet of latency.
+    """
     loop = asyncio.get_running_loop()
     blocks: asyncio.Queue[np.ndarray] = asyncio.Queue()
-    encoder = Encoder(mode)
 
     def captured(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         loop.call_soon_threadsafe(blocks.put_nowait, np.array(indata[:, 0], dtype=np.int16))
@@ -51,7 +52,7 @@ async def microphone(
         samplerate=SAMPLE_RATE,
         channels=1,
         dtype="int16",
-        blocksize=mode.samples_per_frame * frames_per_packet,
+        blocksize=mode.samples_per_frame,
         callback=captured,
         device=device,
     )
@@ -61,7 +62,7 @@ async def microphone(
         raise UsageError(f"cannot open the microphone: {exc}") from None
     try:
         while True:
-            yield encoder.encode(await blocks.get())
+            yield await blocks.get()
     finally:
         stream.stop()
         stream.close()
