@@ -251,3 +251,45 @@ def test_help_has_examples() -> None:
                 ["clip", "play"]):  # fmt: skip
         result = ok(*cmd, "--help")
         assert "Example" in result.output or "relay clip" in result.output
+
+
+def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_path) -> None:
+    """On MEDIUM_FAST live voice does not fit: `relay talk` says so and sends the over as a
+    voice message, which a member collecting with `relay clip receive` gets whole."""
+    wav = speech_file(tmp_path / "short.wav", 2.0, seed=3)
+    ether, url = start_ether("--preset", "MEDIUM_FAST")
+    procs: list[subprocess.Popen] = []
+    try:
+        ben = proc(
+            "clip", "receive", "net", "--link", f"{url}?node=ben", "--count", "1",
+            "--duration", "60", "--json", "--home", homes["ben"], out=tmp_path / "ben",
+        )  # fmt: skip
+        procs.append(ben)
+        wait_until(
+            lambda: (
+                (tmp_path / "ben.err").exists()
+                and "collecting" in (tmp_path / "ben.err").read_text()
+            ),
+            15,
+            "ben",
+        )
+        ana = proc(
+            "talk", "net", "--link", f"{url}?node=ana", "--input", str(wav), "--json",
+            "--home", homes["ana"], out=tmp_path / "ana",
+        )  # fmt: skip
+        procs.append(ana)
+        assert ana.wait(timeout=60) == 0, (tmp_path / "ana.err").read_text()
+        report = json.loads((tmp_path / "ana.out").read_text())
+        assert report["sent_as"] == "voice message" and not report["fits_live"]
+        assert report["voice_message"]["delivered"]
+        assert "live voice does not fit MEDIUM_FAST" in (tmp_path / "ana.err").read_text()
+        assert ben.wait(timeout=30) == 0, (tmp_path / "ben.err").read_text()
+        got = json.loads((tmp_path / "ben.out").read_text())
+        assert [m["id"] for m in got["received"]] == [report["voice_message"]["msg_id"]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        ether.terminate()
+        ether.communicate(timeout=5)

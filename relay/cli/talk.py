@@ -25,6 +25,7 @@ from relay.core.room import (
     HandRaised,
     MemberChanged,
     OverEnded,
+    RelayNoticed,
     RoomEvent,
 )
 from relay.errors import UsageError
@@ -53,6 +54,12 @@ def _json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print exactly one JSON object at the end."
     )(func)
+
+
+def _relay_notices(event: RoomEvent) -> None:
+    """Show what a relay says it did not forward (information, signed by the relay)."""
+    if isinstance(event, RelayNoticed):
+        _note(f"notice: {event.notice.text}")
 
 
 def _note(message: str) -> None:
@@ -121,16 +128,39 @@ def _positive(name: str, value: float | None) -> None:
     help="Step the codec down (1600, 1300, 1200, 700C) when the moderator's beacons or "
     "speakers' seals report heavy loss, and back up when it clears.",
 )
+@click.option(
+    "--live",
+    "force_live",
+    is_flag=True,
+    help="Talk live even where the planner says live voice does not fit the link (by "
+    "default the over is then sent as a voice message).",
+)
 @home_option
 @_json_option
 def talk_cmd(
-    room, url, input_path, mic, seconds, raise_hand, timeout, fec, dtx, adapt, home, as_json
+    room,
+    url,
+    input_path,
+    mic,
+    seconds,
+    raise_hand,
+    timeout,
+    fec,
+    dtx,
+    adapt,
+    force_live,
+    home,
+    as_json,
 ) -> None:
     """Say one over in ROOM: wait for the floor, speak, seal the over, release the floor.
 
     The hand goes up only between overs, never over a speaker. The codec is the room's mode;
     frames per packet come from the planner for the link's radio. Speech longer than the
     grant is cut at the end of the grant. Exit code 1 if the floor never came.
+
+    Where live voice does not fit the link (LONG_FAST, a tight duty cycle: see `relay plan`)
+    the over goes out as a voice message instead, and talk says so: no floor is needed,
+    members collect it with `relay clip receive`. --live talks live anyway.
 
     \b
     Examples:
@@ -159,8 +189,35 @@ def talk_cmd(
         pcm = read_audio(input_path)
     h = resolve_home(home)
     report = asyncio.run(
-        _talk(h, room, url, pcm, sd, seconds, raise_hand, timeout, bool(fec), bool(dtx), adapt)
+        _talk(
+            h,
+            room,
+            url,
+            pcm,
+            sd,
+            seconds,
+            raise_hand,
+            timeout,
+            bool(fec),
+            bool(dtx),
+            adapt,
+            live=force_live,
+        )
     )
+    if report["sent_as"] == "voice message":
+        clip = report["voice_message"]
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            state = "delivered" if clip["delivered"] else "not delivered (still in the outbox)"
+            click.echo(
+                f"voice message {clip['msg_id']}: {clip['seconds']:.1f} s of Codec2 "
+                f"{clip['mode']} in {clip['pieces']} pieces, {state} "
+                f"({clip['complete']} receiver(s) done, {clip['airtime_s']:.1f} s of airtime)"
+            )
+        if not clip["delivered"]:
+            raise SystemExit(1)
+        return
     if as_json:
         click.echo(json.dumps(report))
     elif report["granted"]:
@@ -182,17 +239,63 @@ def talk_cmd(
         raise SystemExit(1)
 
 
+async def _as_voice_message(m: Member, pcm, seconds) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Send the over as a voice message (the planner says live voice does not fit)."""
+    from relay.runtime.clip import send_clip
+    from relay.voice.modes import mode_by_name
+
+    _note(
+        f"live voice does not fit {m.profile.name} (see `relay plan`): sending this over as a "
+        "voice message; members collect it with `relay clip receive`"
+    )
+    if pcm is None:
+        if seconds is None:
+            raise UsageError(
+                "live voice does not fit this link: a voice message from the microphone "
+                "needs --seconds (or use --live)"
+            )
+        from relay.cli.clip import _record
+
+        pcm = await asyncio.to_thread(_record, seconds)
+    result = await send_clip(m, pcm)
+    clip = result.to_dict()
+    clip["seconds"] = round(result.frames * mode_by_name(result.mode).frame_seconds, 3)
+    return clip
+
+
 async def _talk(
-    home, room_ref, url, pcm, sd, seconds, raise_hand, timeout, fec=False, dtx=False, adapt=False
+    home,
+    room_ref,
+    url,
+    pcm,
+    sd,
+    seconds,
+    raise_hand,
+    timeout,
+    fec=False,
+    dtx=False,
+    adapt=False,
+    *,
+    live: bool = False,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(stop)
-    async with open_member(home, room_ref, url) as m:
+    async with open_member(home, room_ref, url, on_event=_relay_notices) as m:
         if warning := m.radio_mismatch():
             _note(f"warning: {warning}")
         mode = m.mode
         fpp, fits = m.frames_per_packet()
+        if not fits and not live:
+            return {
+                "room": m.info.name,
+                "link": m.link.url,
+                "speaker": m.fingerprint,
+                "fits_live": False,
+                "sent_as": "voice message",
+                "voice_message": await _as_voice_message(m, pcm, seconds),
+                "granted": False,
+            }
         over = None
         from relay.core.wire import FEC_PAIRS
 
@@ -209,6 +312,7 @@ async def _talk(
             "mode": mode.name,
             "frames_per_packet": fpp,
             "fits_live": fits,
+            "sent_as": "live",
             "fec": fec,
             "dtx": dtx,
             "granted": False,
@@ -317,6 +421,7 @@ async def _talk(
             report["voice_packets"] = -(-report["frames_sent"] // fpp)
         if not report["speech_seconds"]:
             report["speech_seconds"] = round(report["frames_sent"] * mode.frame_seconds, 3)
+        report["relay_notices"] = list(m.node.log.notices)
         return report
 
 
@@ -406,7 +511,7 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
         playout: Playout = SpeakerPlayout(sink)
     else:
         playout = Playout()
-    async with open_member(home, room_ref, url, playout=playout) as m:
+    async with open_member(home, room_ref, url, playout=playout, on_event=_relay_notices) as m:
         if warning := m.radio_mismatch():
             _note(f"warning: {warning}")
         _note(
@@ -443,6 +548,7 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - loop.time()))
             await playout.wait_overs(len(lines) + 1, wait)
         dropped = dict(m.node.log.dropped)
+        notices = list(m.node.log.notices)
         link_url = m.link.url
         room_name = m.info.name
     heard = [o for o in playout.overs[: len(lines)]]
@@ -462,6 +568,7 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
         "out": written,
         "stopped": stopped,
         "dropped": dropped,
+        "relay_notices": notices,
     }
 
 
@@ -540,6 +647,8 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
         elif isinstance(event, FloorChanged):  # another moderator acted
             holder = m.name_of(event.holder) if event.holder else "nobody"
             say(f"floor: {holder}")
+        elif isinstance(event, RelayNoticed):
+            say(f"notice: {event.notice.text}")
 
     async with open_member(home, room_ref, url, on_event=on_event, require_moderator=True) as m:
         member.append(m)

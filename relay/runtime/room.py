@@ -22,6 +22,7 @@ from relay.core.room import (
     LossReport,
     MemberChanged,
     OverEnded,
+    RelayNoticed,
     Room,
     RoomEvent,
     Voice,
@@ -47,6 +48,7 @@ class NodeLog:
     voice_frames: int = 0  # frames that really arrived (playout also counts concealment)
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # what relays said they did not forward
 
 
 @dataclass
@@ -145,6 +147,8 @@ class RoomNode:
                 self._key_rotated(event)
             elif isinstance(event, LossReport):
                 self.policy.report(event.reporter, event.loss, event.time)
+            elif isinstance(event, RelayNoticed):
+                self.log.notices.append(event.notice.text)
             if isinstance(
                 event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
             ):
