@@ -267,9 +267,7 @@ class RoomNode:
         result.positions = encoder.total
         for packet in self.room.end_over(self.clock()):
             await self.link.send(packet)
-            result.packets_sent += 1
-            result.datagram_bytes += len(packet)
-            result.datagram_sizes.append(len(packet))
+            result.count(packet)
         return result
 
     async def _send_live(self, mode: CodecMode, packets: list[Packet], result: LiveTalk) -> None:
@@ -279,11 +277,7 @@ class RoomNode:
                 return
             packet = self.room.voice(mode, first, batch, self.clock(), copies)
             await self.link.send(packet)
-            result.packets_sent += 1
-            result.frames_sent += len(batch)
-            result.codec_bytes += len(batch) * mode.bytes_per_frame
-            result.datagram_bytes += len(packet)
-            result.datagram_sizes.append(len(packet))
+            result.count(packet, len(batch), mode.bytes_per_frame)
 
     # ---------------------------------------------------------------- moderating
     async def moderate(

@@ -36,6 +36,14 @@ class TalkResult:
     datagram_bytes: int = 0
     datagram_sizes: list[int] = field(default_factory=list)
 
+    def count(self, packet: bytes, frames: int = 0, bytes_per_frame: int = 0) -> None:
+        """One packet sent (``frames`` voice frames in it; 0 for a seal)."""
+        self.packets_sent += 1
+        self.frames_sent += frames
+        self.codec_bytes += frames * bytes_per_frame
+        self.datagram_bytes += len(packet)
+        self.datagram_sizes.append(len(packet))
+
 
 VoiceSealer = Callable[..., bytes]  # (mode, position, frames, now[, redundant]) -> packet
 
@@ -133,16 +141,10 @@ async def speak(
         else:
             packet = seal(mode, first, batch, room_clock(), red)
         await link.send(packet)
-        result.packets_sent += 1
-        result.frames_sent += len(batch)
-        result.codec_bytes += len(batch) * mode.bytes_per_frame
-        result.datagram_bytes += len(packet)
-        result.datagram_sizes.append(len(packet))
+        result.count(packet, len(batch), mode.bytes_per_frame)
     for packet in end(room_clock()):
         await link.send(packet)
-        result.packets_sent += 1
-        result.datagram_bytes += len(packet)
-        result.datagram_sizes.append(len(packet))
+        result.count(packet)
     return result
 
 
