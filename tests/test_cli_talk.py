@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from click.testing import CliRunner
+from cli_helpers import ENV, invoke, make_homes, ok, refused, relay_proc
 from test_live_voice import PCM, fake_sounddevice
 
-from relay.cli.main import cli
 from relay.demo.voice import bundled_sample
 from relay.runtime.clock import run
 from relay.runtime.member import open_member
@@ -33,56 +31,12 @@ from relay.voice.audio import read_audio
 from relay.voice.device import SpeakerPlayout, SpeakerSink, microphone
 
 SAMPLE = bundled_sample("forig.wav")  # 1.58 s of speech: 40 frames of Codec2 1600
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "RELAY_HOME"},
-    "PYTHONUNBUFFERED": "1",
-}
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), env={"RELAY_HOME": None})
-
-
-def ok(*args: str):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def refused(*args: str, match: str, code: int = 2) -> None:
-    """One line on stderr naming the problem, the right exit code, no traceback."""
-    result = invoke(*args)
-    assert result.exit_code == code, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("relay: "), result.stderr
-    assert match in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory) -> dict[str, str]:
     """A moderator with room `market` (SHORT_TURBO), a speaker and a listener enrolled --for."""
-    base = tmp_path_factory.mktemp("homes")
-    people = {name: str(base / name) for name in ("mod", "ana", "ben")}
-    for home in people.values():
-        ok("id", "init", "--home", home)
-    ok("room", "create", "market", "--preset", "SHORT_TURBO", "--home", people["mod"])
-    for name in ("ana", "ben"):
-        public = json.loads(ok("id", "show", "--home", people[name], "--json").stdout)
-        invite = ok(
-            "room", "invite", "market", "--for", public["public_id"], "--home", people["mod"]
-        ).stdout.split()[-1]
-        ok("room", "join", invite, "--home", people[name])
-        people[f"{name}_fp"] = public["fingerprint"]
-    return people
-
-
-def relay_proc(*args: str, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay", *args],
-        stdout=open(out.with_suffix(".out"), "w"),
-        stderr=open(out.with_suffix(".err"), "w"),
-        env=ENV,
-    )
+    return make_homes(tmp_path_factory.mktemp("homes"), "market")
 
 
 def wait_for_text(path: Path, pattern: str, timeout: float = 15.0) -> str:

@@ -16,30 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from click.testing import CliRunner
+from cli_helpers import ENV, make_homes, ok, refused, relay_proc
 
-from relay.cli.main import cli
 from relay.store.clips import ClipStore
-
-ENV = {**{k: v for k, v in os.environ.items() if k != "RELAY_HOME"}, "PYTHONUNBUFFERED": "1"}
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), env={"RELAY_HOME": None})
-
-
-def ok(*args: str):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def refused(*args: str, match: str, code: int = 2) -> None:
-    result = invoke(*args)
-    assert result.exit_code == code, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("relay: "), result.stderr
-    assert match in lines[0], lines[0]
 
 
 def speech_file(path: Path, seconds: float, seed: int = 0) -> Path:
@@ -55,28 +34,7 @@ def speech_file(path: Path, seconds: float, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory) -> dict[str, str]:
     """A moderator with room `net` (SHORT_TURBO), members ana and ben enrolled --for."""
-    base = tmp_path_factory.mktemp("clip-homes")
-    people = {name: str(base / name) for name in ("mod", "ana", "ben")}
-    for home in people.values():
-        ok("id", "init", "--home", home)
-    ok("room", "create", "net", "--preset", "SHORT_TURBO", "--home", people["mod"])
-    for name in ("ana", "ben"):
-        public = json.loads(ok("id", "show", "--home", people[name], "--json").stdout)
-        invite = ok(
-            "room", "invite", "net", "--for", public["public_id"], "--home", people["mod"]
-        ).stdout.split()[-1]
-        ok("room", "join", invite, "--home", people[name])
-        people[f"{name}_fp"] = public["fingerprint"]
-    return people
-
-
-def proc(*args: str, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay", *args],
-        stdout=open(out.with_suffix(".out"), "w"),
-        stderr=open(out.with_suffix(".err"), "w"),
-        env=ENV,
-    )
+    return make_homes(tmp_path_factory.mktemp("clip-homes"), "net")
 
 
 def start_ether(*extra: str) -> tuple[subprocess.Popen, str]:
@@ -124,7 +82,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
     procs: list[subprocess.Popen] = []
 
     def receive(tag: str) -> subprocess.Popen:
-        p = proc(
+        p = relay_proc(
             "clip", "receive", "net", "--link", f"{url}?node=ben", "--count", "1",
             "--duration", "60", "--json", "--home", homes["ben"], out=tmp_path / tag,
         )  # fmt: skip
@@ -132,7 +90,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
         return p
 
     def send(tag: str) -> subprocess.Popen:
-        p = proc(
+        p = relay_proc(
             "clip", "send", "net", str(wav), "--link", f"{url}?node=ana", "--mode", "1600",
             "--timeout", "60", "--json", "--home", homes["ana"], out=tmp_path / tag,
         )  # fmt: skip
@@ -260,7 +218,7 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
     ether, url = start_ether("--preset", "MEDIUM_FAST")
     procs: list[subprocess.Popen] = []
     try:
-        ben = proc(
+        ben = relay_proc(
             "clip", "receive", "net", "--link", f"{url}?node=ben", "--count", "1",
             "--duration", "60", "--json", "--home", homes["ben"], out=tmp_path / "ben",
         )  # fmt: skip
@@ -273,7 +231,7 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
             15,
             "ben",
         )
-        ana = proc(
+        ana = relay_proc(
             "talk", "net", "--link", f"{url}?node=ana", "--input", str(wav), "--json",
             "--home", homes["ana"], out=tmp_path / "ana",
         )  # fmt: skip
