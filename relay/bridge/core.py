@@ -158,7 +158,7 @@ class BridgeCore:
             elif target.pacer is None:
                 out.sends.append(Send(target.name, packet))
             else:
-                for decision in target.pacer.offer(packet, now):
+                for decision in target.pacer.offer(packet, now, header):
                     if not decision.queued:
                         out.notices.append(
                             Notice(target.name, decision, source.name, header.counter)

@@ -111,6 +111,7 @@ MAX_BATCH_BYTES = 16 * 1024  # one MQTT message; a flush larger than this is spl
 MAX_FLUSH = 1024  # datagrams taken off the queue per flush
 MAX_FLUSHES = 8  # flushes awaiting PUBACK at once (QoS 1)
 MAX_INFLIGHT = 256  # QoS 1 messages paho keeps unacknowledged at once
+READ_CHUNK = 16384  # bytes read from the broker's socket at once (see _BufferedSocket)
 RESUME_WINDOW = 5.0  # publishes this soon after a reconnect are counted as at risk
 _RC_BAD_PROTOCOL = (1, 132)  # CONNACK: 3.1.1 "unacceptable protocol", 5 "unsupported version"
 _KEYS = ("room", "prefix", "client", "queue", "qos", "linger", "ca")
@@ -335,6 +336,7 @@ class MqttLink(ReconnectingLink):
             self._log.info("%s: the broker speaks MQTT 3.1.1 only; using it", self.url)
             client = self._make_client()
             await client.__aenter__()  # type: ignore[attr-defined]
+        _buffer_reads(client)
         return client
 
     async def _disconnect(self, conn: object) -> None:
@@ -363,7 +365,7 @@ class MqttLink(ReconnectingLink):
             extra["clean_start"] = MQTT_CLEAN_START_FIRST_ONLY
         else:
             extra["clean_session"] = True
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             username=self.username,
@@ -378,6 +380,11 @@ class MqttLink(ReconnectingLink):
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),  # no Nagle delay
             **extra,  # type: ignore[arg-type]
         )
+        # aiomqtt warns ("There are N pending publish calls.") past 10 publishes awaiting
+        # their PUBACK; the write loop keeps up to MAX_FLUSHES flushes of one message per
+        # room hint in flight by design, so only more than that is worth a warning.
+        client.pending_calls_threshold = MAX_FLUSHES * 256
+        return client
 
     def _unreachable(self, exc: BaseException) -> str:
         return (
@@ -530,6 +537,70 @@ class MqttLink(ReconnectingLink):
                 self.url,
                 n,
             )
+
+
+class _BufferedSocket:
+    """paho's socket, read in large chunks.
+
+    paho asks for 1 byte at a time for each message's fixed header, then its body (three or
+    more ``recv`` calls a message), and reads one message per readable event. This reads up
+    to ``READ_CHUNK`` bytes a call and serves paho's small reads from that buffer;
+    :meth:`pending` (which aiomqtt's reader checks, as for TLS) makes the reader go on until
+    the buffer is empty, so the messages that arrived are handled in one readable event
+    instead of one per event-loop turn (measured with bench/bridge.py: a bridge reading one
+    message a turn fell behind mosquitto at 1000 streams and queued seconds in the socket).
+    One chunk is read per readable event: a message cut at the chunk's end waits for the
+    next event (as if the socket had no more yet), so a flood cannot hold the event loop
+    (or overrun the link's inbox) in one callback.
+    """
+
+    __slots__ = ("_buf", "_filled", "_pos", "_sock")
+
+    def __init__(self, sock: object) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        self._filled = False  # a chunk was read in this readable event (see pending)
+
+    def recv(self, bufsize: int) -> bytes:
+        pos = self._pos
+        if pos < len(self._buf):
+            end = pos + bufsize
+            self._pos = end
+            return self._buf[pos:end]
+        if self._filled:  # this event had its chunk: let the loop turn
+            self._filled = False
+            raise BlockingIOError
+        try:
+            data = self._sock.recv(max(bufsize, READ_CHUNK))  # type: ignore[attr-defined]
+        except BlockingIOError:
+            self._filled = False
+            raise
+        if len(data) <= bufsize:
+            self._buf, self._pos = b"", 0
+            return data
+        self._filled = True
+        self._buf, self._pos = data, bufsize
+        return data[:bufsize]
+
+    def pending(self) -> int:
+        buffered = len(self._buf) - self._pos
+        if buffered > 0:
+            return buffered
+        self._filled = False  # the reader stops here: its next event may read a chunk
+        inner = getattr(self._sock, "pending", None)  # TLS: decrypted bytes not yet read
+        return inner() if inner is not None else 0
+
+    def __getattr__(self, name: str) -> object:  # send, fileno, close, setblocking...
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: object) -> None:
+    """Give the paho client under an aiomqtt ``client`` a :class:`_BufferedSocket`."""
+    paho = getattr(client, "_client", None)
+    sock = getattr(paho, "_sock", None)
+    if sock is not None and not isinstance(sock, _BufferedSocket):
+        paho._sock = _BufferedSocket(sock)  # type: ignore[union-attr]
 
 
 def redact(url: str) -> str:

@@ -20,6 +20,10 @@ one or several brokers stops at the hop limit, and the core drops its own echoes
 on ``mqtt://`` (talk/listen) see bare packets and publish with hop 0. A link given as
 :attr:`LinkKind.MQTT` that cannot carry envelopes is forwarded to as a plain, unpaced link.
 
+**Garbage collection.** The first bridge a process starts freezes the heap it finds
+(:func:`freeze_startup_heap`), so the collector's full passes no longer stall the event loop
+for tens of milliseconds walking modules and classes.
+
 **Receive tasks heal.** A link whose ``recv`` raises (anything but being closed) gets its
 receive task restarted with exponential backoff (``RECV_BACKOFF_MIN``..``RECV_BACKOFF_MAX``),
 counted per link (``recv_restarts``) and logged; a closed link ends its task for good.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import time
@@ -151,6 +156,7 @@ class Bridge:
         if self._running:
             raise UsageError("the bridge is already running")
         loop = asyncio.get_running_loop()
+        freeze_startup_heap()
         self._running = True
         self._started_at = loop.time()
         self._wake = asyncio.Event()
@@ -369,6 +375,26 @@ class Bridge:
             "overs_cut": sum(p.stats.overs_cut for p in self.pacers.values()),
             "links": links,
         }
+
+
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive now (modules, classes, the links) out of the cyclic garbage
+    collector's reach, once per process.
+
+    A full collection walks every tracked object: about 15 ms for a bridge's startup heap on
+    a quiet 2-core machine, up to 50 ms on a busy one, a stall every voice packet arriving
+    meanwhile waits out (measured with bench/bridge.py). Frozen objects are never collected
+    (what is garbage at this point was collected just before), so later collections only
+    walk what the bridge allocated since."""
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    gc.collect()
+    gc.freeze()
 
 
 def bump(table: dict[str, int], key: str) -> None:
