@@ -479,6 +479,8 @@ class MqttLink(ReconnectingLink):
         finally:
             for _, fut in inflight:
                 fut.cancel()
+                fut.add_done_callback(_retrieved)  # a failure the session ended on, or after it
+            failed.add_done_callback(_retrieved)
             self._writing = False
 
     def _payloads(self, batch: list[bytes]) -> list[tuple[str, bytes]]:
@@ -537,6 +539,13 @@ class MqttLink(ReconnectingLink):
                 self.url,
                 n,
             )
+
+
+def _retrieved(fut: asyncio.Future[object]) -> None:
+    """Mark a finished future's outcome as seen: the session that awaited it has ended, and
+    its failure was already counted, so asyncio need not report it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _BufferedSocket:
