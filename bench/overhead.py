@@ -13,16 +13,12 @@ import argparse
 
 from relay.core import RoomKeys, Sender
 from relay.radio.profiles import presets
+from relay.store.counters import MemoryCounters
 from relay.voice.modes import mode_by_name
 
 
-class _Counters:
-    def reserve(self, name, count, limit):
-        return 0
-
-
 def measured_overhead(mode, fpp: int) -> int:
-    sender = Sender(RoomKeys(bytes(32)), b"bench", _Counters())
+    sender = Sender(RoomKeys(bytes(32)), b"bench", MemoryCounters())
     packet = sender.voice(mode, 0, [bytes(mode.bytes_per_frame)] * fpp, 0.0)
     return len(packet) - fpp * mode.bytes_per_frame
 

@@ -13,6 +13,7 @@ import relay
 from relay.core import Receiver, RoomKeys, Sender
 from relay.errors import UsageError
 from relay.runtime.voice import Playout, batches
+from relay.store.counters import MemoryCounters
 from relay.voice.audio import read_audio
 from relay.voice.codec import Decoder, Encoder
 from relay.voice.conceal import LAYOUTS, Concealer, FrameFields, frame_fields
@@ -122,14 +123,7 @@ def _stoi_over_real_path(conceal: str, lost: set[int]) -> float:
     keys = RoomKeys(bytes(range(32)))
     ident = b"conceal-test-speaker"
 
-    class Counters:
-        n = 0
-
-        def reserve(self, name, count, limit):
-            Counters.n += count
-            return Counters.n - count
-
-    sender, receiver = Sender(keys, ident, Counters()), Receiver(keys)
+    sender, receiver = Sender(keys, ident, MemoryCounters()), Receiver(keys)
     receiver.add_sender(ident)
     playout = Playout(conceal=conceal)
     for i, (first, batch, _) in enumerate(batches(frames, 5)):

@@ -16,6 +16,7 @@ from relay.core.events import Rejected, VoiceFrames
 from relay.core.room import Dropped, OverEnded, Voice
 from relay.errors import PacketError, UsageError
 from relay.runtime.voice import Playout, batches
+from relay.store.counters import MemoryCounters
 from relay.voice.audio import read_audio
 from relay.voice.codec import Encoder
 from relay.voice.modes import MODES, mode_by_name
@@ -26,20 +27,11 @@ IDENT = b"fec-speaker-identity"
 PAIRED = [m for m in MODES if m.name in wire.FEC_PAIRS]
 
 
-class Counters:
-    def __init__(self):
-        self.next = 0
-
-    def reserve(self, name, count, limit):
-        start, self.next = self.next, self.next + count
-        return start
-
-
 def _pair():
     keys = RoomKeys(bytes(range(32)))
     receiver = Receiver(keys)
     receiver.add_sender(IDENT)
-    return Sender(keys, IDENT, Counters()), receiver
+    return Sender(keys, IDENT, MemoryCounters()), receiver
 
 
 def _frames(mode, n, seed=0):
@@ -123,7 +115,7 @@ def test_tampered_truncated_replayed_and_forged_fec_packets_are_rejected():
     for n in range(len(packet)):
         assert isinstance(receiver.receive(packet[:n], NOW), Rejected)
     # another room key: forged
-    other = Sender(RoomKeys(bytes(range(1, 33))), IDENT, Counters())
+    other = Sender(RoomKeys(bytes(range(1, 33))), IDENT, MemoryCounters())
     forged = other.voice(M1600, 5, _frames(M1600, 5), NOW, _frames(M700, 5))
     assert isinstance(receiver.receive(forged, NOW), Rejected)
     assert receiver.accepted == 0

@@ -22,6 +22,7 @@ from relay.core.notice import (
 )
 from relay.core.room import Dropped, RelayNoticed, Room
 from relay.errors import PacketError, UsageError
+from relay.store.counters import MemoryCounters
 
 BRIDGE = Identity.generate()
 NOW = 1_750_000_000
@@ -79,12 +80,8 @@ def test_any_flipped_byte_is_refused(index, flip):
 
 
 def test_a_room_shows_notices_about_itself_and_drops_the_rest():
-    class Counters:
-        def reserve(self, name, count, limit):
-            return 0
-
     me = Identity.generate()
-    room = Room(os.urandom(8), os.urandom(32), 0, [me.public], me, Counters())
+    room = Room(os.urandom(8), os.urandom(32), 0, [me.public], me, MemoryCounters())
     now = time.time()
     hint = room.keys.hint(hint_epoch(now))
     ours = build_notice(BRIDGE, _notice(hint=hint, issued_at=int(now)))

@@ -19,24 +19,13 @@ from relay.core.room import (
 )
 from relay.core.wire import ControlKind
 from relay.errors import UsageError
+from relay.store.counters import MemoryCounters
 from relay.voice.modes import mode_by_name
 
 MODE = mode_by_name("1600")
 T0 = 1_750_000_000.0
 ROOM_ID = bytes(range(8))
 KEY = bytes(range(100, 132))
-
-
-class Counters:
-    """In-memory counter blocks (the durable store is tested in test_counters.py)."""
-
-    def __init__(self):
-        self.next = {}
-
-    def reserve(self, name, count, limit):
-        start = self.next.get(name, 0)
-        self.next[name] = start + count
-        return start
 
 
 class Net:
@@ -54,7 +43,7 @@ class Net:
                 0,
                 [self.mod_id.public],
                 ident,
-                Counters(),
+                MemoryCounters(),
                 roster=roster if ident is self.mod_id else (),
             )
             for ident in everyone
@@ -147,7 +136,7 @@ def test_forged_grants_are_ignored():
     from relay.core.session import Sender
     from relay.core.signing import signed_message
 
-    as_mod = Sender(mallory.keys, net.mod_id.identity, Counters())
+    as_mod = Sender(mallory.keys, net.mod_id.identity, MemoryCounters())
     header_counter = 10_000
     as_mod._next, as_mod._limit = header_counter, header_counter + 10
     packet = as_mod.control(ControlKind.MOD, fake.pack() + bytes(64), net.now)
@@ -201,7 +190,7 @@ def test_old_grant_replayed_to_a_late_joiner_after_a_beacon_is_stale():
     net.send(old_grant, net.mod)
     net.send(net.mod.grant(b.me.identity, 30, net.now), net.mod)
     late_id = Identity.generate()
-    late = Room(ROOM_ID, KEY, 0, [net.mod_id.public], late_id, Counters())
+    late = Room(ROOM_ID, KEY, 0, [net.mod_id.public], late_id, MemoryCounters())
     late.receive(net.mod.beacon(net.now), net.now)
     assert late.floor == b.me.identity
     assert _of(late.receive(old_grant, net.now), Dropped)[0].reason == "stale_moderation"
@@ -216,7 +205,7 @@ def test_late_joiner_converges_on_floor_and_hand_queue():
     net.send(c.raise_hand(net.now), c)
     net.send(net.mod.grant(c.me.identity, 60, net.now), net.mod)
     net.send(net.mod.mute(b.me.identity, net.now), net.mod)
-    late = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
+    late = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), MemoryCounters())
     # Before the beacon the late joiner cannot even open c's voice.
     first = c.voice(MODE, 0, [bytes(8)] * 4, net.now)
     assert _of(late.receive(first, net.now), Dropped)[0].reason == "unknown_sender"
@@ -235,7 +224,7 @@ def test_tampered_over_is_shown_forged_and_lossy_over_partial():
     # Mallory holds the room key: she injects frames as a (her packet lands first).
     from relay.core.session import Sender
 
-    as_a = Sender(mallory.keys, a.me.identity, Counters())
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
     nxt = a.sender.next_counter
     as_a._next, as_a._limit = nxt, nxt + 64  # a's next counters, raced
     injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
@@ -330,7 +319,7 @@ def test_seal_copies_are_counted_once_and_a_forged_end_changes_nothing():
     # Mallory ends a's over, unsigned and then signed by herself: nothing happens.
     from relay.core.session import Sender
 
-    as_a = Sender(mallory.keys, a.me.identity, Counters())
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
     as_a._next, as_a._limit = 5000, 5010
     for payload in ((4).to_bytes(4, "big"), bytes(30) + bytes(64)):
         fake_end = as_a.control(ControlKind.OVER_END, payload, net.now)
@@ -362,7 +351,7 @@ def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
     from relay.core.session import Sender
 
     for ahead in (5_000, 1_000):  # outside the grant's counter range, then inside it
-        as_a = Sender(mallory.keys, a.me.identity, Counters())
+        as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
         as_a._next, as_a._limit = ahead, ahead + 1
         injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
         events = net.send(injected, mallory, to=net.listeners)
@@ -379,7 +368,7 @@ def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
 def _as(net, impostor, victim, counter):
     from relay.core.session import Sender
 
-    forged = Sender(impostor.keys, victim.me.identity, Counters())
+    forged = Sender(impostor.keys, victim.me.identity, MemoryCounters())
     forged._next, forged._limit = counter, counter + 10
     return forged
 
@@ -397,7 +386,7 @@ def test_unsigned_unknown_kind_cannot_poison_the_moderators_window():
 def test_introduced_puppets_do_not_receive_the_next_key():
     net = Net(2, 3)
     mallory = net.speakers[1]
-    puppet = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
+    puppet = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), MemoryCounters())
     net.send(puppet.introduce(net.now), puppet, to=[net.mod])
     assert puppet.me.identity in net.mod.introduced
     assert puppet.me.identity not in net.mod.roster
@@ -447,7 +436,7 @@ def test_recorded_beacon_replayed_hours_later_is_stale():
     net = Net(1, 1)
     _grant(net, net.speakers[0])
     beacon = net.mod.beacon(net.now)
-    fresh = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), Counters())
+    fresh = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), MemoryCounters())
     later = net.now + 6 * 3600
     assert _of(fresh.receive(beacon, later), Dropped)[0].reason == "stale_moderation"
     assert fresh.floor is None

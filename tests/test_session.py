@@ -8,7 +8,7 @@ from relay.core import Receiver, RoomKeys, Sender, random_room_key, room_key_fro
 from relay.core.crypto import HINT_EPOCH_SECONDS, new_salt
 from relay.core.events import ControlMessage, Rejected, VoiceFrames
 from relay.errors import UsageError
-from relay.store.counters import CounterStore
+from relay.store.counters import CounterStore, MemoryCounters
 from relay.voice.modes import DEFAULT_MODE, mode_by_name
 
 NOW = 1_750_000_000.0
@@ -103,7 +103,7 @@ def test_restored_replay_marks_stop_replays_after_a_restart(room):
 
 def test_unknown_sender_is_rejected(room):
     keys, _, receiver = room
-    with_key_but_not_member = Sender(keys, b"mallory", _MemoryCounters())
+    with_key_but_not_member = Sender(keys, b"mallory", MemoryCounters())
     event = receiver.receive(with_key_but_not_member.voice(DEFAULT_MODE, 0, FRAMES, NOW), NOW)
     assert event.reason == "unknown_sender"
 
@@ -210,15 +210,6 @@ def test_every_mode_round_trips(room):
         frames = [bytes([pos]) * mode.bytes_per_frame] * 3
         event = receiver.receive(sender.voice(mode, pos * 3, frames, NOW), NOW)
         assert event.mode is mode and event.frames == tuple(frames)
-
-
-class _MemoryCounters:
-    def __init__(self):
-        self.next = 0
-
-    def reserve(self, name, count, limit):
-        start, self.next = self.next, self.next + count
-        return start
 
 
 def test_oversized_packets_are_malformed_not_a_crash(room):

@@ -12,6 +12,7 @@ from relay.core import Receiver, RoomKeys, Sender
 from relay.core.room import OverEnded
 from relay.errors import UsageError
 from relay.runtime.voice import Playout, batches
+from relay.store.counters import MemoryCounters
 from relay.voice.audio import read_audio
 from relay.voice.modes import mode_by_name
 from relay.voice.over import encode_over
@@ -76,14 +77,7 @@ def _dtx_over(audio):
     keys = RoomKeys(bytes(range(32)))
     ident = b"dtx-speaker"
 
-    class Counters:
-        n = 0
-
-        def reserve(self, name, count, limit):
-            Counters.n += count
-            return Counters.n - count
-
-    sender, receiver = Sender(keys, ident, Counters()), Receiver(keys)
+    sender, receiver = Sender(keys, ident, MemoryCounters()), Receiver(keys)
     receiver.add_sender(ident)
     packets = []
     for first, batch, _ in batches(over.frames, 5, None, over.positions):

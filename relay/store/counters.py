@@ -127,3 +127,20 @@ class CounterStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class MemoryCounters:
+    """Counters in memory, per name: for tests and benchmarks only.
+
+    Nothing survives the process, so a real sender using this would reuse nonces after a
+    restart; :class:`CounterStore` is the one to send with."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    def reserve(self, name: str, count: int, limit: int) -> int:
+        start = self._next.get(name, 0)
+        if start + count > limit:
+            raise UsageError("the send counter for this room key is exhausted")
+        self._next[name] = start + count
+        return start
