@@ -311,3 +311,34 @@ def test_speaker_sink_plays_in_order_then_silence() -> None:
     assert out[:, 0].tolist() == [1, 2, 3, 4, 5]
     sink._fill(out, 5, None, None)
     assert out[:, 0].tolist() == [6, 7, 0, 0, 0]
+
+
+def test_adapt_steps_the_microphone_down_when_the_moderator_reports_heavy_loss(homes) -> None:
+    """The moderator's beacons say it loses 40 % of packets: `talk --mic --adapt` speaks its
+    live over one codec step down (1300), and the listener verifies it in that mode."""
+    from relay.cli.talk import _talk
+
+    fake_sd = fake_sounddevice(read_audio(SAMPLE))
+    url = "sim://mic-adapt?preset=SHORT_TURBO"
+
+    async def scenario() -> tuple[dict, list]:
+        heard = SpeakerPlayout(SpeakerSink(types.SimpleNamespace(OutputStream=FakeOutput)))
+        mod_home, ana_home, ben_home = (Home(homes[n]) for n in ("mod", "ana", "ben"))
+        async with (
+            open_member(mod_home, "market", url) as mod,
+            open_member(ben_home, "market", url, playout=heard),
+        ):
+            mod.room.heard_loss = 0.4  # carried in every beacon the moderator sends
+            stop = asyncio.Event()
+            moderating = asyncio.create_task(mod.node.moderate(auto_grant=20, stop=stop))
+            report = await _talk(ana_home, "market", url, None, fake_sd, 1.0, True, 10.0,
+                                 fec=True, dtx=False, adapt=True)  # fmt: skip
+            assert await heard.wait_overs(1, timeout=5)
+            stop.set()
+            await moderating
+        return report, heard.overs
+
+    report, (over,) = run(scenario(), virtual=True)
+    assert report["granted"] and report["mode"] == "1300", report
+    assert report["adapt"]["worst_loss"] >= 40
+    assert over.mode.name == "1300" and over.verdict == "verified"

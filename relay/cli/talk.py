@@ -353,7 +353,7 @@ async def _talk(
             return report
         closed.cancel()
         report["granted"] = True
-        if adapt and pcm is not None:
+        if adapt:
             from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
             from relay.demo.voice import choose_frames_per_packet
             from relay.voice.adapt import LADDER
@@ -370,7 +370,9 @@ async def _talk(
                         choose_frames_per_packet(m.profile, mode)[0],
                         (m.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame,
                     )
-                    over = encode_over(pcm, mode, fec=fec and mode.name in FEC_PAIRS, dtx=dtx)
+                    fec = fec and mode.name in FEC_PAIRS  # 700C has no lower mode to copy in
+                    if pcm is not None:
+                        over = encode_over(pcm, mode, fec=fec, dtx=dtx)
                     report["mode"], report["frames_per_packet"] = mode.name, fpp
             report["adapt"] = {"worst_loss": m.node.policy.worst_loss(m.clock())}
         report["waited_seconds"] = round(loop.time() - start, 3)
