@@ -342,3 +342,31 @@ def test_adapt_steps_the_microphone_down_when_the_moderator_reports_heavy_loss(h
     assert report["granted"] and report["mode"] == "1300", report
     assert report["adapt"]["worst_loss"] >= 40
     assert over.mode.name == "1300" and over.verdict == "verified"
+
+
+def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
+    """A member's HELLO is saved with the replay marks as it arrives: a listener killed -9
+    right after still knows that member when it restarts (no second HELLO needed)."""
+    from relay.store.replay import ReplayStore
+
+    url = "sim://intro-test?preset=SHORT_TURBO"
+
+    async def scenario() -> tuple[bytes, str, dict[bytes, int]]:
+        ana_home, ben_home = Home(homes["ana"]), Home(homes["ben"])
+        async with (
+            open_member(ben_home, "market", url) as ben,
+            open_member(ana_home, "market", url) as ana,
+        ):
+            await ana.node.send(ana.room.introduce(ana.clock()))
+            await ana.link.drain()
+            await asyncio.sleep(0.5)
+            key_id = ben.room.keys.key_id
+            # Read what is on disk now, while ben runs (as if it were killed here).
+            saved = ReplayStore(ben_home.replay_db)
+            try:
+                return ana.identity.identity, key_id, saved.load(key_id)
+            finally:
+                saved.close()
+
+    ana_id, _, marks = run(scenario(), virtual=True)
+    assert ana_id in marks and marks[ana_id] >= 0

@@ -8,8 +8,9 @@ outlive the process:
 
 * send counters in the home's ``counters.db`` (never reuse a nonce across restarts);
 * rotated room keys, written to the room store as soon as they arrive;
-* replay marks in ``replay.db``: restored at start, saved after every over and on exit, so a
-  restarted listener does not accept a recording of what it already heard.
+* replay marks in ``replay.db``: restored at start, saved after every over, whenever a
+  member introduces itself, and on exit, so a restarted listener does not accept a
+  recording of what it already heard and still knows who introduced itself.
 
 The room clock is the wall clock (``time.time``): moderation actions and beacons carry it.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import RoomInfo
-from relay.core.room import OverEnded, Room, RoomEvent
+from relay.core.room import MemberChanged, OverEnded, Room, RoomEvent
 from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.demo.voice import choose_frames_per_packet
 from relay.errors import LinkError, UsageError
@@ -162,7 +163,11 @@ class Member:
         self.restore_marks()
 
     def _event(self, event: RoomEvent) -> None:
-        if isinstance(event, OverEnded):
+        # After an over, and when a member introduces itself: a restart (even kill -9) then
+        # still knows the member (no second HELLO needed) and what it already accepted.
+        if isinstance(event, OverEnded) or (
+            isinstance(event, MemberChanged) and event.change == "introduced"
+        ):
             self.save_marks()
         if self.on_event is not None:
             self.on_event(event)
