@@ -301,3 +301,20 @@ def test_live_packets_are_cut_as_batches_cuts_a_whole_over(seed: int) -> None:
     assert [(a, list(b), c and list(c)) for a, b, c in got] == [
         (a, list(b), c and list(c)) for a, b, c in want
     ]
+
+
+def test_recording_a_voice_message_from_the_microphone() -> None:
+    """record(): a (frames, 1) int16 capture becomes flat speech; a device error is one line."""
+    from relay.errors import UsageError
+    from relay.voice.device import record
+
+    captured = np.arange(16000, dtype=np.int16).reshape(-1, 1)
+    sd = types.SimpleNamespace(rec=lambda n, **kw: captured[:n], wait=lambda: None)
+    pcm = record(sd, 1.5)
+    assert pcm.shape == (12000,) and pcm.dtype == np.int16 and pcm[-1] == 11999
+
+    def broken(n, **kw):
+        raise RuntimeError("Error querying device -1")
+
+    with pytest.raises(UsageError, match="cannot record from the microphone"):
+        record(types.SimpleNamespace(rec=broken, wait=lambda: None), 1.0)

@@ -118,7 +118,7 @@ def send_cmd(
 
         pcm = read_audio(file)
     elif mic:
-        pcm = _record(seconds)
+        pcm = record_microphone(seconds)
     report = asyncio.run(_send(h, room, url, pcm, mode, expect, timeout, max_bytes, as_json))
     if as_json:
         click.echo(json.dumps(report))
@@ -134,20 +134,13 @@ def send_cmd(
         raise SystemExit(1)
 
 
-def _record(seconds: float):  # type: ignore[no-untyped-def]
-    import numpy as np
-
-    from relay.voice.device import require_sounddevice
-    from relay.voice.modes import SAMPLE_RATE
+def record_microphone(seconds: float):  # type: ignore[no-untyped-def]
+    """Speech for a voice message from the microphone (one line if there is none)."""
+    from relay.voice.device import record, require_sounddevice
 
     sd = require_sounddevice("--mic")
     _note(f"recording {seconds:g} s from the microphone...")
-    try:
-        pcm = sd.rec(int(seconds * SAMPLE_RATE), samplerate=SAMPLE_RATE, channels=1, dtype="int16")
-        sd.wait()
-    except Exception as exc:  # PortAudio reports a missing or busy device this way
-        raise UsageError(f"cannot record from the microphone: {exc}") from None
-    return np.ascontiguousarray(pcm[:, 0], dtype=np.int16)
+    return record(sd, seconds)
 
 
 async def _send(home, room_ref, url, pcm, mode_name, expect, timeout, max_bytes, as_json):

@@ -254,9 +254,9 @@ async def _as_voice_message(m: Member, pcm, seconds) -> dict[str, Any]:  # type:
                 "live voice does not fit this link: a voice message from the microphone "
                 "needs --seconds (or use --live)"
             )
-        from relay.cli.clip import _record
+        from relay.cli.clip import record_microphone
 
-        pcm = await asyncio.to_thread(_record, seconds)
+        pcm = await asyncio.to_thread(record_microphone, seconds)
     result = await send_clip(m, pcm)
     clip = result.to_dict()
     clip["seconds"] = round(result.frames * mode_by_name(result.mode).frame_seconds, 3)

@@ -35,6 +35,22 @@ def require_sounddevice(flag: str) -> Any:
     return sounddevice
 
 
+def record(sd: Any, seconds: float, *, device: Any = None) -> np.ndarray:
+    """``seconds`` of speech from the microphone, all at once (a voice message, not live)."""
+    try:
+        pcm = sd.rec(
+            int(seconds * SAMPLE_RATE),
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            dtype="int16",
+            device=device,
+        )
+        sd.wait()
+    except Exception as exc:  # PortAudio reports a missing or busy device this way
+        raise UsageError(f"cannot record from the microphone: {exc}") from None
+    return np.ascontiguousarray(pcm[:, 0], dtype=np.int16)
+
+
 async def microphone(sd: Any, mode: CodecMode, *, device: Any = None) -> AsyncIterator[np.ndarray]:
     """Yield the microphone's audio (1-D int16, 8 kHz) one Codec2 frame at a time.
 
