@@ -36,6 +36,10 @@ def test_outbox_keeps_the_message_and_each_receivers_acks(tmp_path: Path) -> Non
         assert store.find_outgoing(ROOM, data) == clip  # the same speech resumes
         store.mark_sent(ROOM, offer.msg_id)
         assert store.pending(ROOM) == [] and store.find_outgoing(ROOM, data) is None
+        assert store.outgoing(ROOM, offer.msg_id).data == b""  # the record stays, not the speech
+    # Delivered speech is overwritten on disk, not just unlinked (a seized device).
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("clips"))
+    assert data[:64] not in on_disk
 
 
 def test_inbox_is_unique_and_partials_survive_until_complete(tmp_path: Path) -> None:

@@ -90,6 +90,8 @@ class ClipStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn = connect(self.path)
+        # What is erased (a delivered message's speech) is overwritten, not just unlinked.
+        self._conn.execute("PRAGMA secure_delete=ON")
         with _disk(self.path):
             self._conn.executescript(SCHEMA)
 
@@ -175,11 +177,16 @@ class ClipStore:
             )
 
     def mark_sent(self, room_id: bytes, msg_id: bytes) -> None:
+        """Delivered: keep the record, erase the speech (a seized device should not hold
+        what was already sent) and the acks."""
         with self._tx() as c:
             c.execute(
-                "UPDATE outbox SET state = 'done' WHERE room_id = ? AND msg_id = ?",
+                "UPDATE outbox SET state = 'done', data = x'' WHERE room_id = ? AND msg_id = ?",
                 (room_id, msg_id),
             )
+            c.execute("DELETE FROM outbox_acks WHERE room_id = ? AND msg_id = ?", (room_id, msg_id))
+        with _disk(self.path):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old pages out of the WAL
 
     # ------------------------------------------------------------------ inbox
     def save_offer(self, room_id: bytes, sender: bytes, offer: Offer) -> None:
