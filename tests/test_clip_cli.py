@@ -149,6 +149,10 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
     listing = json.loads(ok("clip", "inbox", "net", "--json", "--home", homes["ben"]).stdout)
     assert [m["id"] for m in listing["messages"]] == [clip.id]
     assert listing["messages"][0]["from"] == homes["ana_fp"]
+    erased = json.loads(ok("clip", "delete", clip.id[:6], "--json", "--home", homes["ben"]).stdout)
+    assert erased == {"id": clip.id, "erased": True}
+    listing = json.loads(ok("clip", "inbox", "net", "--json", "--home", homes["ben"]).stdout)
+    assert listing["messages"] == []
     assert (os.stat(ben_db).st_mode & 0o777) == 0o600
     # The sender's outbox has nothing pending any more.
     assert (
@@ -169,6 +173,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
         (["clip", "play", "zz", "--out", "x.wav"], "not a voice-message id"),
         (["clip", "play", "abcd", "--out", "/nonexistent-dir/x.wav"], "does not exist"),
         (["clip", "play", "abcd"], "exactly one of --out"),
+        (["clip", "delete", "zz"], "not a voice-message id"),
         (["clip", "receive", "nowhere", "--link", "sim://x"], "nowhere"),
     ],
 )

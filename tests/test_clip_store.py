@@ -61,6 +61,11 @@ def test_inbox_is_unique_and_partials_survive_until_complete(tmp_path: Path) -> 
         with pytest.raises(UsageError, match="no voice message"):
             store.find("ffffffffff")
         store.drop_partial(ROOM, sender, b"zzzz")  # nothing to drop is fine
+        store.erase(clip)  # `relay clip delete`
+        assert store.inbox(ROOM) == []
+        assert not store.complete(ROOM, sender, offer, data, "name")  # not collected again
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("clips"))
+    assert data[:64] not in on_disk  # overwritten, not unlinked
 
 
 def test_a_full_disk_is_one_clear_error(tmp_path: Path) -> None:

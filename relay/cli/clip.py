@@ -61,6 +61,7 @@ def clip_group() -> None:
       relay clip receive market --link sim://127.0.0.1:7300 --duration 600
       relay clip inbox market
       relay clip play 3f9a1c2e --out heard.wav
+      relay clip delete 3f9a1c2e                  (erase it from the inbox)
     """
 
 
@@ -353,6 +354,12 @@ def inbox_cmd(room, home, as_json) -> None:
         _note(f"{pending} of your messages are still in the outbox (`relay clip send --pending`)")
 
 
+def _check_id(msg_id: str) -> None:
+    key = msg_id.strip().lower()
+    if not key or any(ch not in "0123456789abcdef" for ch in key):
+        raise UsageError(f"{msg_id!r} is not a voice-message id (hex, see `relay clip inbox`)")
+
+
 # ---------------------------------------------------------------------------------- play
 @clip_group.command("play")
 @click.argument("msg_id", metavar="ID")
@@ -374,9 +381,7 @@ def play_cmd(msg_id, out_path, speaker, home, as_json) -> None:
     from relay.runtime.clip import clip_store, decode_clip
     from relay.voice.modes import SAMPLE_RATE
 
-    key = msg_id.strip().lower()
-    if not key or any(ch not in "0123456789abcdef" for ch in key):
-        raise UsageError(f"{msg_id!r} is not a voice-message id (hex, see `relay clip inbox`)")
+    _check_id(msg_id)
     if (out_path is None) == (not speaker):
         raise UsageError("give exactly one of --out FILE or --speaker")
     if out_path is not None:
@@ -414,3 +419,33 @@ def play_cmd(msg_id, out_path, speaker, home, as_json) -> None:
     else:
         where = f"written to {out_path}" if out_path is not None else "played"
         _note(f"{clip.id} from {clip.sender_name}: {report['seconds']:.1f} s, {where}")
+
+
+# --------------------------------------------------------------------------------- delete
+@clip_group.command("delete")
+@click.argument("msg_id", metavar="ID")
+@home_option
+@_json_option
+def delete_cmd(msg_id, home, as_json) -> None:
+    """Erase a voice message from the inbox (ID from `relay clip inbox`; a prefix will do).
+
+    The speech is overwritten on disk, not just unlinked; a note that the message was
+    received stays, so a sender still retransmitting it is not collected again.
+
+    \b
+    Examples:
+      relay clip delete 3f9a
+    """
+    from relay.runtime.clip import clip_store
+
+    _check_id(msg_id)
+    h = resolve_home(home)
+    if not (h.path / "clips.db").exists():
+        raise UsageError(f"no voice message {msg_id!r}: the inbox is empty")
+    with clip_store(h) as store:
+        clip = store.find(msg_id)
+        store.erase(clip)
+    if as_json:
+        click.echo(json.dumps({"id": clip.id, "erased": True}))
+    else:
+        _note(f"{clip.id} from {clip.sender_name}: erased")

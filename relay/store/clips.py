@@ -250,10 +250,13 @@ class ClipStore:
 
     def inbox(self, room_id: bytes | None = None) -> list[InboxClip]:
         """Complete, verified messages, oldest first."""
-        sql = "SELECT room_id, sender, offer, data, received, sender_name FROM inbox"
+        sql = (
+            "SELECT room_id, sender, offer, data, received, sender_name FROM inbox "
+            "WHERE length(data) > 0"  # an erased message keeps its row, not its speech
+        )
         args: tuple[bytes, ...] = ()
         if room_id is not None:
-            sql += " WHERE room_id = ?"
+            sql += " AND room_id = ?"
             args = (room_id,)
         with _disk(self.path):
             rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
@@ -262,6 +265,17 @@ class ClipStore:
             offer = Offer.parse(raw)
             out.append(InboxClip(offer.msg_id.hex(), room, sender, offer, data, received, name))
         return out
+
+    def erase(self, clip: InboxClip) -> None:
+        """Overwrite a message's speech; its row stays, so a retransmission is not collected
+        again as new."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE inbox SET data = x'' WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                (clip.room_id, clip.sender, clip.offer.msg_id),
+            )
+        with _disk(self.path):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def find(self, ref: str) -> InboxClip:
         """The inbox message whose id (hex) starts with ``ref``; UsageError otherwise."""
