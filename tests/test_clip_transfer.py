@@ -19,7 +19,7 @@ from relay.clip.receiver import (
     Refused,
 )
 from relay.clip.sender import ClipSender
-from relay.clip.wire import Ack, Offer, Piece, parse
+from relay.clip.wire import POLL, Ack, Offer, Piece, parse
 from relay.core.identity import Identity
 from relay.errors import UsageError
 from relay.links.sim import Ether
@@ -302,6 +302,46 @@ def test_a_restored_sender_resends_only_what_its_receivers_lack() -> None:
     sender.transmitted(3.0)
     assert sender.next_payload(3.0) is None  # quiet: the ack window is open
     assert [(x.index, x.poll) for x in burst] == [(2, False), (4, True)]
+
+
+def test_silent_rounds_wait_no_longer_than_the_ack_slots_need() -> None:
+    """Nobody answering yet: a few probes at the plain pace (each with our introduction),
+    then backing off. A known receiver whose acks are lost: every round at the plain pace,
+    since waiting longer would not bring a lost ack back."""
+    me = Identity.generate()
+    offer, data = signed(me)
+    sender = ClipSender(offer, data, ack_wait=3.0)
+
+    def silent_round(now: float) -> tuple[float, bool]:
+        payload = sender.next_payload(now)
+        assert payload is not None
+        is_probe = isinstance(parse(payload), Offer)
+        intro = is_probe and sender.introduce_now
+        while not payload[0] & POLL:  # the round's last payload polls
+            payload = sender.next_payload(now)
+            assert payload is not None
+        sender.transmitted(now + 1.0)
+        wake = sender.wakeup(now + 1.0)
+        assert wake is not None
+        return wake - (now + 1.0), intro
+
+    now, waits, intros = 0.0, [], []
+    for _ in range(9):
+        wait, intro = silent_round(now)
+        waits.append(wait)
+        intros.append(intro)
+        now += 1.0 + wait
+    assert waits == [3.0] * 5 + [6.0, 12.0, 24.0, 24.0]
+    assert all(intros)
+    assert isinstance(parse(sender.next_payload(now)), Offer)
+    sender.transmitted(now + 1.0)
+    ack = Ack.of(offer.msg_id, set(), have_offer=True, complete=False)
+    sender.on_ack(b"r" * 32, ack, now + 2.0)  # at last: a receiver answers
+    now += 2.0
+    for _ in range(6):  # then every poll or ack is lost
+        wait, _ = silent_round(now)
+        assert wait == 3.0
+        now += 1.0 + wait
 
 
 def test_a_receiver_that_goes_quiet_does_not_hold_the_transfer_up() -> None:

@@ -22,6 +22,8 @@ from relay.clip.wire import WINDOW, Ack, Offer, Piece
 from relay.errors import UsageError
 
 MAX_BACKOFF = 8.0
+LATE_DECAY = 0.9  # how fast the memory of a late ack fades, per ack
+PATIENCE = 4  # silent probes at the plain pace before backing off (nobody has answered yet)
 STALE_ROUNDS = 4  # a receiver silent this many rounds no longer holds the transfer up
 
 
@@ -79,7 +81,7 @@ class ClipSender:
         self._awaiting_until: float | None = None
         self._acks_this_round: set[bytes] = set()
         self._poll_end: float | None = None
-        self._rtt: float | None = None
+        self._late: float | None = None  # the latest ack seen after a poll (decaying)
         self._silent_rounds = 0
         self._first_round = True
         self._last_poll: bytes | None = None
@@ -142,11 +144,20 @@ class ClipSender:
 
     def ack_wait(self) -> float:
         wait = self.base_wait
-        if self._rtt is not None:
-            wait = max(wait, 1.5 * self._rtt + 0.5 * self.base_wait)
-        # Back off only while nobody has ever answered (nobody may be listening); once a
-        # receiver is known, a silent round is far more likely a lost poll or ack.
-        silent = self._silent_rounds if not self.receivers else min(self._silent_rounds, 1)
+        if self._late is not None:
+            # The base wait covers every slot of a direct link; only a slower path (a
+            # repeater in between) needs more. Acks land anywhere in the slots, so the
+            # latest one seen, not the mean, says how long the window must be.
+            wait = max(wait, 1.25 * self._late)
+        # Back off only while nobody has ever answered (nobody may be listening), and only
+        # after PATIENCE silent probes: on a lossy link a receiver that is there often takes
+        # a few probes to be heard (its introduction and ack, and ours, must all get
+        # through). Once a receiver is known, a silent round is a lost poll or ack: waiting
+        # longer would not bring it back, so the next round starts at the usual pace (the
+        # measured ack delay above already covers slow paths such as a repeater).
+        if self.receivers:
+            return wait
+        silent = max(0, self._silent_rounds - PATIENCE)
         return wait * min(MAX_BACKOFF, 2.0**silent)
 
     # ------------------------------------------------------------------ sending
@@ -179,9 +190,10 @@ class ClipSender:
 
     @property
     def introduce_now(self) -> bool:
-        """Whether the probe about to go out should follow a fresh introduction: the first
-        one, and every other one while nobody answers (a restarted peer forgot us)."""
-        return self.probes <= 1 or self._silent_rounds % 2 == 0
+        """Whether the probe about to go out should follow a fresh introduction: every one
+        until somebody answers (unknown to them, we cannot be read at all), then every other
+        one while the receivers we know are silent (a restarted peer forgot us)."""
+        return self.probes <= 1 or not self.receivers or self._silent_rounds % 2 == 0
 
     def _start_round(self) -> None:
         if self._awaiting_until is not None and not self._acks_this_round:
@@ -228,7 +240,8 @@ class ClipSender:
         if self._poll_end is not None and receiver not in self._acks_this_round:
             delay = now - self._poll_end
             if delay >= 0:
-                self._rtt = delay if self._rtt is None else 0.75 * self._rtt + 0.25 * delay
+                late = self._late
+                self._late = delay if late is None else max(delay, LATE_DECAY * late)
         self._acks_this_round.add(receiver)
         views = self.receivers
         if self._awaiting_until is not None and (

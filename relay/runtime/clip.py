@@ -302,9 +302,10 @@ class ClipNode:
         self._intro_wanted = False
 
     async def _ack_loop(self) -> None:
+        due = -math.inf
         while True:
             self.raise_if_failed()
-            now = self._now()
+            now = max(self._now(), due)  # a timer may fire a hair early (see deliver)
             for payload in self.receiver.acks_due(now):
                 try:
                     if self._intro_wanted or now - self._introduced_at > REINTRODUCE:
@@ -317,8 +318,11 @@ class ClipNode:
             timeout = None if wake is None else max(0.0, wake - self._now())
             self._wake.clear()
             if timeout is None or timeout > 0:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    if wake is not None:
+                        due = wake
 
     # ------------------------------------------------------------------ sending
     def prepare(
@@ -379,10 +383,11 @@ class ClipNode:
                 )
             )
 
+        due = -math.inf  # a deadline we slept until (see below)
         try:
             while not sender.done and loop.time() - start < timeout:
                 self.raise_if_failed()
-                now = loop.time()
+                now = max(loop.time(), due)
                 payload = sender.next_payload(now)
                 if payload is not None:
                     if payload[0] == Kind.OFFER | POLL and sender.introduce_now:
@@ -395,10 +400,15 @@ class ClipNode:
                 if wake is None:
                     break
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(
                         self._wake.wait(), max(0.0, min(wake, start + timeout) - now)
                     )
+                except TimeoutError:
+                    # The loop fires timers up to its clock resolution early, so the clock
+                    # may still read a hair before the deadline: asking the sender with
+                    # that reading would only put us back to sleep for ever shorter waits.
+                    due = min(wake, start + timeout)
                 report()
         finally:
             del self._senders[offer.msg_id]
