@@ -77,3 +77,27 @@ class Broker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+
+async def mqtt_bridges(url: str, radios: list) -> list:
+    """One running bridge per (gateway id, radio link), each with an mqtt link to ``url``,
+    connected (subscribed) before it returns: islands that meet on one broker."""
+    from relay.bridge.core import LinkKind
+    from relay.links.url import open_link
+    from relay.runtime.bridge import Bridge, BridgeLink
+
+    bridges = [
+        Bridge(
+            [
+                BridgeLink("radio", radio, LinkKind.RADIO),
+                BridgeLink("mqtt", open_link(url), LinkKind.MQTT),
+            ],
+            gateway_id=gw,
+        )
+        for gw, radio in radios
+    ]
+    for bridge in bridges:
+        await bridge.start()
+    for bridge in bridges:
+        await bridge.links["mqtt"].link.connect()
+    return bridges

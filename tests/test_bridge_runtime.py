@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mosquitto import Broker as MosquittoBroker
+from mosquitto import mqtt_bridges
 
 from relay.bridge.core import BridgeCore, LinkKind
 from relay.bridge.dedup import DedupCache
@@ -278,22 +279,11 @@ def test_islands_bridged_through_mosquitto(tmp_path: Path, mosquitto) -> None:
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
 
     async def main():
-        bridges = [
-            Bridge(
-                [
-                    BridgeLink("radio", island(name, "gw"), LinkKind.RADIO),
-                    BridgeLink("mqtt", open_link(url), LinkKind.MQTT),
-                ],
-                gateway_id=gw,
-            )
-            for gw, name in ((1, "island_a"), (2, "island_b"))
-        ]
-        for b in bridges:
-            await b.start()
+        bridges = await mqtt_bridges(
+            url, [(gw, island(name, "gw")) for gw, name in ((1, "island_a"), (2, "island_b"))]
+        )
         internet = open_link(url)
         await internet.connect()  # subscribed before anyone speaks
-        for b in bridges:
-            await b.links["mqtt"].link.connect()
         try:
             listeners, spoken = await room_over(
                 tmp_path,
@@ -354,20 +344,9 @@ def test_a_broker_restart_mid_over_is_survived(tmp_path: Path, mosquitto, monkey
         await asyncio.to_thread(mosquitto.restart, down)  # blocking: off the event loop
 
     async def main():
-        bridges = [
-            Bridge(
-                [
-                    BridgeLink("radio", island(name, "gw"), LinkKind.RADIO),
-                    BridgeLink("mqtt", open_link(url), LinkKind.MQTT),
-                ],
-                gateway_id=gw,
-            )
-            for gw, name in ((1, "island_a"), (2, "island_b"))
-        ]
-        for b in bridges:
-            await b.start()
-        for b in bridges:
-            await b.links["mqtt"].link.connect()
+        bridges = await mqtt_bridges(
+            url, [(gw, island(name, "gw")) for gw, name in ((1, "island_a"), (2, "island_b"))]
+        )
         mqtt = [b.links["mqtt"].link for b in bridges]
 
         async def fault() -> None:

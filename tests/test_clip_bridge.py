@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from clip_helpers import close_peers, make_peer, new_room, speech_frames
+from mosquitto import mqtt_bridges
 
-from relay.bridge.core import LinkKind
 from relay.links.url import open_link
-from relay.runtime.bridge import Bridge, BridgeLink
 from relay.voice.modes import mode_by_name
 
 MODE = mode_by_name("1600")
@@ -25,22 +24,11 @@ def test_a_message_crosses_two_bridges_through_mosquitto(tmp_path: Path, mosquit
         return open_link(f"sim://clip_{name}?preset=SHORT_TURBO&loss=0.05&seed=3&node={node}")
 
     async def main() -> None:
-        bridges = [
-            Bridge(
-                [
-                    BridgeLink("radio", island(name, "gw"), LinkKind.RADIO),
-                    BridgeLink("mqtt", open_link(url), LinkKind.MQTT),
-                ],
-                gateway_id=gw,
-            )
-            for gw, name in ((1, "a"), (2, "b"))
-        ]
-        for b in bridges:
-            await b.start()
+        bridges = await mqtt_bridges(
+            url, [(gw, island(name, "gw")) for gw, name in ((1, "a"), (2, "b"))]
+        )
         internet = open_link(url)
         await internet.connect()
-        for b in bridges:
-            await b.links["mqtt"].link.connect()
         room_id, key, (mod, a, b, c) = new_room(4)
         tx = make_peer(room_id, key, mod, a, island("a", "ana"), tmp_path / "a", seed=1)
         far = make_peer(room_id, key, mod, b, island("b", "ben"), tmp_path / "b", seed=2)
