@@ -27,6 +27,7 @@ from relay.core.room import (
     OverEnded,
     RelayNoticed,
     RoomEvent,
+    SpeechFlagged,
 )
 from relay.errors import UsageError
 from relay.runtime.member import (
@@ -390,7 +391,8 @@ async def _talk(
             if speaking.done():
                 result = speaking.result()
                 report["frames_sent"] = result.frames_sent
-                report["voice_packets"] = result.packets_sent - SEAL_COPIES
+                report["voice_packets"] = result.packets_sent - SEAL_COPIES - result.checkpoints
+                report["checkpoints"] = result.checkpoints
                 report["speech_seconds"] = round(over.seconds, 3)
             else:
                 speaking.cancel()
@@ -415,7 +417,8 @@ async def _talk(
                     until=lambda: stop.is_set() or loop.time() >= deadline,
                 )
             report["frames_sent"] = live.frames_sent
-            report["voice_packets"] = live.packets_sent - SEAL_COPIES
+            report["voice_packets"] = live.packets_sent - SEAL_COPIES - live.checkpoints
+            report["checkpoints"] = live.checkpoints
             report["speech_seconds"] = round(live.positions * mode.frame_seconds, 3)
             report["interrupted"] = stop.is_set()
         await m.link.drain()
@@ -442,9 +445,16 @@ async def _talk(
 @click.option("--speaker", is_flag=True, help="Play through the speaker (needs relay[audio]).")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--overs", type=int, help="Stop after hearing this many overs.")
+@click.option(
+    "--verified-only",
+    is_flag=True,
+    help="Play only words the speaker's signature covers (a signed checkpoint every ~1.7 s "
+    "of speech, or the seal): nothing injected is ever played, at about 2 s more delay, and "
+    "what loss leaves unverifiable is silence.",
+)
 @home_option
 @_json_option
-def listen_cmd(room, url, out_path, speaker, duration, overs, home, as_json) -> None:
+def listen_cmd(room, url, out_path, speaker, duration, overs, verified_only, home, as_json) -> None:
     """Hear ROOM: play or record what is said, and say who said it and whether it is verified.
 
     Listening never transmits: a receive-only radio cannot be found by direction finding.
@@ -452,13 +462,16 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, home, as_json) -> 
     speaker's fingerprint (short hex if they never introduced themselves) and the verdict —
     verified (the speaker's signature covers every word played), partial (some frames lost,
     nothing contradicted), forged (words the speaker did not say) or unsigned (the seal
-    never came). Runs until --overs, --duration or Ctrl-C.
+    never came). Words injected in a speaker's name are flagged on stderr while the over
+    goes on, within about 2 s (the speaker signs checkpoints as it talks); --verified-only
+    plays only what is verified. Runs until --overs, --duration or Ctrl-C.
 
     \b
     Examples:
       relay listen market --link sim://127.0.0.1:7300 --speaker
       relay listen market --link sim://127.0.0.1:7300 --out heard.wav --duration 600
       relay listen market --link sim://127.0.0.1:7300?node=ben --overs 1 --json
+      relay listen market --link sim://127.0.0.1:7300 --speaker --verified-only
     """
     _positive("--duration", duration)
     if overs is not None and overs < 1:
@@ -475,7 +488,9 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, home, as_json) -> 
         sink = SpeakerSink(require_sounddevice("--speaker"))
     h = resolve_home(home)
     try:
-        report = asyncio.run(_listen(h, room, url, sink, duration, overs, out_path, as_json))
+        report = asyncio.run(
+            _listen(h, room, url, sink, duration, overs, out_path, as_json, verified_only)
+        )
     finally:
         if sink is not None:
             sink.close()
@@ -503,17 +518,35 @@ def _over_line(m, over: Over) -> dict[str, Any]:
     }
 
 
-async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json) -> dict[str, Any]:
+async def _listen(
+    home, room_ref, url, sink, duration, overs, out_path, as_json, verified_only=False
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(stop)
     if sink is not None:
         from relay.voice.device import SpeakerPlayout
 
-        playout: Playout = SpeakerPlayout(sink)
+        playout: Playout = SpeakerPlayout(sink, verified_only=verified_only)
     else:
-        playout = Playout()
-    async with open_member(home, room_ref, url, playout=playout, on_event=_relay_notices) as m:
+        playout = Playout(verified_only=verified_only)
+    flagged: list[dict[str, Any]] = []
+    member: list[Member] = []
+
+    def on_event(event: RoomEvent) -> None:
+        _relay_notices(event)
+        if isinstance(event, SpeechFlagged) and member:
+            m = member[0]
+            first = event.positions[0] if event.positions else 0
+            seconds = round(first * m.mode.frame_seconds, 2)
+            flagged.append({"speaker": m.name_of(event.speaker), "at_seconds": seconds})
+            _note(
+                f"FLAGGED: words the speaker did not say were sent as {m.name_of(event.speaker)}"
+                f" at {seconds:.2f} s into the over" + (" (not played)" if verified_only else "")
+            )
+
+    async with open_member(home, room_ref, url, playout=playout, on_event=on_event) as m:
+        member.append(m)
         if warning := m.radio_mismatch():
             _note(f"warning: {warning}")
         _note(
@@ -551,6 +584,7 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
             await playout.wait_overs(len(lines) + 1, wait)
         dropped = dict(m.node.log.dropped)
         notices = list(m.node.log.notices)
+        verified_packets = m.node.log.verified_packets
         link_url = m.link.url
         room_name = m.info.name
     heard = [o for o in playout.overs[: len(lines)]]
@@ -571,6 +605,9 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
         "stopped": stopped,
         "dropped": dropped,
         "relay_notices": notices,
+        "verified_only": verified_only,
+        "verified_packets": verified_packets,
+        "flagged": flagged,
     }
 
 

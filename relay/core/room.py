@@ -23,7 +23,8 @@ import math
 import os
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
@@ -33,7 +34,7 @@ from relay.core.notice import RelayNotice, is_notice, parse_notice
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
 from relay.core.session import HINT_TOLERANCE, CounterSource, Receiver, Sender
 from relay.core.signing import signed_message, split_signature
-from relay.core.wire import VOICE_PACKET_OVERHEAD, ControlKind
+from relay.core.wire import VOICE_PACKET_OVERHEAD, ControlKind, fec_mode
 from relay.errors import PacketError, UsageError
 from relay.voice.modes import CodecMode
 
@@ -47,7 +48,14 @@ SEAL_COPIES = 2
 MAX_PACKET_RATE = 50
 COUNTER_SLACK = 256
 SIGNED_KINDS = frozenset(
-    (ControlKind.OVER_END, ControlKind.HAND, ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY)
+    (
+        ControlKind.OVER_END,
+        ControlKind.HAND,
+        ControlKind.MOD,
+        ControlKind.BEACON,
+        ControlKind.REKEY,
+        ControlKind.CHECKPOINT,
+    )
 )
 REPLAY_WINDOW = 4096
 SKIPPED = b""  # a position the speaker skipped (DTX), as the over seal covers it
@@ -57,6 +65,13 @@ REKEY_COPIES = 3
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
+# Live verification: the floor holder signs digests of its packets every this many seconds
+# of speech, so a listener flags injected words within about 2 s of when they were "said"
+# (the interval, plus a packet's and the checkpoint's airtime). See README "Verified overs".
+CHECKPOINT_SECONDS = 1.7
+# Voice packets a listener keeps waiting for a checkpoint, and digests of packets it has not
+# heard yet: what a key holder injecting inside the grant's counter range can make it hold.
+MAX_PENDING = 1024
 
 
 # ---------------------------------------------------------------------------- events
@@ -83,6 +98,30 @@ class OverEnded:
     frames: int
     segments_ok: int = 0
     segments_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechVerified:
+    """Voice packets of the floor holder that its own signature now covers: a checkpoint
+    (every ~1.7 s of speech) or, for the last packets of an over, the seal. These frames at
+    these positions are the speaker's words; a listener that plays only what is verified
+    (``relay listen --verified-only``) plays exactly these. ``by``: checkpoint | seal."""
+
+    speaker: bytes
+    packets: tuple[VoiceFrames, ...]
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechFlagged:
+    """Words were received in the floor holder's name that it did not say: its signed
+    checkpoint contradicts packets we accepted (``checkpoint``), or two different frames came
+    for one position (``conflict``). ``positions``: the over positions concerned."""
+
+    speaker: bytes
+    positions: tuple[int, ...]
+    reason: str
+    time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +179,8 @@ RoomEvent = (
     Voice
     | Clip
     | OverEnded
+    | SpeechVerified
+    | SpeechFlagged
     | FloorChanged
     | HandRaised
     | MemberChanged
@@ -166,6 +207,33 @@ class _Listening:
     # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
+    # Live checks (checkpoints): packets heard but not yet covered, by counter, with our own
+    # digest of each; digests a checkpoint gave for counters not heard yet; positions of
+    # packets a checkpoint verified; whether anything was flagged.
+    heard: dict[int, tuple[VoiceFrames, bytes]] = field(default_factory=dict)
+    expected: dict[int, bytes] = field(default_factory=dict)
+    verified: set[int] = field(default_factory=set)
+    flagged: bool = False
+    # Counters of the speaker's checkpoints: a voice packet right after one still follows
+    # the previous voice packet directly (for telling DTX skips from loss).
+    checkpoints: set[int] = field(default_factory=set)
+
+    def follows(self, counter: int) -> bool:
+        """Nothing but checkpoints was sent between the last voice packet and ``counter``."""
+        last = self.last_counter
+        if last is None or counter <= last or counter - last - 1 > len(self.checkpoints):
+            return False
+        return all(c in self.checkpoints for c in range(last + 1, counter))
+
+
+def _positions(event: VoiceFrames) -> tuple[int, ...]:
+    return tuple(range(event.position, event.position + len(event.frames)))
+
+
+def _cap(table: dict[int, Any], limit: int) -> None:
+    """Keep the ``limit`` highest counters of ``table`` (the oldest go first)."""
+    while len(table) > limit:
+        del table[min(table)]
 
 
 def _grant_range(extra: bytes, seconds: int) -> tuple[int, int] | None:
@@ -220,6 +288,14 @@ class Room:
         self._listening: dict[bytes, _Listening] = {}
         self._my_over: dict[int, bytes] = {}
         self._my_fpp = 1
+        # Live checkpoints of our own over: digests of voice packets not yet covered (by
+        # counter), the first counter the next checkpoint covers, and the speech time (s)
+        # from which it covers, up to the end of the last packet sent.
+        self.checkpoint_seconds = CHECKPOINT_SECONDS
+        self._ck: dict[int, bytes] = {}
+        self._ck_from: int | None = None
+        self._ck_since = 0.0
+        self._ck_until = 0.0
         # (key id, speaker) -> grant of the last seal handled: grants restart with each key.
         self._sealed: dict[tuple[str, bytes], int] = {}
         # Called with (epoch, key) whenever the room key changes, by our own removal of a
@@ -423,7 +499,43 @@ class Room:
         for i, frame in enumerate(frames):
             self._my_over[position + i] = frame
         self._my_fpp = max(self._my_fpp, len(frames))
-        return self.sender.voice(mode, position, frames, now, redundant)
+        packet = self.sender.voice(mode, position, frames, now, redundant)
+        counter = int.from_bytes(packet[4:7], "big")
+        red_index = None if redundant is None else fec_mode(mode).wire_index
+        self._ck[counter] = msg.live_digest(
+            self.keys.key_id,
+            self.me.identity,
+            counter,
+            mode.wire_index,
+            position,
+            frames,
+            red_index,
+            redundant or (),
+        )
+        if self._ck_from is None:
+            self._ck_from, self._ck_since = counter, position * mode.frame_seconds
+        self._ck_until = max(self._ck_until, (position + len(frames)) * mode.frame_seconds)
+        return packet
+
+    def checkpoint(self, now: float, *, force: bool = False) -> bytes | None:
+        """Our signed checkpoint, when ``checkpoint_seconds`` of speech (pauses included)
+        went out since the last one (``force``: whenever a voice packet is uncovered); else
+        None. Call it after each voice packet. It covers every counter from the previous
+        checkpoint's own (as "no voice") to just below its own, so a packet injected under
+        any of our counters, the checkpoint's included, is contradicted by the next one."""
+        if self._ck_from is None or not self._ck or not self.holds_floor(now):
+            return None
+        if not force and self._ck_until - self._ck_since < self.checkpoint_seconds - 1e-9:
+            return None
+        own = self.sender.next_counter
+        first = max(self._ck_from, own - msg.MAX_CHECKPOINT_PACKETS)
+        key_id, me = self.keys.key_id, self.me.identity
+        body = msg.Checkpoint(
+            tuple(self._ck.get(c) or msg.live_none(key_id, me, c) for c in range(first, own))
+        ).pack()
+        packet = self.sender.control_signed(ControlKind.CHECKPOINT, body, self.me, now)
+        self._ck, self._ck_from, self._ck_since = {}, own, self._ck_until
+        return packet
 
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
@@ -440,6 +552,8 @@ class Room:
         # Positions we skipped (DTX) are sealed as skipped: listeners check that too.
         frames = [self._my_over.get(p, SKIPPED) for p in range(max(self._my_over, default=-1) + 1)]
         self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
+        # The seal covers what the last checkpoint did not (listeners verify the tail by it).
+        self._ck, self._ck_from, self._ck_since, self._ck_until = {}, None, 0.0, 0.0
         seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp).pack()
         packets = [
             self.sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
@@ -542,14 +656,11 @@ class Room:
         if event.sender != self.floor or event.sender in self.muted:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
-        if (
-            listening.last_counter is not None
-            and event.counter == listening.last_counter + 1
-            and event.position > listening.last_end + 1
-        ):
+        clashes: list[int] = []
+        if listening.follows(event.counter) and event.position > listening.last_end + 1:
             for pos in range(listening.last_end + 1, event.position):
                 if listening.frames.setdefault(pos, SKIPPED) != SKIPPED:
-                    listening.conflict = True
+                    clashes.append(pos)
         if listening.last_counter is None or event.counter > listening.last_counter:
             listening.last_counter = event.counter
             listening.last_end = max(listening.last_end, event.position + len(event.frames) - 1)
@@ -560,8 +671,79 @@ class Room:
         for i, frame in enumerate(event.frames):
             held = listening.frames.setdefault(event.position + i, frame)
             if held != frame:
-                listening.conflict = True  # two different frames for one position
-        return [Voice(event)]
+                clashes.append(event.position + i)  # two different frames for one position
+        events: list[RoomEvent] = [Voice(event)]
+        if clashes:
+            listening.conflict = True
+            events.append(self._flag(listening, event.sender, clashes, "conflict", now))
+        return events + self._live_check(listening, event, now)
+
+    # ------------------------------------------------------------------ live checks
+    def _flag(
+        self, listening: _Listening, speaker: bytes, positions: Iterable[int], why: str, now: float
+    ) -> SpeechFlagged:
+        listening.flagged = True
+        self.stats["flagged_speech"] += 1
+        return SpeechFlagged(speaker, tuple(sorted(set(positions))), why, now)
+
+    def _live_check(self, listening: _Listening, event: VoiceFrames, now: float) -> list[RoomEvent]:
+        """Check a voice packet against a checkpoint that already covered its counter, or
+        keep it (and our digest of it) for the checkpoint to come."""
+        red = None if event.redundant_mode is None else event.redundant_mode.wire_index
+        mine = msg.live_digest(
+            self.keys.key_id,
+            event.sender,
+            event.counter,
+            event.mode.wire_index,
+            event.position,
+            event.frames,
+            red,
+            event.redundant,
+        )
+        said = listening.expected.pop(event.counter, None)
+        if said is None:
+            listening.heard[event.counter] = (event, mine)
+            _cap(listening.heard, MAX_PENDING)
+            return []
+        if said != mine:
+            return [self._flag(listening, event.sender, _positions(event), "checkpoint", now)]
+        listening.verified.update(_positions(event))
+        return [SpeechVerified(event.sender, (event,), "checkpoint")]
+
+    def _on_checkpoint(self, event: ControlMessage, body: bytes, now: float) -> list[RoomEvent]:
+        speaker = event.sender
+        if speaker != self.floor:
+            return [self._drop("floor_violation", "checkpoint from a member without the floor")]
+        if self.grant_range and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
+            return [self._drop("floor_violation", "checkpoint outside the grant's counters")]
+        checkpoint = msg.Checkpoint.parse(body)
+        first = event.counter - len(checkpoint.digests)
+        if first < 0:
+            raise PacketError("malformed", "checkpoint covers counters below zero")
+        listening = self._listening.setdefault(speaker, _Listening())
+        listening.checkpoints.add(event.counter)
+        key_id = self._opened_with.key_id
+        verified: list[VoiceFrames] = []
+        forged: list[int] = []
+        for counter, said in enumerate(checkpoint.digests, first):
+            got = listening.heard.pop(counter, None)
+            if got is None:
+                if said != msg.live_none(key_id, speaker, counter):
+                    listening.expected[counter] = said  # checked if it arrives late
+                continue
+            heard, mine = got
+            if mine == said:
+                verified.append(heard)
+                listening.verified.update(_positions(heard))
+            else:
+                forged += _positions(heard)
+        _cap(listening.expected, MAX_PENDING)
+        events: list[RoomEvent] = []
+        if verified:
+            events.append(SpeechVerified(speaker, tuple(verified), "checkpoint"))
+        if forged:
+            events.append(self._flag(listening, speaker, forged, "checkpoint", now))
+        return events
 
     def _on_hello(self, event: Hello, now: float) -> list[RoomEvent]:
         """An introduction names a member; it does not enroll it (only a moderator's
@@ -646,6 +828,8 @@ class Room:
         body = self._gated_body  # the gate verified the signature
         if kind == ControlKind.OVER_END:
             return self._on_over_end(event, body)
+        if kind == ControlKind.CHECKPOINT:
+            return self._on_checkpoint(event, body, now)
         if kind == ControlKind.HAND:
             raised = msg.parse_hand(body)
             if raised:
@@ -757,18 +941,20 @@ class Room:
             self.floor = None
         if seal.grant_seq != self.grant_seq:
             return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
-        if listening.conflict:
+        if listening.conflict or listening.flagged:
             self.stats["forged_over"] += 1
             return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
         if not listening.frames:
             return [OverEnded(speaker, "unheard", seal.frames, 0, len(seal.digests))]
         ok = unverifiable = 0
+        sealed: set[int] = set()  # positions in segments the seal verified
         for i, digest in enumerate(seal.digests):
             start = i * seal.segment_frames
             positions = range(start, min(start + seal.segment_frames, seal.frames))
             have = [p for p in positions if p in listening.frames]
             if len(have) < len(positions):
-                unverifiable += len(have)  # played, but its segment cannot be checked
+                # Played, but its segment cannot be checked (unless a checkpoint did).
+                unverifiable += sum(1 for p in have if p not in listening.verified)
                 continue
             frames = [listening.frames[p] for p in positions]
             mine = msg.segment_digest(self._opened_with.key_id, speaker, seal.grant_seq, i, frames)
@@ -776,14 +962,25 @@ class Room:
                 self.stats["forged_over"] += 1
                 return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
             ok += 1
+            sealed.update(positions)
         if any(p >= seal.frames or p < 0 for p in listening.frames):
             return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
         unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
-        # Verified: every frame that was played is covered by a verified segment (frames
-        # that never arrived were concealment, not words).
+        # Verified: every frame that was played is covered by a verified segment or
+        # checkpoint (frames that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
         self._heard(listening, seal.frames)
-        events: list[RoomEvent] = [OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests))]
+        events: list[RoomEvent] = []
+        # The packets after the last checkpoint: the seal verifies their frames (not their
+        # FEC copies, which it does not cover).
+        tail = tuple(
+            replace(heard, redundant=(), redundant_mode=None)
+            for _, (heard, _) in sorted(listening.heard.items())
+            if all(p in sealed for p in _positions(heard))
+        )
+        if tail:
+            events.append(SpeechVerified(speaker, tail, "seal"))
+        events.append(OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests)))
         if seal.loss is not None:
             events.append(LossReport(speaker, seal.loss, event.time))
         return events

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.errors import PacketError, UsageError
@@ -261,6 +262,79 @@ def segment_digest(
             h.update(len(frame).to_bytes(1, "big"))
         h.update(frame)
     return h.digest()[:DIGEST_LEN]
+
+
+# Live checkpoints (see Room.checkpoint): a short digest per packet counter. Two bytes: a
+# key holder injecting blind (before the speaker's packet for that counter exists) passes
+# with probability 2^-16 per packet, and every injected word spans several packets.
+LIVE_DIGEST_LEN = 2
+MAX_CHECKPOINT_PACKETS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The floor holder's signed word on its latest packets, sent every ~1.7 s of speech.
+
+    It covers the ``len(digests)`` packet counters just below its own (signed) counter: one
+    digest per counter, of the voice packet sent under it, or :func:`live_none` for a counter
+    that carried no voice (an earlier checkpoint). No positions: they are in the digests."""
+
+    digests: tuple[bytes, ...]
+
+    def pack(self) -> bytes:
+        if not 1 <= len(self.digests) <= MAX_CHECKPOINT_PACKETS:
+            raise UsageError(f"a checkpoint covers 1..{MAX_CHECKPOINT_PACKETS} packets")
+        if any(len(d) != LIVE_DIGEST_LEN for d in self.digests):
+            raise UsageError(f"checkpoint digests are {LIVE_DIGEST_LEN} bytes")
+        return bytes((len(self.digests),)) + b"".join(self.digests)
+
+    @classmethod
+    def parse(cls, body: bytes) -> Checkpoint:
+        _need(body, 1, "checkpoint")
+        count = body[0]
+        if count < 1:
+            raise PacketError("malformed", "checkpoint covers no packets")
+        _exact(body[1:], count * LIVE_DIGEST_LEN, "checkpoint digests")
+        return cls(
+            tuple(
+                bytes(body[1 + i * LIVE_DIGEST_LEN : 1 + (i + 1) * LIVE_DIGEST_LEN])
+                for i in range(count)
+            )
+        )
+
+
+def _live_hash(key_id: str, speaker: bytes, counter: int) -> hashlib._Hash:
+    h = hashlib.sha256(b"relay/v1 live")
+    h.update(bytes.fromhex(key_id) + speaker + counter.to_bytes(3, "big"))
+    return h
+
+
+def live_digest(
+    key_id: str,
+    speaker: bytes,
+    counter: int,
+    mode_index: int,
+    position: int,
+    frames: Sequence[bytes],
+    redundant_index: int | None = None,
+    redundant: Sequence[bytes] = (),
+) -> bytes:
+    """Digest of one voice packet as its plaintext says it: counter, codec mode, the low 8
+    bits of its position, its frames and any FEC copies (so verified copies are the
+    speaker's too). Every field has a fixed or stated length: no two packets hash alike."""
+    h = _live_hash(key_id, speaker, counter)
+    red = 0xFF if redundant_index is None else redundant_index
+    h.update(bytes((1, mode_index, position % 256, len(frames), red, len(redundant))))
+    for frame in (*frames, *redundant):
+        h.update(len(frame).to_bytes(1, "big") + frame)
+    return h.digest()[:LIVE_DIGEST_LEN]
+
+
+def live_none(key_id: str, speaker: bytes, counter: int) -> bytes:
+    """The digest a checkpoint gives a counter that carried no voice packet."""
+    h = _live_hash(key_id, speaker, counter)
+    h.update(b"\x00")
+    return h.digest()[:LIVE_DIGEST_LEN]
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,7 @@ class ControlKind(enum.IntEnum):
     MOD = 3  # a moderator's action: grant, revoke, mute, unmute, remove, appoint (signed)
     BEACON = 4  # the moderator's signed snapshot of the room, for late joiners
     REKEY = 5  # a new room key, sealed to each remaining member (signed)
+    CHECKPOINT = 6  # the floor holder's signed digests of its latest voice packets (live check)
 
 
 HELLO_NONCE_LEN = 12

@@ -25,10 +25,19 @@ from relay.core.room import (
     RelayNoticed,
     Room,
     RoomEvent,
+    SpeechFlagged,
+    SpeechVerified,
     Voice,
 )
 from relay.links.base import Link
-from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
+from relay.runtime.voice import (
+    Playout,
+    RoomClock,
+    TalkResult,
+    batches,
+    send_checkpoint,
+    speak,
+)
 from relay.voice.adapt import ModePolicy
 from relay.voice.modes import CodecMode
 from relay.voice.over import EncodedOver, OverEncoder, SentFrame
@@ -49,6 +58,9 @@ class NodeLog:
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what relays said they did not forward
+    flags: list[SpeechFlagged] = field(default_factory=list)  # words injected in a speaker's name
+    verified_packets: int = 0  # voice packets the speaker's signature covered (live or seal)
+    flag_times: list[float] = field(default_factory=list)  # loop time each flag was raised
 
 
 @dataclass
@@ -137,7 +149,16 @@ class RoomNode:
             if isinstance(event, Voice):
                 self.log.voice_packets += 1
                 self.log.voice_frames += len(event.frames.frames)
-                self.playout.voice(event.frames, arrival)
+                if not self.playout.verified_only:
+                    self.playout.voice(event.frames, arrival)
+            elif isinstance(event, SpeechVerified):
+                self.log.verified_packets += len(event.packets)
+                if self.playout.verified_only:
+                    for frames in event.packets:
+                        self.playout.voice(frames, arrival)
+            elif isinstance(event, SpeechFlagged):
+                self.log.flags.append(event)
+                self.log.flag_times.append(arrival)
             elif isinstance(event, OverEnded):
                 self.log.overs.append(event)
                 self.playout.end(event.speaker, event.frames, event.verdict)
@@ -226,6 +247,7 @@ class RoomNode:
             self.clock,
             redundant,
             positions,
+            self.room.checkpoint,
         )
 
     async def speak_over(self, over: EncodedOver, frames_per_packet: int) -> TalkResult:
@@ -278,6 +300,7 @@ class RoomNode:
             packet = self.room.voice(mode, first, batch, self.clock(), copies)
             await self.link.send(packet)
             result.count(packet, len(batch), mode.bytes_per_frame)
+            await send_checkpoint(self.link, self.room.checkpoint, self.clock(), result)
 
     # ---------------------------------------------------------------- moderating
     async def moderate(
