@@ -620,9 +620,40 @@ class Room:
             else:
                 self._previous = None
         try:
-            return self._handle(event, now)
+            events = self._handle(event, now)
+            if isinstance(event, Rejected) and event.reason == "replay":
+                events += self._on_reused_counter(packet, now)
+            return events
         except PacketError as exc:
             return [self._drop(exc.reason, str(exc))]
+
+    def _on_reused_counter(self, packet: bytes, now: float) -> list[RoomEvent]:
+        """A packet under a counter of the floor holder we already accepted: if it is
+        authentic and says something else, one of the two was injected. A signed checkpoint
+        proves the voice we took under its counter was not the speaker's (a key holder raced
+        it to hide the checkpoint), and is still checked; two different voice packets are a
+        conflict."""
+        listening = self._listening.get(self.floor) if self.floor is not None else None
+        if listening is None:
+            return []
+        event = self.receiver.reopen(packet, now)
+        if event is None or getattr(event, "sender", None) != self.floor:
+            return []
+        got = listening.heard.get(event.counter)
+        if isinstance(event, ControlMessage) and event.kind == ControlKind.CHECKPOINT:
+            body = self._verified_body(event)  # PacketError if not the speaker's
+            events: list[RoomEvent] = []
+            if got is not None:
+                del listening.heard[event.counter]
+                events.append(
+                    self._flag(listening, event.sender, _positions(got[0]), "counter", now)
+                )
+            return events + self._on_checkpoint(event, body, now)
+        if isinstance(event, VoiceFrames) and got is not None and self._digest(event) != got[1]:
+            listening.conflict = True
+            both = (*_positions(got[0]), *_positions(event))
+            return [self._flag(listening, event.sender, both, "counter", now)]
+        return []
 
     def _on_notice(self, packet: bytes, now: float) -> RelayNoticed | Dropped:
         try:
@@ -686,11 +717,10 @@ class Room:
         self.stats["flagged_speech"] += 1
         return SpeechFlagged(speaker, tuple(sorted(set(positions))), why, now)
 
-    def _live_check(self, listening: _Listening, event: VoiceFrames, now: float) -> list[RoomEvent]:
-        """Check a voice packet against a checkpoint that already covered its counter, or
-        keep it (and our digest of it) for the checkpoint to come."""
+    def _digest(self, event: VoiceFrames) -> bytes:
+        """Our live digest of a received voice packet, as the speaker computed it."""
         red = None if event.redundant_mode is None else event.redundant_mode.wire_index
-        mine = msg.live_digest(
+        return msg.live_digest(
             self.keys.key_id,
             event.sender,
             event.counter,
@@ -700,6 +730,11 @@ class Room:
             red,
             event.redundant,
         )
+
+    def _live_check(self, listening: _Listening, event: VoiceFrames, now: float) -> list[RoomEvent]:
+        """Check a voice packet against a checkpoint that already covered its counter, or
+        keep it (and our digest of it) for the checkpoint to come."""
+        mine = self._digest(event)
         said = listening.expected.pop(event.counter, None)
         if said is None:
             listening.heard[event.counter] = (event, mine)
@@ -941,10 +976,8 @@ class Room:
             self.floor = None
         if seal.grant_seq != self.grant_seq:
             return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
-        if listening.conflict or listening.flagged:
-            self.stats["forged_over"] += 1
-            return [OverEnded(speaker, "forged", seal.frames, 0, len(seal.digests))]
-        if not listening.frames:
+        forged = listening.conflict or listening.flagged
+        if not forged and not listening.frames:
             return [OverEnded(speaker, "unheard", seal.frames, 0, len(seal.digests))]
         ok = unverifiable = 0
         sealed: set[int] = set()  # positions in segments the seal verified
@@ -959,27 +992,31 @@ class Room:
             frames = [listening.frames[p] for p in positions]
             mine = msg.segment_digest(self._opened_with.key_id, speaker, seal.grant_seq, i, frames)
             if mine != digest:
-                self.stats["forged_over"] += 1
-                return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
+                forged = True
+                continue
             ok += 1
             sealed.update(positions)
         if any(p >= seal.frames or p < 0 for p in listening.frames):
-            return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
+            forged = True
+        # The packets no checkpoint covered (the last ones): the seal verifies their frames
+        # where they are the frames it checked (not their FEC copies: it does not cover them).
+        tail = tuple(
+            replace(heard, redundant=(), redundant_mode=None)
+            for _, (heard, _) in sorted(listening.heard.items())
+            if all(
+                p in sealed and listening.frames.get(p) == frame
+                for p, frame in zip(_positions(heard), heard.frames, strict=True)
+            )
+        )
+        events: list[RoomEvent] = [SpeechVerified(speaker, tail, "seal")] if tail else []
+        if forged:
+            self.stats["forged_over"] += 1
+            return [*events, OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
         unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
         # Verified: every frame that was played is covered by a verified segment or
         # checkpoint (frames that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
         self._heard(listening, seal.frames)
-        events: list[RoomEvent] = []
-        # The packets after the last checkpoint: the seal verifies their frames (not their
-        # FEC copies, which it does not cover).
-        tail = tuple(
-            replace(heard, redundant=(), redundant_mode=None)
-            for _, (heard, _) in sorted(listening.heard.items())
-            if all(p in sealed for p in _positions(heard))
-        )
-        if tail:
-            events.append(SpeechVerified(speaker, tail, "seal"))
         events.append(OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests)))
         if seal.loss is not None:
             events.append(LossReport(speaker, seal.loss, event.time))

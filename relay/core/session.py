@@ -303,6 +303,26 @@ class Receiver:
         self.accepted += 1
         return Hello(public, kind, bytes(body), header.counter, now)
 
+    def reopen(self, packet: bytes, now: float) -> Event | None:
+        """Open a packet the replay window refused, changing no state (no window, no
+        position history): the event it carries if it is authentic, else None.
+
+        A second authentic packet under a counter already used is never an honest resend
+        (those are byte-identical): the rooms layer uses this to see what it says."""
+        try:
+            header, associated, sealed = wire.split(packet)
+            if header.ptype == wire.PacketType.HELLO:
+                return None
+            for peer in self._by_short.get(header.sender, ()):
+                try:
+                    plaintext = peer.cipher.open(associated, header.counter, sealed)
+                except PacketError:
+                    continue
+                return self._event(peer, header, plaintext, now)
+        except PacketError:
+            return None
+        return None
+
     def forget_sender(self, identity: bytes) -> None:
         """Stop accepting a member's packets (removed from the room)."""
         peer = self._peers.pop(identity, None)
