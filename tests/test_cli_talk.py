@@ -370,3 +370,53 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
 
     ana_id, _, marks = run(scenario(), virtual=True)
     assert ana_id in marks and marks[ana_id] >= 0
+
+
+def test_listen_verified_only_flags_injected_words(homes, capsys) -> None:
+    """`relay listen --verified-only` (in-process, virtual time): a key holder injects a
+    packet in the speaker's name mid-over; the listener flags it on stderr and in its JSON,
+    and plays only what the speaker's checkpoints and seal verified."""
+    from relay.cli.talk import _listen, _talk
+    from relay.core.session import Sender
+    from relay.links.url import open_link
+    from relay.store.counters import MemoryCounters
+
+    url = "sim://verified-only?preset=SHORT_TURBO&lbt=on"  # Eve waits for a clear channel
+
+    async def scenario() -> tuple[dict, dict, int]:
+        loop = asyncio.get_running_loop()
+        mod_home, ana_home, ben_home = (Home(homes[n]) for n in ("mod", "ana", "ben"))
+        async with open_member(mod_home, "market", url) as mod:
+            stop = asyncio.Event()
+            moderating = asyncio.create_task(mod.node.moderate(auto_grant=20, stop=stop))
+            listening = asyncio.create_task(
+                _listen(ben_home, "market", url, None, 30.0, 1, None, True, verified_only=True)
+            )
+            await asyncio.sleep(0.5)
+            talking = asyncio.create_task(
+                _talk(ana_home, "market", url, PCM, None, None, True, 10.0, dtx=False)
+            )
+            while mod.room.floor is None:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2.5)
+            # The moderator's device holds the room key, like any member's: it forges.
+            ana = mod.room.floor
+            peer = mod.room.receiver._peers[ana]
+            forger = Sender(mod.room.keys, ana, MemoryCounters())
+            forger._next, forger._limit = peer.window.highest + 2, peer.window.highest + 3
+            position = peer.last_position + 3  # the speaker's packet after next (2 frames each)
+            eve = open_link(url)
+            await eve.send(forger.voice(mod.mode, position, [b"\x66" * 8] * 2, time.time()))
+            said, heard = await talking, await listening
+            await eve.close()
+            stop.set()
+            await moderating
+        return said, heard, round(loop.time())
+
+    said, heard, _ = run(scenario(), virtual=True)
+    assert said["granted"] and said["checkpoints"] >= 3
+    assert heard["verified_only"] and heard["verified_packets"] >= said["voice_packets"] - 2
+    (over,) = heard["overs"]
+    assert over["verdict"] == "forged" and len(heard["flagged"]) >= 1, (heard["dropped"], said)
+    assert heard["audio_seconds"] > 5.0  # the speaker's verified words were played
+    assert "FLAGGED: words the speaker did not say" in capsys.readouterr().err
