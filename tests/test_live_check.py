@@ -144,9 +144,16 @@ class Trio:
 
     def __init__(self) -> None:
         self.mod_id, self.ana_id, self.eve_id, self.ben_id = (Identity.generate() for _ in range(4))
+        members = [i.public for i in (self.ana_id, self.eve_id, self.ben_id)]
         self.rooms = {
             i.identity: Room(
-                bytes(8), bytes(range(32)), 0, [self.mod_id.public], i, MemoryCounters()
+                bytes(8),
+                bytes(range(32)),
+                0,
+                [self.mod_id.public],
+                i,
+                MemoryCounters(),
+                roster=members if i is self.mod_id else (),
             )
             for i in (self.mod_id, self.ana_id, self.eve_id, self.ben_id)
         }
@@ -267,3 +274,15 @@ def test_an_injection_flood_keeps_bounded_state() -> None:
         t.send(t.forged(first + i, 4 * (i % 200) + 8), to=[t.ben])
     listening = t.ben._listening[t.ana_id.identity]
     assert len(listening.heard) <= MAX_PENDING
+
+
+def test_a_key_rotation_mid_over_neither_crashes_the_speaker_nor_flags_it() -> None:
+    t = Trio()
+    t.speak(5)
+    for packet in t.mod.remove(t.eve_id.identity, t.now):  # counters restart under the new key
+        t.send(packet, to=[t.ana, t.ben])
+    assert t.ana.epoch == t.ben.epoch == 1
+    events = t.speak(14)
+    assert _of(events, SpeechVerified) and not _of(events, SpeechFlagged)
+    ended = _of(t.seal(), OverEnded)[0]
+    assert ended.verdict in ("verified", "partial") and not t.ben.stats["flagged_speech"]

@@ -331,9 +331,16 @@ class Room:
             old.forget_sender(ident)
         self._previous = (old, now + REKEY_GRACE)
         self.epoch = epoch
-        # Counters restart under the new key: ranges and hand counters of the old one are void.
+        # Counters restart under the new key: ranges and hand counters of the old one are void,
+        # and so are live checks by counter (ours to send, and what we wait for from others).
         self._hand_counter.clear()
         self.grant_range = None
+        self._ck, self._ck_from = {}, None
+        for listening in self._listening.values():
+            listening.heard.clear()
+            listening.expected.clear()
+            listening.checkpoints.clear()
+            listening.last_counter = None
         self._install_key(key)
         if self.on_rotate is not None:
             self.on_rotate(epoch, key)
@@ -529,6 +536,9 @@ class Room:
             return None
         own = self.sender.next_counter
         first = max(self._ck_from, own - msg.MAX_CHECKPOINT_PACKETS)
+        if first >= own:  # nothing of ours under these counters (the key rotated)
+            self._ck, self._ck_from = {}, None
+            return None
         key_id, me = self.keys.key_id, self.me.identity
         body = msg.Checkpoint(
             tuple(self._ck.get(c) or msg.live_none(key_id, me, c) for c in range(first, own))
