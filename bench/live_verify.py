@@ -88,6 +88,28 @@ def measure(profile: str, loss: float, fec: bool, dtx: bool, seeds: list[int]) -
     }
 
 
+def adversary_row(quick: bool) -> dict[str, Any]:
+    """The row bench/adversary.py shows for live injection (SHORT_FAST, 10 % loss)."""
+    r = measure("SHORT_FAST", 0.1, False, False, [1] if quick else [1, 2, 3])
+    flagged = r["injections_received"] - r["unflagged"]
+    return {
+        "attack": "words injected as the floor holder mid-over (SHORT_FAST, 10 % loss)",
+        "tried": r["injections_received"],
+        "rejected": flagged,
+        "played": r["injected_frames_played_verified_only"],
+        "memory_bytes": 0,
+        "cpu_us_per_packet": 0.0,
+        "notes": (
+            f"tried: injected packets received by listeners; rejected: flagged live (max "
+            f"{max(r['flag_s_raced_max'], r['flag_s_substituted_max']):.2f} s after their "
+            f"speech time, {r['unflagged']} only at the seal: checkpoint lost); played: "
+            f"injected frames played with --verified-only ({r['injected_frames_played']} "
+            "without); state bounded by MAX_PENDING (memory and CPU not measured here)"
+        ),
+        "extra": r,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed instead of three")

@@ -630,8 +630,9 @@ async def _listen(
 def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
     """Run ROOM as its moderator: grant the floor to the hand queue, send state beacons.
 
-    Prints hands raised, grants, overs with their verdicts, and packets dropped (voice
-    without the floor, forged or replayed moderation). Beacons tell late joiners who holds
+    Prints hands raised, grants, overs with their verdicts, words flagged as injected in a
+    speaker's name, and packets dropped (voice without the floor, forged or replayed
+    moderation). Beacons tell late joiners who holds
     the floor, at a rate the link's airtime allows. Only a moderator of ROOM can run this.
 
     \b
@@ -688,6 +689,8 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             say(f"floor: {holder}")
         elif isinstance(event, RelayNoticed):
             say(f"notice: {event.notice.text}")
+        elif isinstance(event, SpeechFlagged):
+            say(f"flagged: words {m.name_of(event.speaker)} did not say were sent in its name")
 
     async with open_member(home, room_ref, url, on_event=on_event, require_moderator=True) as m:
         member.append(m)
