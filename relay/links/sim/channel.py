@@ -751,10 +751,10 @@ def open_url(url: str) -> Link:
     contradict them.
 
     ``sim://HOST:PORT?node=alice`` (a port) joins the channel served by ``relay ether`` in
-    another process instead: see :mod:`relay.links.ether_client`.
+    another process instead: see :mod:`relay.links.sim.client`.
     """
     if remote_address(url) is not None:
-        from relay.links.ether_client import open_url as open_remote_url
+        from relay.links.sim.client import open_url as open_remote_url
 
         return open_remote_url(url)
     name, opts, node = parse_url(url)
