@@ -41,7 +41,7 @@ def at_cmd(
       relay emulate at --profile e22 --pty --link /tmp/e22-
     then: relay link check URL0 URL1 with two of the printed URLs
     """
-    from relay.cli.emulate import log_to_stderr, run_until_stopped
+    from relay.cli.foreground import log_to_stderr, run_until_stopped
     from relay.emulate.at import Emulator
     from relay.links.at.profile import profile as at_profile
     from relay.radio.lora import LoRaParams

@@ -13,7 +13,7 @@ from relay.errors import UsageError
 from relay.links.base import Link
 
 SCHEMES: dict[str, str] = {
-    "sim": "relay.links.sim.channel",
+    "sim": "relay.links.sim.url",
     "at": "relay.links.at.link",
     "meshtastic": "relay.links.meshtastic.link",
     "meshtastic+tcp": "relay.links.meshtastic.link",
