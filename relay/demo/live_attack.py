@@ -43,7 +43,7 @@ from relay.core.room import (
 from relay.core.session import Sender
 from relay.core.wire import ControlKind, PacketType, split
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run
 from relay.runtime.room import RoomNode
