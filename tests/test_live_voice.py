@@ -202,6 +202,10 @@ def test_live_over_without_fec_or_dtx_is_verified(continuous) -> None:
     assert said.frames_sent == said.positions == total
     assert as_sent(continuous["received"]) == file_packets(PCM, fec=False, dtx=False)
     assert set(continuous["ben"].voice_types) == {PacketType.VOICE}
+    # The live path signs checkpoints as it talks (every 1.7 s of speech), as the file path
+    # does: every packet was verified, most of them by a checkpoint before the seal.
+    assert said.checkpoints == int(total * MODE.frame_seconds / 1.7)
+    assert continuous["ben"].log.verified_packets == len(continuous["received"])
 
 
 def test_live_dtx_sends_fewer_packets_and_keeps_timing(tmp_path, continuous) -> None:
