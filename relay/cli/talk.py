@@ -449,8 +449,8 @@ async def _talk(
     "--verified-only",
     is_flag=True,
     help="Play only words the speaker's signature covers (a signed checkpoint every ~1.7 s "
-    "of speech, or the seal): nothing injected is ever played, at about 2 s more delay, and "
-    "what loss leaves unverifiable is silence.",
+    "of speech, or the seal): nothing injected is played, at about 1.7 s more delay; what "
+    "loss leaves unverifiable is concealed like a lost packet.",
 )
 @home_option
 @_json_option
