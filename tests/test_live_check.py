@@ -7,7 +7,7 @@ checkpoints, airtime) and sans-I/O with rooms passing packets in memory.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core import roommsg as msg
@@ -286,3 +286,38 @@ def test_a_key_rotation_mid_over_neither_crashes_the_speaker_nor_flags_it() -> N
     assert _of(events, SpeechVerified) and not _of(events, SpeechFlagged)
     ended = _of(t.seal(), OverEnded)[0]
     assert ended.verdict in ("verified", "partial") and not t.ben.stats["flagged_speech"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.data(),
+    st.integers(min_value=1, max_value=40),
+    st.booleans(),
+)
+def test_no_false_flags_whatever_is_lost_repeated_or_reordered(data, packets, skips) -> None:
+    """Genuine speech only (DTX skips, checkpoints, the seal), delivered with any losses,
+    duplicates and swaps of neighbours: nothing is ever flagged or forged."""
+    t = Trio()
+    sent = []  # every packet the speaker sends, in order
+    position = 0
+    for n in range(packets):
+        if skips and data.draw(st.booleans(), label=f"skip before {n}"):
+            position += data.draw(st.integers(min_value=5, max_value=60), label="pause")
+        frames = [bytes([n % 251, position % 251]) * 4] * 4
+        sent.append(t.ana.voice(MODE, position, frames, t.now))
+        position += 4
+        t.now += 0.16
+        checkpoint = t.ana.checkpoint(t.now)
+        if checkpoint is not None:
+            sent.append(checkpoint)
+    sent += t.ana.end_over(t.now)
+    delivered = []
+    for packet in sent:
+        fate = data.draw(st.sampled_from(["ok", "ok", "ok", "lost", "twice"]), label="fate")
+        delivered += [] if fate == "lost" else [packet] * (2 if fate == "twice" else 1)
+    for i in range(len(delivered) - 1):
+        if data.draw(st.booleans(), label=f"swap {i}") and i % 3 == 0:
+            delivered[i], delivered[i + 1] = delivered[i + 1], delivered[i]
+    events = [e for p in delivered for e in t.send(p, to=[t.ben])]
+    assert not _of(events, SpeechFlagged)
+    assert all(e.verdict != "forged" for e in _of(events, OverEnded))

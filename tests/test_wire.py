@@ -109,3 +109,14 @@ def test_building_impossible_values_is_a_usage_error():
 def test_unwrap_position_recovers_nearby_positions(expected, delta):
     actual = expected + delta
     assert wire.unwrap_position(actual % 256, expected) == actual
+
+
+@given(st.integers(0, 1_000_000), st.integers(0, 255), st.integers(0, 255), st.integers(0, 50))
+def test_unwrap_after_a_floor_survives_pauses_in_lost_packets(floor, gap, short, laps):
+    """A packet after the floor (the last one's end) is found wherever it lies in the next
+    256 positions, however far the estimate falls short of it (DTX pauses in lost packets),
+    and far beyond when the estimate is close (many lost packets, no pauses)."""
+    actual = floor + gap
+    assert wire.unwrap_position(actual % 256, max(floor, actual - short), floor) == actual
+    far = floor + gap + 256 * laps
+    assert wire.unwrap_position(far % 256, far - min(short, 120), floor) == far

@@ -374,4 +374,8 @@ class Receiver:
         if peer.last_position is None or now - peer.last_time > STREAM_GAP:
             return low
         expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
-        return wire.unwrap_position(low, expected)
+        # A later counter starts after the last packet: the estimate above assumes no DTX
+        # pause in the packets lost between, so it may fall short by a pause or two; the
+        # floor keeps that from unwrapping the packet 256 frames back onto earlier words.
+        floor = peer.last_position + 1 if counter > peer.last_counter else None
+        return wire.unwrap_position(low, expected, floor)

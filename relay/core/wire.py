@@ -276,8 +276,13 @@ def split(packet: bytes) -> tuple[Header, bytes, bytes]:
     return header, data[:HEADER_LEN], data[HEADER_LEN:]
 
 
-def unwrap_position(low: int, expected: int) -> int:
-    """The absolute frame index ≡ ``low`` (mod 256) nearest to ``expected``."""
+def unwrap_position(low: int, expected: int, floor: int | None = None) -> int:
+    """The absolute frame index ≡ ``low`` (mod 256) nearest to ``expected``; with ``floor``,
+    the nearest one at or above it (a later packet of a speaker starts after the last one)."""
+    if floor is not None:
+        first = floor + ((low - floor) % POSITION_MODULUS)
+        steps = max(0, round((expected - first) / POSITION_MODULUS))
+        return first + steps * POSITION_MODULUS
     base = expected - ((expected - low) % POSITION_MODULUS)
     candidates = (base, base + POSITION_MODULUS)
     return min(candidates, key=lambda c: (abs(c - expected), c))
