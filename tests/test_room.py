@@ -418,7 +418,6 @@ def test_injected_high_counter_does_not_crash_or_silence_the_speaker():
         for p in real:
             (event,) = _of(li.receive(p, net.now), Voice)
             assert event.frames.position >= 0
-        assert li.stats["flagged_speech"] == 1  # position 0 came twice, differently
 
 
 def test_a_different_frame_for_a_played_position_makes_the_over_forged():

@@ -120,3 +120,15 @@ def test_unwrap_after_a_floor_survives_pauses_in_lost_packets(floor, gap, short,
     assert wire.unwrap_position(actual % 256, max(floor, actual - short), floor) == actual
     far = floor + gap + 256 * laps
     assert wire.unwrap_position(far % 256, far - min(short, 120), floor) == far
+
+
+@given(st.integers(256, 1_000_000), st.integers(0, 255), st.integers(0, 255), st.integers(0, 50))
+def test_unwrap_below_a_ceiling_survives_pauses(ceiling, gap, over, laps):
+    """A late packet (an earlier counter) ends before the last one: found wherever it lies in
+    the 256 positions below, however far the estimate overshoots it."""
+    actual = ceiling - gap
+    assert (
+        wire.unwrap_position(actual % 256, min(ceiling, actual + over), ceiling=ceiling) == actual
+    )
+    far = actual - 256 * laps
+    assert wire.unwrap_position(far % 256, far + min(over, 120), ceiling=ceiling) == far

@@ -72,6 +72,9 @@ CHECKPOINT_SECONDS = 1.7
 # Voice packets a listener keeps waiting for a checkpoint, and digests of packets it has not
 # heard yet: what a key holder injecting inside the grant's counter range can make it hold.
 MAX_PENDING = 1024
+# Packets of the speaker that may arrive ahead of its checkpoint (reordered on the way):
+# voice further ahead than this, heard before the checkpoint, was not the speaker's.
+AHEAD_SLACK = 8
 
 
 # ---------------------------------------------------------------------------- events
@@ -115,8 +118,9 @@ class SpeechVerified:
 @dataclass(frozen=True, slots=True)
 class SpeechFlagged:
     """Words were received in the floor holder's name that it did not say: its signed
-    checkpoint contradicts packets we accepted (``checkpoint``), or two different frames came
-    for one position (``conflict``). ``positions``: the over positions concerned."""
+    checkpoint contradicts packets we accepted (``checkpoint``), they came under a counter
+    the speaker had not reached yet (``ahead``), or two authentic packets came under one
+    counter (``counter``: one of them was injected). ``positions``: the over positions."""
 
     speaker: bytes
     positions: tuple[int, ...]
@@ -651,6 +655,8 @@ class Room:
             return []
         got = listening.heard.get(event.counter)
         if isinstance(event, ControlMessage) and event.kind == ControlKind.CHECKPOINT:
+            if event.counter in listening.checkpoints:
+                return []  # a copy of one we checked (a repeater, a second path)
             body = self._verified_body(event)  # PacketError if not the speaker's
             events: list[RoomEvent] = []
             if got is not None:
@@ -659,7 +665,8 @@ class Room:
                     self._flag(listening, event.sender, _positions(got[0]), "counter", now)
                 )
             return events + self._on_checkpoint(event, body, now)
-        if isinstance(event, VoiceFrames) and got is not None and self._digest(event) != got[1]:
+        mine = self._digest(event) if isinstance(event, VoiceFrames) else None
+        if isinstance(event, VoiceFrames) and got is not None and mine not in (None, got[1]):
             listening.conflict = True
             both = (*_positions(got[0]), *_positions(event))
             return [self._flag(listening, event.sender, both, "counter", now)]
@@ -713,11 +720,11 @@ class Room:
             held = listening.frames.setdefault(event.position + i, frame)
             if held != frame:
                 clashes.append(event.position + i)  # two different frames for one position
-        events: list[RoomEvent] = [Voice(event)]
-        if clashes:
-            listening.conflict = True
-            events.append(self._flag(listening, event.sender, clashes, "conflict", now))
-        return events + self._live_check(listening, event, now)
+        # A clash makes the over forged at its seal, but is no live flag: it rests on where
+        # 8-bit positions were unwrapped, which heavy loss around pauses can get wrong. The
+        # checkpoints (signed, by counter) decide live.
+        listening.conflict = listening.conflict or bool(clashes)
+        return [Voice(event), *self._live_check(listening, event, now)]
 
     # ------------------------------------------------------------------ live checks
     def _flag(
@@ -727,8 +734,12 @@ class Room:
         self.stats["flagged_speech"] += 1
         return SpeechFlagged(speaker, tuple(sorted(set(positions))), why, now)
 
-    def _digest(self, event: VoiceFrames) -> bytes:
-        """Our live digest of a received voice packet, as the speaker computed it."""
+    def _digest(self, event: VoiceFrames) -> bytes | None:
+        """Our live digest of a received voice packet, as the speaker computed it; None if
+        the receiver dropped FEC copies it placed before the over's start (it can only have
+        misplaced the packet: we cannot check it, and must not flag it)."""
+        if event.redundant_mode is not None and len(event.redundant) != len(event.frames):
+            return None
         red = None if event.redundant_mode is None else event.redundant_mode.wire_index
         return msg.live_digest(
             self.keys.key_id,
@@ -745,6 +756,8 @@ class Room:
         """Check a voice packet against a checkpoint that already covered its counter, or
         keep it (and our digest of it) for the checkpoint to come."""
         mine = self._digest(event)
+        if mine is None:
+            return []
         said = listening.expected.pop(event.counter, None)
         if said is None:
             listening.heard[event.counter] = (event, mine)
@@ -783,11 +796,18 @@ class Room:
             else:
                 forged += _positions(heard)
         _cap(listening.expected, MAX_PENDING)
+        # Voice under a counter well past this checkpoint's, heard before it: the speaker had
+        # not got that far (it sends in counter order), so a key holder took a counter ahead
+        # to stay unchecked until the speaker catches up. Flag it now.
+        ahead = [c for c in listening.heard if c > event.counter + AHEAD_SLACK]
+        early = [p for c in ahead for p in _positions(listening.heard.pop(c)[0])]
         events: list[RoomEvent] = []
         if verified:
             events.append(SpeechVerified(speaker, tuple(verified), "checkpoint"))
         if forged:
             events.append(self._flag(listening, speaker, forged, "checkpoint", now))
+        if early:
+            events.append(self._flag(listening, speaker, early, "ahead", now))
         return events
 
     def _on_hello(self, event: Hello, now: float) -> list[RoomEvent]:

@@ -374,8 +374,10 @@ class Receiver:
         if peer.last_position is None or now - peer.last_time > STREAM_GAP:
             return low
         expected = peer.last_position + 1 + (counter - peer.last_counter - 1) * n
-        # A later counter starts after the last packet: the estimate above assumes no DTX
-        # pause in the packets lost between, so it may fall short by a pause or two; the
-        # floor keeps that from unwrapping the packet 256 frames back onto earlier words.
-        floor = peer.last_position + 1 if counter > peer.last_counter else None
-        return wire.unwrap_position(low, expected, floor)
+        # The estimate above assumes no DTX pause among the packets between, so it may be off
+        # by a pause or two. A later counter starts after the last packet (floor), an earlier
+        # one ends before it (ceiling): a pause cannot unwrap a packet 256 frames onto other
+        # words.
+        if counter > peer.last_counter:
+            return wire.unwrap_position(low, expected, floor=peer.last_position + 1)
+        return wire.unwrap_position(low, expected, ceiling=peer.last_position - 1)

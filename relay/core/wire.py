@@ -276,13 +276,20 @@ def split(packet: bytes) -> tuple[Header, bytes, bytes]:
     return header, data[:HEADER_LEN], data[HEADER_LEN:]
 
 
-def unwrap_position(low: int, expected: int, floor: int | None = None) -> int:
-    """The absolute frame index ≡ ``low`` (mod 256) nearest to ``expected``; with ``floor``,
-    the nearest one at or above it (a later packet of a speaker starts after the last one)."""
+def unwrap_position(
+    low: int, expected: int, floor: int | None = None, ceiling: int | None = None
+) -> int:
+    """The absolute frame index ≡ ``low`` (mod 256) nearest to ``expected``; with ``floor``
+    the nearest at or above it (a speaker's later packet starts after its last one), with
+    ``ceiling`` the nearest at or below it (an earlier packet, arriving late, ends before)."""
     if floor is not None:
         first = floor + ((low - floor) % POSITION_MODULUS)
         steps = max(0, round((expected - first) / POSITION_MODULUS))
         return first + steps * POSITION_MODULUS
+    if ceiling is not None:
+        last = ceiling - ((ceiling - low) % POSITION_MODULUS)
+        steps = max(0, round((last - expected) / POSITION_MODULUS))
+        return last - steps * POSITION_MODULUS
     base = expected - ((expected - low) % POSITION_MODULUS)
     candidates = (base, base + POSITION_MODULUS)
     return min(candidates, key=lambda c: (abs(c - expected), c))
