@@ -112,6 +112,19 @@ def test_verified_only_plays_nothing_injected(attacked) -> None:
 
 
 @pytest.mark.parametrize("profile", ["SHORT_FAST", "SHORT_TURBO"])
+def test_a_counter_far_ahead_is_flagged_within_2_s_too(profile) -> None:
+    """Eve takes a counter 30 packets ahead of the speaker, so no checkpoint would cover it
+    for seconds; her words are placed (and played) now, and flagged within 2 s anyway."""
+    r = run_live_attack(LiveAttackSettings(preset(profile), MODE, ahead=30))
+    for name, li in r["listeners"].items():
+        assert li["injections_received"] == 2, name
+        assert all(t is not None and 0 < t <= FLAG_WITHIN for t in li["seconds_to_flag"]), name
+        assert li["injected_frames_played"] == (
+            0 if li["verified_only"] else 2 * r["frames_per_packet"]
+        )
+
+
+@pytest.mark.parametrize("profile", ["SHORT_FAST", "SHORT_TURBO"])
 def test_without_injection_everything_is_verified_incrementally(profile) -> None:
     r = run_live_attack(
         LiveAttackSettings(preset(profile), MODE, seconds=10, inject_after=(), dtx=True, fec=True)
@@ -324,13 +337,27 @@ def test_no_false_flags_whatever_is_lost_repeated_or_reordered(data, packets, sk
 
 
 def test_a_counter_taken_far_ahead_is_flagged_by_the_next_checkpoint() -> None:
-    """Eve takes a counter 40 packets ahead of the speaker (it would be checked only ~6 s
-    later, when the speaker gets there): the next checkpoint shows the speaker was not there."""
+    """Eve takes a counter 20 packets ahead of the speaker (it would be checked only when the
+    speaker gets there, seconds later) for words placed now: the next checkpoint shows the
+    speaker said those positions under earlier counters."""
+    t = Trio()
+    t.speak(3)
+    fake = t.forged(t.ana.sender.next_counter + 20, t.position + 8)
+    (heard,) = _of(t.send(fake, to=[t.ben]), Voice)
+    assert heard.frames.position == 20  # placed (and played) now
+    events = t.speak(9)  # the checkpoint falls due after the 11th packet
+    (flag,) = _of(events, SpeechFlagged)
+    assert flag.reason == "ahead" and flag.positions == (20, 21, 22, 23)
+
+
+def test_a_counter_ahead_placed_ahead_is_flagged_before_it_plays() -> None:
+    """Taken 40 packets ahead, Eve's words are placed where that counter belongs (5 s on):
+    they are flagged before the speaker gets there, so before they play."""
     t = Trio()
     t.speak(3)
     fake = t.forged(t.ana.sender.next_counter + 40, t.position + 8)
-    assert _of(t.send(fake, to=[t.ben]), Voice)
-    events = t.speak(9)  # the checkpoint falls due after the 11th packet
-    (flag,) = _of(events, SpeechFlagged)
-    assert flag.reason == "ahead" and len(flag.positions) == 4
-    assert flag.positions[0] % 256 == 20  # where the receiver placed it: 40 packets on
+    (heard,) = _of(t.send(fake, to=[t.ben]), Voice)
+    placed = heard.frames.position
+    assert placed > t.position + 100
+    while not _of(t.speak(1), SpeechFlagged):  # the speaker's packet under Eve's counter
+        assert t.position < placed  # ... comes before the speaker says those positions

@@ -72,9 +72,6 @@ CHECKPOINT_SECONDS = 1.7
 # Voice packets a listener keeps waiting for a checkpoint, and digests of packets it has not
 # heard yet: what a key holder injecting inside the grant's counter range can make it hold.
 MAX_PENDING = 1024
-# Packets of the speaker that may arrive ahead of its checkpoint (reordered on the way):
-# voice further ahead than this, heard before the checkpoint, was not the speaker's.
-AHEAD_SLACK = 8
 
 
 # ---------------------------------------------------------------------------- events
@@ -119,8 +116,9 @@ class SpeechVerified:
 class SpeechFlagged:
     """Words were received in the floor holder's name that it did not say: its signed
     checkpoint contradicts packets we accepted (``checkpoint``), they came under a counter
-    the speaker had not reached yet (``ahead``), or two authentic packets came under one
-    counter (``counter``: one of them was injected). ``positions``: the over positions."""
+    the speaker reached only after it had said those positions (``ahead``), or two authentic
+    packets came under one counter (``counter``: one of them was injected). ``positions``:
+    the over positions concerned."""
 
     speaker: bytes
     positions: tuple[int, ...]
@@ -796,10 +794,16 @@ class Room:
             else:
                 forged += _positions(heard)
         _cap(listening.expected, MAX_PENDING)
-        # Voice under a counter well past this checkpoint's, heard before it: the speaker had
-        # not got that far (it sends in counter order), so a key holder took a counter ahead
-        # to stay unchecked until the speaker catches up. Flag it now.
-        ahead = [c for c in listening.heard if c > event.counter + AHEAD_SLACK]
+        # The speaker's counters and positions grow together: voice under a counter past this
+        # checkpoint's, at a position the speaker had already passed before it, was not the
+        # speaker's (a key holder took a counter ahead, to stay unchecked for seconds while
+        # its words play now). Flag it now.
+        said_to = max((h.position + len(h.frames) - 1 for h in verified), default=-1)
+        ahead = [
+            c
+            for c, (h, _) in listening.heard.items()
+            if c > event.counter and h.position <= said_to
+        ]
         early = [p for c in ahead for p in _positions(listening.heard.pop(c)[0])]
         events: list[RoomEvent] = []
         if verified:

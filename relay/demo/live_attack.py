@@ -63,6 +63,7 @@ class LiveAttackSettings:
     frames_per_packet: int | None = None  # None: the planner's
     seconds: float = 12.0  # of speech
     inject_after: tuple[int, ...] = (1, 4)  # inject right after these checkpoints (1 = first)
+    ahead: int = 2  # Eve's counter: the speaker's last one plus this (2: the packet after next)
     loss: float = 0.0  # each listener loses this share of the speaker's packets, at random
     seed: int = 1
     fec: bool = False
@@ -227,8 +228,9 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
             seen.cancel()
         if speaking.done():
             break
-        # The speaker's packet after next: hers is on the air before the speaker's.
-        counter, position = eve.last_counter + 2, eve.last_end + 1 + fpp
+        # By default the speaker's packet after next (hers is on the air first), at its
+        # positions; further ahead, a counter the speaker will reach only later.
+        counter, position = eve.last_counter + s.ahead, eve.last_end + 1 + fpp
         frames = [bytes([0x66 + len(injected)]) * s.mode.bytes_per_frame] * fpp
         forger._next, forger._limit = counter, counter + 1  # the speaker's next counter
         await eve_node.send(forger.voice(s.mode, position, frames, clock()))
