@@ -30,8 +30,9 @@ PAIRED = [m for m in MODES if m.name in wire.FEC_PAIRS]
 def _pair():
     keys = RoomKeys(bytes(range(32)))
     receiver = Receiver(keys)
-    receiver.add_sender(IDENT)
-    return Sender(keys, IDENT, MemoryCounters()), receiver
+    sender = Sender(keys, IDENT, MemoryCounters())
+    receiver.add_sender(IDENT, sender.session)
+    return sender, receiver
 
 
 def _frames(mode, n, seed=0):

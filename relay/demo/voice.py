@@ -209,7 +209,7 @@ async def _exchange(settings: DemoSettings, over: EncodedOver, fpp: int, state_d
     try:
         sender = Sender(keys, identity, counters)
         receiver = Receiver(keys)
-        receiver.add_sender(identity)
+        receiver.add_sender(identity, sender.session)
         listener = Listener(receiver, room_clock, conceal=settings.conceal)
         listening = asyncio.create_task(listener.run(b))
         talked = await talk(

@@ -8,8 +8,8 @@ outlive the process:
 
 * send counters in the home's ``counters.db`` (never reuse a nonce across restarts);
 * rotated room keys, written to the room store as soon as they arrive;
-* replay marks in ``replay.db``: restored at start, saved after every over, whenever a
-  member introduces itself, and on exit, so a restarted listener does not accept a
+* replay windows in ``replay.db`` (per sender session): restored at start, saved after every
+  over, whenever a member introduces itself, and on exit, so a restarted listener does not accept a
   recording of what it already heard and still knows who introduced itself.
 
 The room clock is the wall clock (``time.time``): moderation actions and beacons carry it.
@@ -143,17 +143,13 @@ class Member:
 
     # ------------------------------------------------------------------ durable state
     def restore_marks(self) -> int:
-        """Give the receiver the replay marks saved for the current room key."""
+        """Give the receiver the replay windows saved for the current room key."""
         marks = self.replay.load(self.room.keys.key_id)
-        for ident, highest in marks.items():
-            self.room.receiver.add_sender(ident, highest)
+        self.room.receiver.restore(marks)
         return len(marks)
 
     def save_marks(self) -> None:
-        key_id = self.room.keys.key_id
-        for ident, highest in self.room.receiver.highest_counters().items():
-            if highest >= 0:
-                self.replay.save(key_id, ident, highest)
+        self.replay.save(self.room.keys.key_id, self.room.receiver.export())
 
     def _key_rotated(self, epoch: int, key: bytes) -> None:
         try:
