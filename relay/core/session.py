@@ -396,6 +396,14 @@ class Receiver:
             if sess.window.highest >= 0
         ]
 
+    def highest_counters(self) -> dict[bytes, int]:
+        """Per sender, the highest counter accepted in any of its sessions (for status)."""
+        out: dict[bytes, int] = {}
+        for peer in self._peers.values():
+            for sess in peer.sessions.values():
+                out[peer.identity] = max(out.get(peer.identity, -1), sess.window.highest)
+        return out
+
     def restore(self, marks: Sequence[SessionMark]) -> None:
         """Take back what :meth:`export` saved (merging with what is known: marks only grow)."""
         for mark in marks:
