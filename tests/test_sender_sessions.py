@@ -126,3 +126,20 @@ def test_a_plain_receiver_knows_nothing_it_was_not_told():
     )
     receiver.add_sender(b"alice", sender.session)
     assert receiver.receive(sender.voice(MODE, 4, [bytes(8)] * 4, T0), T0).sender == b"alice"
+
+
+def test_the_clear_session_bytes_link_nothing_across_a_key_rotation():
+    """A session outlives a rotation, but what travels in the clear is masked per room key
+    and member: an eavesdropper cannot match a member's packets under the old and new key."""
+    net = Net(1, 2)
+    before = net.mod.beacon(net.now)
+    seal = net.speakers[0].lower_hand(net.now)
+    session = net.mod.sender.session
+    for packet in net.mod.remove(net.listeners[1].me.identity, net.now):
+        net.send(packet, net.mod, to=[net.listeners[0]])
+    after = net.mod.beacon(net.now)
+    assert net.mod.sender.session == session and net.listeners[0].epoch == 1
+    assert before[7:15] != after[7:15]
+    assert before[7:15] != seal[7:15]  # two members under one key: unrelated bytes too
+    evs = net.send(after, net.mod, to=[net.listeners[0]])
+    assert not _of(evs[net.listeners[0]], Dropped)

@@ -116,7 +116,7 @@ class SenderCipher:
 class RoomKeys:
     """Everything derived from one room key. Holds the key; never prints it."""
 
-    __slots__ = ("_hint_key", "_hints", "_id_key", "_room_key", "announce", "key_id")
+    __slots__ = ("_hint_key", "_hints", "_id_key", "_mask_key", "_room_key", "announce", "key_id")
 
     def __init__(self, room_key: bytes) -> None:
         if not isinstance(room_key, bytes) or len(room_key) != KEY_LEN:
@@ -124,6 +124,7 @@ class RoomKeys:
         self._room_key = room_key
         self._hint_key = _hkdf(room_key, b"room-hint", 32)
         self._id_key = _hkdf(room_key, b"sender-id", 32)
+        self._mask_key = _hkdf(room_key, b"session-mask", 32)
         # A public name for this key (for file names and logs): reveals nothing about it.
         self.key_id = _hkdf(room_key, b"key-id", 8).hex()
         self._hints: tuple[int, int, frozenset[int]] = (0, -1, frozenset())
@@ -137,6 +138,16 @@ class RoomKeys:
         """The sender's 16-bit pseudonym in this room (unlinkable to it without the key)."""
         digest = hmac.new(self._id_key, _check_identity(identity), hashlib.sha256).digest()
         return int.from_bytes(digest[:2], "big")
+
+    def session_mask(self, identity: bytes) -> bytes:
+        """XORed onto a sender's session where it travels in the clear (control and clip
+        packets). A session outlives a key rotation (crypto.py's module docstring), so the
+        bare value would link a member's packets across room keys; masked, the clear bytes
+        of one member under two keys, or of two members under one key, say nothing to
+        anyone without the key. (The session is random and not secret: the mask only keeps
+        rotations unlinkable.)"""
+        msg = b"mask" + _check_identity(identity)
+        return hmac.new(self._mask_key, msg, hashlib.sha256).digest()[:SESSION_LEN]
 
     def sender(self, identity: bytes, session: bytes) -> SenderCipher:
         """The AEAD of one start (``session``) of one sender: see the module docstring."""

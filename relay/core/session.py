@@ -88,6 +88,7 @@ class Sender:
         self._keys = keys
         self.session = new_session() if session is None else session
         self._cipher: SenderCipher = keys.sender(identity, self.session)
+        self._clear_session = wire.xor(self.session, keys.session_mask(identity))
         self._counters = counters
         self._block = block
         # Counters stay per identity and room key (not per session): within one start, and
@@ -135,7 +136,7 @@ class Sender:
     def _associated(self, header: wire.Header) -> bytes:
         """What the AEAD authenticates in the clear: the header, and our session after it
         on the packet types that carry it."""
-        extra = self.session if header.ptype in wire.SESSION_TYPES else b""
+        extra = self._clear_session if header.ptype in wire.SESSION_TYPES else b""
         return header.pack() + extra
 
     def _seal(self, ptype: int, sub: int, plaintext: bytes, now: float) -> bytes:
@@ -271,6 +272,7 @@ class _Session:
 class _Peer:
     identity: bytes
     short_id: int
+    mask: bytes  # RoomKeys.session_mask(identity): unmasks the clear session bytes
     sessions: dict[bytes, _Session] = field(default_factory=dict)
     voice: bytes | None = None  # the session voice is opened under (voice carries none)
     floor: float = -math.inf  # latest introduction time of a session we dropped
@@ -333,7 +335,7 @@ class Receiver:
     def _peer(self, identity: bytes) -> _Peer:
         peer = self._peers.get(identity)
         if peer is None:
-            peer = _Peer(identity, self._keys.short_id(identity))
+            peer = _Peer(identity, self._keys.short_id(identity), self._keys.session_mask(identity))
             self._peers[identity] = peer
             self._by_short.setdefault(peer.short_id, []).append(peer)
         return peer
@@ -487,9 +489,10 @@ class Receiver:
         if not peers:
             raise PacketError("unknown_sender", f"no member has short id {header.sender:04x}")
         voice = header.ptype in wire.VOICE_TYPES
-        value = wire.session_of(associated)
+        clear = wire.session_of(associated)
         verdict = "unknown_session"
         for peer in peers:
+            value = b"" if voice else wire.xor(clear, peer.mask)
             if voice:
                 session = peer.sessions.get(peer.voice) if peer.voice is not None else None
             else:
@@ -563,7 +566,7 @@ class Receiver:
         if isinstance(answer, str):
             raise PacketError(answer, f"refused by the room ({answer})")
         ident = public.identity
-        peer = self._peers.get(ident) or _Peer(ident, header.sender)
+        peer = self._peers.get(ident) or _Peer(ident, header.sender, self._keys.session_mask(ident))
         session = peer.sessions.get(value)
         fresh = session is None
         if session is None:

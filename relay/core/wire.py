@@ -13,7 +13,8 @@ A packet is a 7-byte clear header, an AES-CCM ciphertext and an 8-byte tag::
 The sender's key is derived from the room key, its identity *and its session*: 8 random
 bytes it draws at every start (:mod:`relay.core.crypto`), so a restored or copied counter
 file can repeat a counter only under another key. Control and clip packets carry the
-session in the clear (8 bytes: they are not voice); voice packets do not -- receivers learn
+session in the clear, masked per room key and member so that it links nothing across key
+rotations (8 bytes: they are not voice); voice packets do not -- receivers learn
 the floor holder's session from its signed hand raise, the moderator's grant or a beacon.
 
 A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
@@ -295,8 +296,13 @@ def split(packet: bytes) -> tuple[Header, bytes, bytes]:
 
 
 def session_of(associated: bytes) -> bytes:
-    """The sender session a control or clip packet's associated data carries (b"" for others)."""
+    """The (masked) sender session a control or clip packet carries in the clear (b"" for
+    other types); unmask with :meth:`relay.core.crypto.RoomKeys.session_mask`."""
     return bytes(associated[HEADER_LEN : HEADER_LEN + SESSION_LEN])
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
 
 
 def unwrap_position(low: int, expected: int) -> int:
