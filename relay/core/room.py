@@ -9,8 +9,13 @@ Rules every receiver enforces:
   room key is not enough. Each moderator's actions must come in increasing packet-counter
   order, and the signature covers the packet header, so an old action cannot be replayed,
   re-wrapped or reordered.
-* Voice is played only from the member who holds the floor, while the grant lasts, and never
-  from a muted or removed member.
+* Voice is played only from the member who holds the floor, under the sender session and
+  within the counter range its grant named, while the grant lasts, and never from a muted
+  or removed member.
+* No packet moves a replay window unless the room accepted it: control kinds must be signed
+  by their sender; unsigned packets (voice, clips) may move a window at most UNSIGNED_AHEAD
+  past the sender's last signed counter or granted range (see relay.core.session), so a
+  member holding the room key cannot silence another with a forged counter.
 * Each over ends with the speaker's signature over digests of its frames: listeners mark it
   verified, partial (some frames lost, nothing contradicted) or forged.
 * Removing a member rotates the room key: the new key is sealed to every remaining enrolled
