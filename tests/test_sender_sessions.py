@@ -7,7 +7,7 @@ import os
 from test_room import KEY, MODE, ROOM_ID, T0, Net, _grant, _of
 
 from relay.core.identity import Identity
-from relay.core.room import Dropped, FloorChanged, HandRaised, Room, Voice
+from relay.core.room import Clip, Dropped, FloorChanged, HandRaised, Room, Voice
 from relay.core.session import INTRO_FRESH, MAX_SESSIONS, Receiver, Sender
 from relay.core.wire import ControlKind
 from relay.store.counters import MemoryCounters
@@ -143,3 +143,25 @@ def test_the_clear_session_bytes_link_nothing_across_a_key_rotation():
     assert before[7:15] != seal[7:15]  # two members under one key: unrelated bytes too
     evs = net.send(after, net.mod, to=[net.listeners[0]])
     assert not _of(evs[net.listeners[0]], Dropped)
+
+
+def test_unsigned_runs_are_bounded_and_the_sender_reintroduces_itself_in_time():
+    """Clips may run at most UNSIGNED_AHEAD past the sender's last signed counter; a room says
+    when to introduce itself again (every INTRO_EVERY), long before receivers would refuse."""
+    from relay.core.room import UNSIGNED_AHEAD
+    from relay.core.session import INTRO_EVERY
+
+    net = Net(1, 1)
+    a, li = net.speakers[0], net.listeners[0]
+    li.receive(a.introduce(net.now), net.now)
+    wanted_at = None
+    for i in range(UNSIGNED_AHEAD):
+        if wanted_at is None and a.needs_introduction:
+            wanted_at = i
+        assert _of(li.receive(a.clip(b"\x40" + i.to_bytes(2, "big"), net.now), net.now), Clip)
+    assert wanted_at == INTRO_EVERY
+    # A sender that ignores the hint is refused past the bound, until it says who it is.
+    assert _of(li.receive(a.clip(b"\x40late", net.now), net.now), Dropped)[0].reason == "ahead"
+    li.receive(a.introduce(net.now), net.now)
+    assert not a.needs_introduction
+    assert _of(li.receive(a.clip(b"\x40again", net.now), net.now), Clip)
