@@ -326,7 +326,7 @@ class Room:
         counter = int.from_bytes(packet[4:7], "big")
         self._record_action(self.keys.key_id, self.me.identity, self.sender.session, counter)
         self._record_issued(self.keys.key_id, self.me.identity, action.issued_at)
-        self._apply(action, counter, now, self.sender.session)
+        self._apply(action, counter, now)
         return packet
 
     def _record_action(self, key_id: str, moderator: bytes, session: bytes, counter: int) -> None:
@@ -737,11 +737,9 @@ class Room:
         action = msg.ModMessage.parse(body)
         if action.issued_at < now - STALE_ACTION:
             return [self._drop("stale_moderation", "moderation action issued too long ago")]
-        return self._apply(action, event.counter, now, event.session)
+        return self._apply(action, event.counter, now)
 
-    def _apply(
-        self, action: msg.ModMessage, counter: int, now: float, session: bytes
-    ) -> list[RoomEvent]:
+    def _apply(self, action: msg.ModMessage, counter: int, now: float) -> list[RoomEvent]:
         target, kind = action.target, action.action
         if kind == msg.ModAction.GRANT:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
@@ -749,13 +747,7 @@ class Room:
             self.grant_range = _grant_range(first, action.arg)
             self.floor_session = speaker_session
             self.receiver.add_sender(target)
-            if speaker_session is not None and target != self.me.identity:
-                last = self.grant_range[1] if self.grant_range else first
-                reason = self.receiver.vouch(
-                    target, speaker_session, action.issued_at, now, first, last
-                )
-                if reason is not None:
-                    self.stats[f"grant_{reason}"] += 1
+            self._vouch_floor(action.issued_at, now, "grant")
             if target in self.hands:
                 self.hands.remove(target)
             self._listening.pop(target, None)
@@ -790,6 +782,19 @@ class Room:
         self.receiver.add_sender(target)
         return [MemberChanged(target, "appointed")]
 
+    def _vouch_floor(self, issued_at: int, now: float, what: str) -> None:
+        """The moderator named the floor holder's session and counter range (signed, at
+        ``issued_at``): open the holder's voice under it. Nothing without a range (it would
+        bound nothing) or a session (an all-zero one is "none")."""
+        holder, session, span = self.floor, self.floor_session, self.grant_range
+        if holder is None or holder == self.me.identity or span is None:
+            return
+        if session is None or session == bytes(SESSION_LEN):
+            return
+        reason = self.receiver.vouch(holder, session, issued_at, now, span[0], span[1])
+        if reason is not None:
+            self.stats[f"{what}_{reason}"] += 1
+
     def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
         if beacon.issued_at < now - STALE_ACTION:
             return [self._drop("stale_moderation", "beacon issued too long ago (a recording?)")]
@@ -803,12 +808,9 @@ class Room:
             if holder is not None:
                 self.receiver.add_sender(holder)
             events.append(FloorChanged(holder, self.floor_until))
-        if holder is not None and holder != self.me.identity and self.grant_range:
+        if holder is not None and beacon.session == self.floor_session:
             # Late joiners learn the floor holder's session here (the moderator vouches).
-            first, last = self.grant_range
-            reason = self.receiver.vouch(holder, beacon.session, beacon.issued_at, now, first, last)
-            if reason is not None:
-                self.stats[f"beacon_{reason}"] += 1
+            self._vouch_floor(beacon.issued_at, now, "beacon")
         by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
         self.hands = [by_prefix.get(p, p) for p in beacon.hands]
         self.muted = {by_prefix.get(p, p) for p in beacon.muted}
