@@ -175,7 +175,7 @@ def test_fec_overs_verify_and_copies_are_not_sealed():
 def test_fec_voice_is_gated_like_voice():
     net = Net(speakers=2, listeners=2)
     a, b = net.speakers
-    net.send(b.raise_hand(net.now), b)
+    _grant(net, b)  # b spoke before: listeners know the session its voice is sealed under
     _grant(net, a)
     rogue = b.sender.voice(MODE, 4, [b"\x55" * 8] * 4, net.now, [b"\x66" * 4] * 4)
     for li in net.listeners:

@@ -460,8 +460,8 @@ class Receiver:
             self._drop_oldest(peer)
         session.introduced = at
         peer.sessions[value] = session
-        if peer.voice is None:
-            peer.voice = value
+        # Voice is opened only under a session someone vouched for (the moderator's grant or
+        # beacon, or the caller): an introduction alone costs no trial decryption of voice.
 
     def _bound(self, session: _Session) -> int:
         """The highest counter an unsigned packet of ``session`` may carry."""
