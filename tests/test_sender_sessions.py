@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_room import KEY, MODE, ROOM_ID, T0, Net, _grant, _of
 
 from relay.core.identity import Identity
@@ -165,3 +167,21 @@ def test_unsigned_runs_are_bounded_and_the_sender_reintroduces_itself_in_time():
     li.receive(a.introduce(net.now), net.now)
     assert not a.needs_introduction
     assert _of(li.receive(a.clip(b"\x40again", net.now), net.now), Clip)
+
+
+_FUZZ_NET = Net(1, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(range(6)), st.binary(max_size=200))
+def test_arbitrary_bytes_after_a_real_header_never_crash_a_room(ptype, tail):
+    """Any type, the moderator's real short id, hint and a counter; then anything: the room
+    drops it (or shows a notice), never raises, and moves no window."""
+    net = _FUZZ_NET
+    li = net.listeners[0]
+    real = net.mod.beacon(net.now)
+    head = bytes(((1 << 6) | (ptype << 3),)) + real[1:7]
+    before = li.receiver.export()
+    for event in li.receive(head + tail, net.now):
+        assert isinstance(event, Dropped) or type(event).__name__ == "RelayNoticed"
+    assert li.receiver.export() == before
