@@ -205,6 +205,9 @@ async def open_member(
             )
         link = await open_link_async(url)
         stack.push_async_callback(_close_link, link)
+        connect = getattr(link, "connect", None)
+        if connect is not None:  # KISS, MQTT: a dead port or a refused login is said now,
+            await connect()  # not found out later as a silent room
         counters = CounterStore(home.counters_db)
         stack.callback(counters.close)
         replay = ReplayStore(home.replay_db)
