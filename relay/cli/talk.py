@@ -497,7 +497,8 @@ def _over_line(m, over: Over) -> dict[str, Any]:
         "verdict": over.verdict or "unsigned",
         "seconds": round(frames * over.mode.frame_seconds, 3),
         "frames": frames,
-        "frames_concealed": over.frames_missing,
+        "frames_concealed": over.frames_concealed,
+        "frames_comfort": over.frames_comfort,
         "frames_late": over.frames_late,
         "mode": over.mode.name,
     }

@@ -164,6 +164,11 @@ class Over:
     verdict: str | None = None  # rooms: verified | partial | forged | unsigned
 
     @property
+    def frames_concealed(self) -> int:
+        """Frames whose primary was lost (FEC copies included); DTX pauses are not loss."""
+        return self.frames_missing - self.frames_comfort
+
+    @property
     def first_position(self) -> int:
         """Frames before this one were lost before the listener heard anything of the over."""
         return min(self.play_times, default=0)
