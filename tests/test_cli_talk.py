@@ -370,3 +370,63 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
 
     ana_id, _, marks = run(scenario(), virtual=True)
     assert ana_id in marks and marks[ana_id] >= 0
+
+
+def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM while a speaker is mid-over: the listener writes what it
+    heard of the over to --out and reports it as cut short (before: the whole over was lost)."""
+    long_speech = tmp_path / "long.wav"
+    soundfile.write(str(long_speech), np.tile(read_audio(SAMPLE), 5), 8000)  # 8 s
+    ether = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    procs: list[subprocess.Popen] = []
+    try:
+        line = ether.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"nodes join with (sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
+        mod = relay_proc(
+            "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "30",
+            "--duration", "40", "--home", homes["mod"], out=tmp_path / "mod",
+        )  # fmt: skip
+        listeners = {
+            sig: relay_proc(
+                "listen", "market", "--link", f"{url}?node=l{int(sig)}", "--json",
+                "--out", str(tmp_path / f"heard{int(sig)}.wav"), "--duration", "40",
+                "--home", homes["ben"], out=tmp_path / f"l{int(sig)}",
+            )  # fmt: skip
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        procs += [mod, *listeners.values()]
+        wait_for_text(tmp_path / "mod.err", "moderating 'market'")
+        for sig in listeners:
+            wait_for_text(tmp_path / f"l{int(sig)}.err", "listening to 'market'")
+        talk = relay_proc(
+            "talk", "market", "--link", f"{url}?node=ana", "--input", str(long_speech),
+            "--no-dtx", "--timeout", "20", "--home", homes["ana"], out=tmp_path / "ana",
+        )  # fmt: skip
+        procs.append(talk)
+        wait_for_text(tmp_path / "mod.out", "granted the floor to")
+        time.sleep(2.5)  # about 2 s of the 8 s over have been heard
+        for sig, proc in listeners.items():
+            proc.send_signal(sig)
+        for sig, proc in listeners.items():
+            assert proc.wait(timeout=10) == 0, (tmp_path / f"l{int(sig)}.err").read_text()
+            report = json.loads((tmp_path / f"l{int(sig)}.out").read_text())
+            assert report["stopped"] == "interrupted"
+            (over,) = report["overs"]
+            assert over["cut_short"] and not over["complete"] and over["verdict"] == "unsigned"
+            assert over["speaker"] == homes["ana_fp"]
+            assert 1.0 <= over["seconds"] <= 5.0, over
+            assert over["frames_concealed"] == 0, over
+            wav = tmp_path / f"heard{int(sig)}.wav"
+            assert report["out"] == str(wav)
+            assert soundfile.info(str(wav)).duration == pytest.approx(report["audio_seconds"])
+            assert report["audio_seconds"] >= 1.0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        ether.terminate()
+        ether.communicate(timeout=5)

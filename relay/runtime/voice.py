@@ -318,6 +318,12 @@ class Playout:
             if now - stream.last_arrival > self.idle_timeout:
                 self._close(sender, None, complete=False)
 
+    def close_all(self) -> None:
+        """End every over still being spoken (the listener stops): what was heard of it is
+        kept, as an incomplete over with no verdict, instead of being lost."""
+        for sender in list(self._streams):
+            self._close(sender, None, complete=False)
+
     def _close(
         self, sender: bytes, total: int | None, *, complete: bool, verdict: str | None = None
     ) -> None:
