@@ -430,3 +430,52 @@ def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> Non
                 proc.wait()
         ether.terminate()
         ether.communicate(timeout=5)
+
+
+def _dead_port() -> int:
+    from mosquitto import free_port
+
+    return free_port()  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("link", "match", "code"),
+    [
+        (lambda: f"kiss+tcp://127.0.0.1:{_dead_port()}", "no KISS TNC at 127.0.0.1", 1),
+        (lambda: f"mqtt://127.0.0.1:{_dead_port()}", "cannot reach the MQTT broker", 1),
+        (lambda: "mqtts://127.0.0.1:8883?ca=/no/such/ca.pem", "ca=/no/such/ca.pem", 2),
+        (lambda: "sim://127.0.0.1:notaport", "port must be a number", 2),
+    ],
+    ids=["dead-kiss", "dead-mqtt", "missing-ca", "sim-typo"],
+)
+def test_listen_on_a_link_that_cannot_work_says_why_and_fails(homes, link, match, code) -> None:
+    """Before: "heard 0 overs" and exit 0. Now one line naming the problem: 1 when the
+    other end cannot be reached, 2 when the user's settings are wrong."""
+    refused(
+        "listen", "market", "--link", link(), "--duration", "5", "--home", homes["ben"],
+        match=match, code=code,
+    )  # fmt: skip
+
+
+def test_listen_with_a_wrong_mqtt_password_is_refused(homes, tmp_path) -> None:
+    from mosquitto import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, users={"ben": "right-password"})
+    broker.start()
+    try:
+        base = f"127.0.0.1:{broker.port}"
+        for url in (f"mqtt://ben:wrong-password@{base}", f"mqtt://{base}"):
+            refused(
+                "listen", "market", "--link", url, "--duration", "5", "--home", homes["ben"],
+                match="refused the login", code=2,
+            )  # fmt: skip
+        result = invoke(
+            "listen", "market", "--link", f"mqtt://ben:right-password@{base}",
+            "--duration", "0.5", "--json", "--home", homes["ben"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "right-password" not in result.output + result.stderr
+    finally:
+        broker.stop()

@@ -37,6 +37,8 @@ EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
 GRANT_REPEATS = 2
 BEACON_SIZE = 100  # bytes of a beacon with a floor holder and a short hand queue
+RAISE_FIRST = 1.0  # seconds before a hand that brought no grant goes up again, at least
+RAISE_MAX = 8.0  # seconds between raises at most, once backed off
 
 
 @dataclass
@@ -177,23 +179,34 @@ class RoomNode:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     # ---------------------------------------------------------------- speaking
-    async def wait_for_floor(self, timeout: float, *, raise_every: float = 8.0) -> bool:
-        """Raise a hand and wait for a grant; raise it again now and then (it may be lost).
+    async def wait_for_floor(self, timeout: float, *, raise_every: float = RAISE_MAX) -> bool:
+        """Raise a hand and wait for a grant; raise it again if no grant comes (it may be lost).
 
         Hands go up only while nobody holds the floor (the break between overs, as on any
         radio net): a hand raised over a speaker takes airtime from the speaker and delays
-        its packets for every listener.
+        its packets for every listener. A hand that brings no grant goes up again after
+        twice the round trip (the hand, the grant and its repeats on the air; at least
+        ``RAISE_FIRST`` s), then after twice as long each time, up to ``raise_every``;
+        each wait is jittered by +-50 % so hands waiting for the same break spread out.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_raise = loop.time()
+        gap: float | None = None
         while not self.room.holds_floor(self.clock()):
             now = loop.time()
             if now >= deadline:
                 return False
             if now >= next_raise and self.room.floor is None:
-                await self.send(self.room.raise_hand(self.clock()))
-                next_raise = now + raise_every * (1 + self._rng.random())
+                hand = self.room.raise_hand(self.clock())
+                await self.send(hand)
+                if gap is None:
+                    round_trip = self.link.airtime(len(hand)) + (
+                        1 + GRANT_REPEATS
+                    ) * self.link.airtime(BEACON_SIZE)
+                    gap = max(RAISE_FIRST, 2 * round_trip)
+                next_raise = now + gap * (0.5 + self._rng.random())
+                gap = min(2 * gap, max(raise_every, gap))
             wake = min(deadline, next_raise) if next_raise > now else deadline
             await self._changed_or(max(0.05, wake - now))
         # The grant is followed by beacons repeating it: start talking once they have left
