@@ -184,6 +184,15 @@ def test_demo_room_json() -> None:
     assert 0 < r["channel_occupancy"] < 1 and r["airtime_seconds"] > 0
 
 
+def test_demo_room_on_a_slow_link_never_hears_more_overs_than_were_spoken() -> None:
+    """LONG_FAST with DTX: a packet after a pause arrived 6 s after the frame before it and
+    the listener's playout split the over in two ("4 of 3"). Playout's idle limit now
+    follows the link (relay.runtime.room.quiet_limit)."""
+    r = json.loads(ok("demo", "room", "--preset", "LONG_FAST", "--listeners", "2", "--json").stdout)
+    assert r["dtx"] and r["overs"] >= 3
+    assert r["overs_delivered"] == r["overs"] == r["overs_verified"], r
+
+
 def test_demo_room_mistakes_and_plain_demo_unchanged(tmp_path) -> None:
     refused("demo", "room", "--speakers", "0", match="--speakers must be")
     refused("demo", "room", "--speakers", "1", match="--no-attacks")

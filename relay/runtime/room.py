@@ -27,10 +27,12 @@ from relay.core.room import (
     RoomEvent,
     Voice,
 )
+from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.links.base import Link
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
-from relay.voice.modes import CodecMode
+from relay.voice.modes import MODES, CodecMode
+from relay.voice.vad import MAX_SKIP
 from relay.voice.over import EncodedOver, OverEncoder, SentFrame
 
 EventHook = Callable[[RoomEvent], None]
@@ -105,6 +107,15 @@ class LivePackets:
         return ready
 
 
+def quiet_limit(link: Link) -> float:
+    """The longest a live over on ``link`` can go without a packet: a DTX pause, then the
+    capture of a full packet (the most speech the MTU holds, in any Codec2 mode) and twice
+    its airtime (one more packet may be ahead of it on the channel)."""
+    room = max(0, link.mtu - VOICE_PACKET_OVERHEAD)
+    capture = max((room // m.bytes_per_frame) * m.frame_seconds for m in MODES)
+    return MAX_SKIP + capture + 2 * link.airtime(link.mtu)
+
+
 class RoomNode:
     """Runs one :class:`Room` on one link: receives, plays, sends what the room produces."""
 
@@ -123,6 +134,11 @@ class RoomNode:
         self.link = link
         self.clock = room_clock
         self.playout = playout or Playout()
+        # An over goes quiet for a DTX pause (a keep-alive at least every MAX_SKIP s) plus
+        # the capture and airtime of its next packet; only longer silence may end it
+        # unsealed. On slow links that is more than the default (LONG_FAST: a 27-frame
+        # packet after a pause arrived 6 s after the frame before it, splitting the over).
+        self.playout.idle_timeout = max(self.playout.idle_timeout, quiet_limit(link))
         self.log = NodeLog()
         self._on_event = on_event
         self._on_key = on_key
