@@ -398,14 +398,13 @@ def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> Non
             "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "30",
             "--duration", "40", "--home", homes["mod"], out=tmp_path / "mod",
         )  # fmt: skip
-        listeners = {
-            sig: relay_proc(
+        listeners = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            listeners[sig] = relay_proc(
                 "listen", "market", "--link", f"{url}?node=l{int(sig)}", "--json",
                 "--out", str(tmp_path / f"heard{int(sig)}.wav"), "--duration", "40",
                 "--home", homes["ben"], out=tmp_path / f"l{int(sig)}",
             )  # fmt: skip
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
         procs += [mod, *listeners.values()]
         wait_for_text(tmp_path / "mod.err", "moderating 'market'")
         for sig in listeners:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -82,6 +83,7 @@ def test_a_lost_hand_is_raised_again_within_seconds(seed: int) -> None:
 def test_repeated_hands_back_off_to_the_old_pace() -> None:
     """A moderator that never answers gets a hand every RAISE_MAX s or so once backed off,
     not a flood: at most 12 in the first minute (1 + 2 + 4 + 8 + 8 ...)."""
+
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
         ether = Ether(PROFILE, seed=1)
@@ -98,6 +100,6 @@ def test_repeated_hands_back_off_to_the_old_pace() -> None:
         return times
 
     times = run(scenario(), virtual=True)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(times)]
     assert 6 <= len(times) <= 12, times
     assert gaps[0] < 1.6 and max(gaps) <= 1.5 * RAISE_MAX, gaps

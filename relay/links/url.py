@@ -48,7 +48,7 @@ def redact(url: str) -> str:
         port = parts.port
     except ValueError:  # unparseable: hide everything between '//' and '@'
         scheme, sep, rest = url.partition("://")
-        userinfo, at, host = rest.rpartition("@")
+        _userinfo, at, host = rest.rpartition("@")
         return f"{scheme}{sep}***@{host}" if at else url
     user = quote(unquote(parts.username or ""), safe="")
     host = parts.hostname or ""

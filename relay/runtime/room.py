@@ -32,8 +32,8 @@ from relay.links.base import Link
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
 from relay.voice.modes import MODES, CodecMode
-from relay.voice.vad import MAX_SKIP
 from relay.voice.over import EncodedOver, OverEncoder, SentFrame
+from relay.voice.vad import MAX_SKIP
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
