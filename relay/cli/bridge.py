@@ -148,7 +148,8 @@ def bridge_cmd(
       relay bridge --link sim://island_a --mqtt mqtt://127.0.0.1:1883
       relay bridge --link sim://island_a --mqtt 'mqtt://10.0.0.2?qos=0&linger=20'
       relay bridge --link kiss+tcp://127.0.0.1:8001 --mqtt mqtts://user:pw@broker.example
-      relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room 3f --duty-cycle 0.01
+      relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room market --duty-cycle 0.01
+      relay bridge --link sim://island_a --mqtt mqtt://10.0.0.2 --room 3f,a0     (raw hints)
     """
     if not links:
         raise UsageError("relay bridge needs a --link URL (the radio to bridge)")
