@@ -14,7 +14,7 @@ import pytest
 
 from relay.core.identity import Identity
 from relay.core.room import Room
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.clock import run
 from relay.runtime.room import RAISE_MAX, RoomNode
