@@ -487,3 +487,18 @@ def test_listen_with_a_wrong_mqtt_password_is_refused(homes, tmp_path) -> None:
         assert "right-password" not in result.output + result.stderr
     finally:
         broker.stop()
+
+
+def test_listen_on_a_meshtastic_node_that_never_answers_fails(homes, monkeypatch) -> None:
+    """A node that cannot be reached (nothing on the port, an unplugged radio) gets
+    LINK_UP_TIMEOUT seconds; then the reason and exit code 1, not a silent room."""
+    pytest.importorskip("meshtastic")
+    import relay.runtime.member as member
+
+    monkeypatch.setattr(member, "LINK_UP_TIMEOUT", 1.0)
+    url = f"meshtastic+tcp://127.0.0.1:{_dead_port()}"
+    result = invoke("listen", "market", "--link", url, "--duration", "5", "--home", homes["ben"])
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no connection to the node after 1 s: cannot reach the node" in last, last
+    assert "Traceback" not in result.stderr
