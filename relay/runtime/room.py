@@ -204,15 +204,26 @@ class RoomNode:
         twice the round trip (the hand, the grant and its repeats on the air; at least
         ``RAISE_FIRST`` s), then after twice as long each time, up to ``raise_every``;
         each wait is jittered by +-50 % so hands waiting for the same break spread out.
+        When the floor comes free after we raised, the moderator's grant from its queue
+        gets about that first wait before we raise again (so no stale hand queues us twice).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_raise = loop.time()
-        gap: float | None = None
+        gap: float | None = None  # the wait before the next raise (backs off)
+        first_gap = 0.0  # the first one: twice the round trip
+        busy = False
         while not self.room.holds_floor(self.clock()):
             now = loop.time()
             if now >= deadline:
                 return False
+            if busy and self.room.floor is None and first_gap:
+                # The floor just came free: the moderator grants from its queue now, which
+                # may already hold our hand. Give that grant a round trip before raising
+                # again; a hand raised at once would reach the moderator after the grant
+                # and queue us a second time (a grant nobody uses later).
+                next_raise = max(next_raise, now + first_gap * (0.5 + self._rng.random()))
+            busy = self.room.floor is not None
             if now >= next_raise and self.room.floor is None:
                 hand = self.room.raise_hand(self.clock())
                 await self.send(hand)
@@ -220,7 +231,7 @@ class RoomNode:
                     round_trip = self.link.airtime(len(hand)) + (
                         1 + GRANT_REPEATS
                     ) * self.link.airtime(BEACON_SIZE)
-                    gap = max(RAISE_FIRST, 2 * round_trip)
+                    gap = first_gap = max(RAISE_FIRST, 2 * round_trip)
                 next_raise = now + gap * (0.5 + self._rng.random())
                 gap = min(2 * gap, max(raise_every, gap))
             wake = min(deadline, next_raise) if next_raise > now else deadline
