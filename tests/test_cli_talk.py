@@ -482,6 +482,8 @@ def test_listen_with_a_wrong_mqtt_password_is_refused(homes, tmp_path) -> None:
                 "listen", "market", "--link", url, "--duration", "5", "--home", homes["ben"],
                 match="refused the login", code=2,
             )  # fmt: skip
+            again = invoke("listen", "market", "--link", url, "--home", homes["ben"])
+            assert "wrong-password" not in again.output + again.stderr + repr(again.exception)
         result = invoke(
             "listen", "market", "--link", f"mqtt://ben:right-password@{base}",
             "--duration", "0.5", "--json", "--home", homes["ben"],
