@@ -103,3 +103,16 @@ def test_repeated_hands_back_off_to_the_old_pace() -> None:
     gaps = [b - a for a, b in pairwise(times)]
     assert 6 <= len(times) <= 12, times
     assert gaps[0] < 1.6 and max(gaps) <= 1.5 * RAISE_MAX, gaps
+
+
+def test_an_over_may_go_quiet_for_a_pause_and_a_packet_on_its_link() -> None:
+    """How long a listener waits before ending an unsealed over: a DTX pause (2 s) plus a
+    full packet's capture and airtime. LONG_FAST needs more than the 6 s seen between two
+    packets of one over (it was 3 s: the over split in two); a link with a large MTU (MQTT)
+    is bounded by what a LoRa frame carries, so an over there still ends within seconds."""
+    from relay.links.url import open_link
+    from relay.runtime.room import quiet_limit
+
+    assert 4.0 < quiet_limit(Ether(preset("SHORT_FAST")).attach()) < 5.0
+    assert 6.5 < quiet_limit(Ether(preset("LONG_FAST")).attach()) < 10.0
+    assert quiet_limit(open_link("mqtt://127.0.0.1:1")) < 5.0  # not opened: no I/O

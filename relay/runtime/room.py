@@ -29,6 +29,7 @@ from relay.core.room import (
 )
 from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.links.base import Link
+from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
 from relay.voice.modes import MODES, CodecMode
@@ -109,11 +110,13 @@ class LivePackets:
 
 def quiet_limit(link: Link) -> float:
     """The longest a live over on ``link`` can go without a packet: a DTX pause, then the
-    capture of a full packet (the most speech the MTU holds, in any Codec2 mode) and twice
-    its airtime (one more packet may be ahead of it on the channel)."""
-    room = max(0, link.mtu - VOICE_PACKET_OVERHEAD)
+    capture of a full packet (the most speech a LoRa frame holds, in any Codec2 mode: voice
+    comes from radios even where the link is MQTT with a larger MTU) and twice its airtime
+    (one more packet may be ahead of it on the channel)."""
+    size = min(link.mtu, LORA_MAX_PAYLOAD)
+    room = max(0, size - VOICE_PACKET_OVERHEAD)
     capture = max((room // m.bytes_per_frame) * m.frame_seconds for m in MODES)
-    return MAX_SKIP + capture + 2 * link.airtime(link.mtu)
+    return MAX_SKIP + capture + 2 * link.airtime(size)
 
 
 class RoomNode:
