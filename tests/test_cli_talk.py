@@ -96,6 +96,9 @@ def test_a_room_across_processes(homes, tmp_path, quality) -> None:
         assert heard["stopped"] == "overs" and heard["overs_verified"] == 1
         (over,) = heard["overs"]
         assert over["speaker"] == homes["ana_fp"] and over["verdict"] == "verified"
+        # DTX pauses are comfort noise, not concealment: nothing was lost on this channel.
+        assert over["frames_concealed"] == 0, over
+        assert over["frames_comfort"] == 40 - said["frames_sent"], (over, said)
         assert heard["out"] == str(wav)
         seconds = soundfile.info(str(wav)).duration
         assert abs(seconds - 1.6) < 0.1 and heard["audio_seconds"] == pytest.approx(seconds)
