@@ -249,7 +249,7 @@ class SessionMark:
 
     identity: bytes
     session: bytes
-    introduced: float  # signed time of its latest introduction
+    intro_time: float  # signed time of its latest introduction
     highest: int  # replay window: highest counter accepted
     bits: int  # replay window: bit i set <=> counter highest - i was accepted
     anchor: int  # highest counter signed by the sender or vouched for by a moderator
@@ -260,7 +260,7 @@ class SessionMark:
 class _Session:
     cipher: SenderCipher
     window: ReplayWindow
-    introduced: float = -math.inf
+    intro_time: float = -math.inf  # signed time of its latest introduction
     anchor: int = -1  # highest counter the sender signed (or a moderator vouched for)
     vouched: int = -1  # highest counter of a range a moderator granted
     last_position: int | None = None  # absolute index of the last frame received
@@ -343,9 +343,7 @@ class Receiver:
     def _new_session(self, identity: bytes, session: bytes) -> _Session:
         return _Session(self._keys.sender(identity, session), ReplayWindow(self._window))
 
-    def add_sender(
-        self, identity: bytes, session: bytes | None = None, introduced: float = -math.inf
-    ) -> None:
+    def add_sender(self, identity: bytes, session: bytes | None = None) -> None:
         """Admit a member; with ``session``, also a session of it the caller vouches for
         (a local decision: no freshness check) and voice is opened under it."""
         peer = self._peer(identity)
@@ -356,7 +354,6 @@ class Receiver:
             if len(peer.sessions) >= MAX_SESSIONS:
                 self._drop_oldest(peer)
             known = peer.sessions[session] = self._new_session(identity, session)
-        known.introduced = max(known.introduced, introduced)
         peer.voice = session
 
     def vouch(
@@ -387,7 +384,7 @@ class Receiver:
             SessionMark(
                 peer.identity,
                 value,
-                sess.introduced,
+                sess.intro_time,
                 sess.window.highest,
                 sess.window.bits,
                 sess.anchor,
@@ -413,18 +410,18 @@ class Receiver:
             peer.floor = max(peer.floor, mark.floor)
             known = peer.sessions.get(mark.session)
             if known is None:
-                if mark.introduced < peer.floor:
+                if mark.intro_time < peer.floor:
                     continue  # dropped for a newer session before the save
                 if len(peer.sessions) >= MAX_SESSIONS:
                     self._drop_oldest(peer)
                 known = peer.sessions[mark.session] = self._new_session(mark.identity, mark.session)
             if mark.highest > known.window.highest:
                 known.window = ReplayWindow(self._window, mark.highest, mark.bits)
-            known.introduced = max(known.introduced, mark.introduced)
+            known.intro_time = max(known.intro_time, mark.intro_time)
             known.anchor = max(known.anchor, mark.anchor)
         for peer in self._peers.values():
             if peer.voice is None and peer.sessions:
-                peer.voice = max(peer.sessions.items(), key=lambda i: i[1].introduced)[0]
+                peer.voice = max(peer.sessions.items(), key=lambda i: i[1].intro_time)[0]
 
     def adopt(self, old: Receiver) -> None:
         """After a key rotation: the sessions ``old`` knew stay introduced (their values
@@ -436,15 +433,15 @@ class Receiver:
             for value, sess in peer.sessions.items():
                 if value not in mine.sessions and len(mine.sessions) < MAX_SESSIONS:
                     fresh = self._new_session(peer.identity, value)
-                    fresh.introduced = sess.introduced
+                    fresh.intro_time = sess.intro_time
                     mine.sessions[value] = fresh
             if mine.voice is None and peer.voice in mine.sessions:
                 mine.voice = peer.voice
 
     def _drop_oldest(self, peer: _Peer) -> None:
-        value, oldest = min(peer.sessions.items(), key=lambda item: item[1].introduced)
+        value, oldest = min(peer.sessions.items(), key=lambda item: item[1].intro_time)
         del peer.sessions[value]
-        peer.floor = max(peer.floor, oldest.introduced)
+        peer.floor = max(peer.floor, oldest.intro_time)
         if peer.voice == value:
             peer.voice = None
 
@@ -455,10 +452,10 @@ class Receiver:
         if at <= peer.floor:
             raise PacketError("stale_session", "session older than one this sender replaced")
         if len(peer.sessions) >= MAX_SESSIONS:
-            if min(s.introduced for s in peer.sessions.values()) >= at:
+            if min(s.intro_time for s in peer.sessions.values()) >= at:
                 raise PacketError("stale_session", "session older than every one kept")
             self._drop_oldest(peer)
-        session.introduced = at
+        session.intro_time = at
         peer.sessions[value] = session
         # Voice is opened only under a session someone vouched for (the moderator's grant or
         # beacon, or the caller): an introduction alone costs no trial decryption of voice.
@@ -472,7 +469,7 @@ class Receiver:
     @staticmethod
     def _refresh(session: _Session, at: float, now: float) -> None:
         if now - INTRO_FRESH <= at <= now + INTRO_FRESH:
-            session.introduced = max(session.introduced, at)
+            session.intro_time = max(session.intro_time, at)
 
     def receive(self, packet: bytes, now: float) -> Event:
         try:

@@ -72,7 +72,7 @@ class ReplayStore:
                         key_id,
                         m.identity,
                         m.session,
-                        m.introduced,
+                        m.intro_time,
                         m.highest,
                         bits,
                         m.anchor,
