@@ -1,4 +1,5 @@
-"""The built wheel carries firmware_profiles/ and hw/ (top of the repo) and loads them.
+"""The built wheel carries firmware_profiles/ and hw/ (top of the repo) and loads them; an
+editable install reads them in place.
 
 Builds the wheel the way ``pip install .`` does (an isolated build with the build backend from
 the package index pip is configured with), then imports relay from the unpacked wheel in a
@@ -99,3 +100,49 @@ def test_wheel_ships_firmware_profiles_and_hw_and_loads_them(tmp_path: Path) -> 
     assert got["preset_mtu"] > 0 and got["kiss_mtu"] > 0 and got["usb_ids"] > 0
     assert {"rylr998", "rak3172", "e22"} <= set(got["at_profiles"])
     assert got["wiring"]
+
+
+EDITABLE_PROBE = """
+import json, site, sys
+site.addsitedir(sys.argv[1])
+from importlib import resources
+import relay
+from relay import shipped
+from relay.radio.profiles import preset
+print(json.dumps({
+    "relay": relay.__file__,
+    "resources": str(resources.files("relay.firmware_profiles")),
+    "hw": str(shipped.folder("hw")),
+    "preset_mtu": preset("SHORT_FAST").mtu,
+}))
+"""
+
+
+def test_editable_install_reads_the_folders_in_place(tmp_path: Path) -> None:
+    src = _copy_source(tmp_path)
+    prefix = tmp_path / "prefix"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-e", str(src),
+         "--prefix", str(prefix)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    (site_dir,) = prefix.glob("lib/python3*/site-packages")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -S: only the editable install's site directory, not this environment's own relay.
+    probe = subprocess.run(
+        [sys.executable, "-S", "-c", EDITABLE_PROBE, str(site_dir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    got = json.loads(probe.stdout)
+    assert Path(got["relay"]).is_relative_to(src / "relay")
+    assert Path(got["resources"]) == src / "firmware_profiles"  # setuptools' mapping
+    assert Path(got["hw"]) == src / "hw"
+    assert got["preset_mtu"] > 0
