@@ -244,3 +244,28 @@ def test_relay_demo_and_demo_room_take_the_budget() -> None:
     assert r["fits_live"] and (r["max_delay_ms"], r["relay_hops"]) == (1000, 0)
     assert r["overs_delivered"] == r["overs"] == r["overs_verified"]
     assert r["latency_ms"]["max"] < 1000
+
+
+def test_a_budget_change_reaches_members_with_their_next_invite(tmp_path) -> None:
+    mod, ana = Home(tmp_path / "mod"), Home(tmp_path / "ana")
+    for home in (mod, ana):
+        ok("id", "init", "--home", str(home.path))
+    me, her = mod.identity(), ana.identity()
+    with RoomStore(mod) as rooms:
+        info = rooms.create("far", "MEDIUM_FAST", "1200", me)
+        first = encode_invite(info, me, her.public, 1_700_000_000)
+        changed = rooms.set_budget(info.room_id, ROOM_BUDGET)
+        assert changed.budget == ROOM_BUDGET and rooms.get("far").budget == ROOM_BUDGET
+        second = encode_invite(changed, me, her.public, 1_700_000_060)
+    with RoomStore(ana) as rooms:
+        assert rooms.join(decode_invite(first, her), her.public).budget is None
+        with pytest.raises(UsageError, match="only a moderator"):
+            rooms.set_budget(info.room_id, ROOM_BUDGET)
+        assert rooms.join(decode_invite(second, her), her.public).budget == ROOM_BUDGET
+        assert rooms.join(decode_invite(first, her), her.public).budget == ROOM_BUDGET  # older
+    shown = json.loads(ok("room", "budget", "far", "--home", str(ana.path), "--json").stdout)
+    assert shown == {"name": "far", "default": False, "max_delay_ms": 1000, "relay_hops": 0}
+    ok("room", "budget", "far", "--default", "--home", str(mod.path))
+    with RoomStore(mod) as rooms:
+        assert rooms.get("far").budget is None
+    refused("room", "budget", "far", "--relay-hops", "7", "--home", str(mod.path), match="0..3")

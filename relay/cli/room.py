@@ -250,6 +250,50 @@ def _print_table(rooms: list[RoomSummary]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+@room_group.command("budget")
+@click.argument("room")
+@budget_options
+@click.option("--default", "use_default", is_flag=True, help="Go back to the default budget.")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+def budget_cmd(room, max_delay, relay_hops, use_default, home, as_json) -> None:
+    """Show or change ROOM's delay budget (moderators change it; members see it).
+
+    The budget is the mouth-to-ear delay live voice may take in the room and the repeaters
+    re-sending on its channel; talkers size their packets by it (see `relay plan --max-delay`).
+    A change reaches members with the next invite they join (`relay room invite --for`).
+
+    \b
+    Examples:
+      relay room budget market
+      relay room budget far --max-delay 1000 --relay-hops 0
+      relay room budget far --default
+    """
+    h = resolve_home(home)
+    if not h.rooms_db.exists():
+        raise UsageError(f"no room {room!r} here (there are no rooms yet)")
+    changing = use_default or max_delay is not None or relay_hops is not None
+    if use_default and (max_delay is not None or relay_hops is not None):
+        raise UsageError("--default cannot go with --max-delay or --relay-hops")
+    with RoomStore(h) as store:
+        info = store.get(room)
+        if changing:
+            new = None if use_default else resolve_budget(max_delay, relay_hops, info.budget)
+            info = store.set_budget(info.room_id, new)
+    budget = info.budget or Budget()
+    if as_json:
+        click.echo(
+            json.dumps({"name": info.name, "default": info.budget is None, **budget.to_dict()})
+        )
+        return
+    click.echo(
+        f"room {info.name!r}: delay budget {budget.max_delay_ms} ms, {budget.relay_hops} relay "
+        f"hop(s){' (the default)' if info.budget is None else ''}"
+    )
+    if changing:
+        click.echo("members take it with their next invite: relay room invite ROOM --for ...")
+
+
 @room_group.command("leave")
 @click.argument("room")
 @home_option

@@ -229,6 +229,15 @@ class RoomStore:
         self._scrub()  # an older key may just have been erased
         return self._info(info.room_id)
 
+    def set_budget(self, room_id: bytes, budget: Budget | None) -> RoomInfo:
+        """Change the delay budget of a room this home moderates (None: the default); invites
+        made from now on carry it, and members take it when they join one."""
+        if self.role(room_id) != MODERATOR:
+            raise UsageError("only a moderator of the room can change its delay budget")
+        with self._tx() as db:
+            self._set_budget(db, room_id, budget)
+        return self._info(room_id)
+
     def leave(self, ref: str) -> RoomSummary:
         """Forget a room and erase its keys."""
         summary = self._summary(self._resolve(ref))
