@@ -324,20 +324,7 @@ def plan(
         modes: tuple[CodecMode, ...] = MODES
     else:
         modes = (mode if isinstance(mode, CodecMode) else mode_by_name(mode),)
-    rows = tuple(
-        evaluate(
-            profile,
-            m,
-            fpp,
-            overhead=overhead,
-            duty_cycle=dc,
-            relay_hops=relay_hops,
-            max_occupancy=max_occupancy,
-            max_latency=max_latency,
-        )
-        for m in modes
-        for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
-    )
+    rows = _rows(profile, modes, overhead, dc, relay_hops, max_occupancy, max_latency)
     fitting = [r for r in rows if r.fits]
     # A larger budget is an allowance, not a target: a row comfortable for a phone call
     # (COMFORT_LATENCY) still wins; the budget's own comfort comes next, then anything that fits.
@@ -401,6 +388,32 @@ def plan(
     )
 
 
+def _rows(
+    profile: RadioProfile,
+    modes: tuple[CodecMode, ...],
+    overhead: int,
+    duty_cycle: float,
+    relay_hops: int,
+    max_occupancy: float,
+    max_latency: float,
+) -> tuple[PlanRow, ...]:
+    """Every (mode, frames per packet) row of ``modes`` that one datagram can carry."""
+    return tuple(
+        evaluate(
+            profile,
+            m,
+            fpp,
+            overhead=overhead,
+            duty_cycle=duty_cycle,
+            relay_hops=relay_hops,
+            max_occupancy=max_occupancy,
+            max_latency=max_latency,
+        )
+        for m in modes
+        for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
+    )
+
+
 ROOM_DELAYS_MS = (1000, 1500)  # what a moderated room can allow: the advice when nothing fits
 
 
@@ -423,22 +436,8 @@ def _budget_hint(
     ]
     for ms, hops in steps:
         for m in modes:
-            fitting = [
-                r
-                for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
-                if (
-                    r := evaluate(
-                        profile,
-                        m,
-                        fpp,
-                        overhead=overhead,
-                        duty_cycle=duty_cycle,
-                        relay_hops=hops,
-                        max_occupancy=max_occupancy,
-                        max_latency=ms / 1000,
-                    )
-                ).fits
-            ]
+            rows = _rows(profile, (m,), overhead, duty_cycle, hops, max_occupancy, ms / 1000)
+            fitting = [r for r in rows if r.fits]
             if fitting:
                 r = min(fitting, key=lambda r: r.latency)
                 ms = min(ms, max(ROOM_DELAYS_MS[0], math.ceil(r.latency * 10) * 100))

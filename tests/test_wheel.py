@@ -61,16 +61,34 @@ def _copy_source(dest: Path) -> Path:
     return src
 
 
+def _pip(*args: str) -> None:
+    """Run this interpreter's pip (an isolated build, as ``pip install .`` does)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _probe(
+    code: str, *args: str, cwd: Path, env: dict[str, str], flags: tuple[str, ...] = ()
+) -> dict:
+    """Run ``code`` in a fresh interpreter and return the JSON it prints."""
+    done = subprocess.run(
+        [sys.executable, *flags, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
 def test_wheel_ships_firmware_profiles_and_hw_and_loads_them(tmp_path: Path) -> None:
     src = _copy_source(tmp_path)  # a copy: building leaves build/ and egg-info behind
     out = tmp_path / "dist"
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
+    _pip("wheel", "--no-deps", "-q", "-w", str(out), str(src))
     (wheel,) = out.glob("relay-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert names >= SHIPPED, SHIPPED - names
@@ -85,16 +103,7 @@ def test_wheel_ships_firmware_profiles_and_hw_and_loads_them(tmp_path: Path) -> 
     env["PYTHONPATH"] = str(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        cwd=elsewhere,
-        env=env,
-        timeout=120,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    got = json.loads(probe.stdout)
+    got = _probe(PROBE, cwd=elsewhere, env=env)
     assert Path(got["relay"]).is_relative_to(site)
     assert Path(got["hw"]) == site / "relay" / "hw"  # the packaged copy, not a checkout's
     assert got["preset_mtu"] > 0 and got["kiss_mtu"] > 0 and got["usb_ids"] > 0
@@ -121,27 +130,11 @@ print(json.dumps({
 def test_editable_install_reads_the_folders_in_place(tmp_path: Path) -> None:
     src = _copy_source(tmp_path)
     prefix = tmp_path / "prefix"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-e", str(src),
-         "--prefix", str(prefix)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr[-3000:]
+    _pip("install", "--no-deps", "-q", "-e", str(src), "--prefix", str(prefix))
     (site_dir,) = prefix.glob("lib/python3*/site-packages")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # -S: only the editable install's site directory, not this environment's own relay.
-    probe = subprocess.run(
-        [sys.executable, "-S", "-c", EDITABLE_PROBE, str(site_dir)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    got = json.loads(probe.stdout)
+    got = _probe(EDITABLE_PROBE, str(site_dir), cwd=tmp_path, env=env, flags=("-S",))
     assert Path(got["relay"]).is_relative_to(src / "relay")
     assert Path(got["resources"]) == src / "firmware_profiles"  # setuptools' mapping
     assert Path(got["hw"]) == src / "hw"
