@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core import roommsg as msg
-from relay.core.crypto import hint_epoch
 from relay.core.identity import Identity
 from relay.core.room import (
     MAX_PENDING,
@@ -24,7 +23,7 @@ from relay.core.room import (
 )
 from relay.core.session import Sender
 from relay.core.signing import signed_message
-from relay.core.wire import ControlBody, ControlKind, Header, PacketType
+from relay.core.wire import ControlBody, ControlKind, PacketType
 from relay.demo.live_attack import LiveAttackSettings, run_live_attack
 from relay.errors import PacketError, UsageError
 from relay.radio.profiles import preset
@@ -204,8 +203,16 @@ class Trio:
     def seal(self) -> list:
         return [e for p in self.ana.end_over(self.now) for e in self.send(p)]
 
+    def forger(self, counter: int) -> Sender:
+        """Eve as ana: the room key and ana's session (in the clear on her control packets)."""
+        forger = Sender(
+            self.eve.keys, self.ana_id.identity, MemoryCounters(), session=self.ana.sender.session
+        )
+        forger._next, forger._limit = counter, counter + 1
+        return forger
+
     def forged(self, counter: int, position: int) -> bytes:
-        forger = Sender(self.eve.keys, self.ana_id.identity, MemoryCounters())
+        forger = self.forger(counter)
         forger._next, forger._limit = counter, counter + 1
         return forger.voice(MODE, position, [b"\x66" * 8] * 4, self.now)
 
@@ -258,12 +265,9 @@ def test_a_checkpoint_signed_by_another_member_is_dropped_and_flags_nothing() ->
     t = Trio()
     t.speak(5)
     # Eve derives ana's packet key from the room key, but signs with her own identity key.
-    ana_cipher = t.eve.keys.sender(t.ana_id.identity)
-    counter = t.ana.sender.next_counter
-    header = Header(
-        PacketType.CONTROL, 0, t.eve.keys.hint(hint_epoch(t.now)), ana_cipher.short_id, counter
-    )
-    associated = header.pack()
+    forger = t.forger(t.ana.sender.next_counter)
+    header = forger._header(PacketType.CONTROL, 0, t.now)
+    associated = forger._associated(header)
     body = msg.Checkpoint((b"\x00\x00",) * 6).pack()  # "none of your packets were voice"
     signature = t.eve_id.sign(
         signed_message(
@@ -271,7 +275,7 @@ def test_a_checkpoint_signed_by_another_member_is_dropped_and_flags_nothing() ->
         )
     )
     plaintext = ControlBody(ControlKind.CHECKPOINT, body + signature).pack()
-    packet = associated + ana_cipher.seal(associated, counter, plaintext)
+    packet = associated + forger._cipher.seal(associated, header.counter, plaintext)
     events = t.send(packet, to=[t.ben])
     assert _of(events, Dropped)[0].reason == "forged_signature"
     assert not _of(events, SpeechFlagged)

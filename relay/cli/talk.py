@@ -355,8 +355,7 @@ async def _talk(
         closed.cancel()
         report["granted"] = True
         if adapt:
-            from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
-            from relay.demo.voice import choose_frames_per_packet
+            from relay.core.wire import FEC_PAIRS
             from relay.voice.adapt import LADDER
             from relay.voice.over import encode_over
 
@@ -367,10 +366,7 @@ async def _talk(
                 chosen = policy.mode(m.clock())
                 if chosen is not mode:
                     mode = chosen
-                    fpp = min(
-                        choose_frames_per_packet(m.profile, mode)[0],
-                        (m.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame,
-                    )
+                    fpp = m.frames_per_packet(mode)[0]
                     fec = fec and mode.name in FEC_PAIRS  # 700C has no lower mode to copy in
                     if pcm is not None:
                         over = encode_over(pcm, mode, fec=fec, dtx=dtx)
@@ -464,7 +460,10 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, verified_only, hom
     nothing contradicted), forged (words the speaker did not say) or unsigned (the seal
     never came). Words injected in a speaker's name are flagged on stderr while the over
     goes on, within about 2 s (the speaker signs checkpoints as it talks); --verified-only
-    plays only what is verified. Runs until --overs, --duration or Ctrl-C.
+    plays only what is verified. Runs until --overs, --duration, Ctrl-C or SIGTERM; an over
+    still being spoken then is kept (written to --out, reported as cut short). A link that
+    cannot be reached (a dead TNC or broker port) is an error at the start, exit code 1; a
+    refused MQTT login or a missing CA file, exit code 2.
 
     \b
     Examples:
@@ -512,9 +511,11 @@ def _over_line(m, over: Over) -> dict[str, Any]:
         "verdict": over.verdict or "unsigned",
         "seconds": round(frames * over.mode.frame_seconds, 3),
         "frames": frames,
-        "frames_concealed": over.frames_missing,
+        "frames_concealed": over.frames_concealed,
+        "frames_comfort": over.frames_comfort,
         "frames_late": over.frames_late,
         "mode": over.mode.name,
+        "complete": over.complete,
     }
 
 
@@ -556,9 +557,11 @@ async def _listen(
         deadline = None if duration is None else loop.time() + duration
         lines: list[dict[str, Any]] = []
         stopped = "interrupted"
-        while True:
+
+        def take_new(cut: bool = False) -> None:
             for over in playout.overs[len(lines) :]:
                 line = _over_line(m, over)
+                line["cut_short"] = cut
                 lines.append(line)
                 if not as_json:
                     click.echo(
@@ -568,7 +571,11 @@ async def _listen(
                             if line["frames_concealed"]
                             else ""
                         )
+                        + ("  (cut short: stopped mid-over)" if cut else "")
                     )
+
+        while True:
+            take_new()
             if overs is not None and len(lines) >= overs:
                 stopped = "overs"
                 break
@@ -582,6 +589,9 @@ async def _listen(
                 break
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - loop.time()))
             await playout.wait_overs(len(lines) + 1, wait)
+        if stopped != "overs":  # stopped mid-over: keep what was heard of it
+            playout.close_all()
+            take_new(cut=True)
         dropped = dict(m.node.log.dropped)
         notices = list(m.node.log.notices)
         verified_packets = m.node.log.verified_packets

@@ -219,7 +219,10 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
         radio.start = start
     speaking = asyncio.create_task(ana.speak_over(over, fpp))
     injected: list[tuple[int, int, bytes]] = []  # (counter, position, frame)
-    forger = Sender(eve_node.room.keys, ana_id.identity, MemoryCounters())
+    # Eve knows the speaker's session: it is in the grant and beacons she receives.
+    forger = Sender(
+        eve_node.room.keys, ana_id.identity, MemoryCounters(), session=eve_node.room.floor_session
+    )
     for k in sorted(s.inject_after):
         while eve.checkpoints < k and not speaking.done():
             eve.seen.clear()
