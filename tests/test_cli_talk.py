@@ -404,7 +404,9 @@ def test_listen_verified_only_flags_injected_words(homes, capsys) -> None:
         mod_home, ana_home, ben_home = (Home(homes[n]) for n in ("mod", "ana", "ben"))
         async with open_member(mod_home, "market", url) as mod:
             stop = asyncio.Event()
-            moderating = asyncio.create_task(mod.node.moderate(auto_grant=20, stop=stop))
+            # A long grant: the room clock is the wall clock, which a loaded machine moves
+            # further than this virtual-time over takes.
+            moderating = asyncio.create_task(mod.node.moderate(auto_grant=120, stop=stop))
             listening = asyncio.create_task(
                 _listen(ben_home, "market", url, None, 30.0, 1, None, True, verified_only=True)
             )

@@ -581,7 +581,9 @@ async def _listen(
                 break
             if stop.is_set():
                 break
-            if deadline is not None and loop.time() >= deadline:
+            # (a millisecond early: a wait shorter than the clock's resolution would return
+            # at once without time moving, and spin)
+            if deadline is not None and loop.time() >= deadline - 0.001:
                 stopped = "duration"
                 break
             if not m.receiving:
