@@ -388,7 +388,7 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
     assert ana_id in marks and marks[ana_id] >= 0
 
 
-def test_listen_verified_only_flags_injected_words(homes, capsys) -> None:
+def test_listen_verified_only_flags_injected_words(tmp_path, capsys) -> None:
     """`relay listen --verified-only` (in-process, virtual time): a key holder injects a
     packet in the speaker's name mid-over; the listener flags it on stderr and in its JSON,
     and plays only what the speaker's checkpoints and seal verified."""
@@ -398,6 +398,7 @@ def test_listen_verified_only_flags_injected_words(homes, capsys) -> None:
     from relay.store.counters import MemoryCounters
 
     url = "sim://verified-only?preset=SHORT_TURBO&lbt=on"  # Eve waits for a clear channel
+    homes = make_homes(tmp_path, "market")  # fresh: no sessions of earlier tests remembered
 
     async def scenario() -> tuple[dict, dict, int]:
         loop = asyncio.get_running_loop()
@@ -433,7 +434,9 @@ def test_listen_verified_only_flags_injected_words(homes, capsys) -> None:
 
     said, heard, _ = run(scenario(), virtual=True)
     assert said["granted"] and said["checkpoints"] >= 3
-    assert heard["verified_only"] and heard["verified_packets"] >= said["voice_packets"] - 2
+    assert heard["verified_only"] and heard["verified_packets"] >= said["voice_packets"] - 2, heard[
+        "dropped"
+    ]
     (over,) = heard["overs"]
     assert over["verdict"] == "forged" and len(heard["flagged"]) >= 1, (heard["dropped"], said)
     assert heard["audio_seconds"] > 5.0  # the speaker's verified words were played
