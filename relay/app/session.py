@@ -43,6 +43,7 @@ from relay.core.room import (
 )
 from relay.core.roommsg import PREFIX_LEN
 from relay.errors import LinkError, UsageError
+from relay.links.base import Link
 from relay.radio.duty import AirtimeWindow
 from relay.runtime.member import Member, open_member
 from relay.runtime.room import BEACON_SIZE, GRANT_REPEATS, RoomNode
@@ -783,6 +784,7 @@ async def open_session(
     beacons: bool = True,
     fec: bool = False,
     dtx: bool = False,
+    link: Link | None = None,
 ) -> AsyncIterator[RoomSession]:
     """Join ``room_ref`` in ``home`` on the link at ``url`` and run a :class:`RoomSession`.
 
@@ -791,7 +793,9 @@ async def open_session(
     """
     if names is None:
         names = Names(Contacts(home).list())
-    async with open_member(home, room_ref, url, playout=playout, clock=clock, seed=seed) as m:
+    async with open_member(
+        home, room_ref, url, playout=playout, clock=clock, seed=seed, link=link
+    ) as m:
         session = RoomSession(
             m,
             names=names,
