@@ -157,7 +157,7 @@ def test_a_browser_listener_hears_a_radio_speaker(homes) -> None:
 def test_a_browser_speaker_reaches_a_radio_listener_verified(homes) -> None:
     async def scenario():
         async with (
-            served(homes, "web2") as (gateway, base, url),
+            served(homes, "web2") as (_gateway, base, url),
             chromium(mic=SAMPLE) as browser,
         ):
             clock = room_clock()
@@ -194,7 +194,7 @@ def test_a_browser_speaker_reaches_a_radio_listener_verified(homes) -> None:
 
 def test_a_browser_moderator_mutes_a_radio_speaker(homes) -> None:
     async def scenario():
-        async with served(homes, "web3") as (gateway, base, url), chromium() as browser:
+        async with served(homes, "web3") as (_gateway, base, url), chromium() as browser:
             moderator = await open_page(browser, base, link_for(homes, "me", as_me=True))
             clock = room_clock()
             async with (
@@ -236,7 +236,7 @@ def test_a_browser_without_a_valid_link_gets_nothing(homes) -> None:
     async def scenario():
         from aiohttp import ClientSession, CookieJar, WSServerHandshakeError
 
-        async with served(homes, "web4") as (gateway, base, url):
+        async with served(homes, "web4") as (gateway, base, _url):
             token = link_for(homes, "gina")
             async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
                 statuses = {}
