@@ -253,9 +253,12 @@ def test_a_browser_without_a_valid_link_gets_nothing(homes) -> None:
                     statuses["with cookie"] = r.status
                 with pytest.raises(WSServerHandshakeError):  # another site's page
                     await http.ws_connect(base + "/ws", headers={"Origin": "http://evil.example"})
-                async with ClientSession() as other:  # the same link, again
-                    async with other.get(f"{base}/join/{token}", allow_redirects=False) as r:
-                        statuses["second use"] = r.status
+                again = f"{base}/join/{token}"  # the same link, in another browser
+                async with (
+                    ClientSession() as other,
+                    other.get(again, allow_redirects=False) as r,
+                ):
+                    statuses["second use"] = r.status
             return statuses, gateway.stats["refused"]
 
     statuses, refused = asyncio.run(scenario())
