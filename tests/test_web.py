@@ -280,3 +280,83 @@ def test_web_cli_adds_lists_and_drops_people(homes) -> None:
     # a member who does not moderate gets the public id to ask a moderator for an invite
     out = ok("web", "add", "market", "zoe", "--json", "--home", homes["ana"]).stdout
     assert json.loads(out)["link"] is None and json.loads(out)["public_id"].startswith("relayid1:")
+
+
+async def _page_socket(http, base: str, token: str):
+    async with http.get(f"{base}/join/{token}") as r:
+        assert r.status == 200
+    return await http.ws_connect(base + "/ws", headers={"Origin": base})
+
+
+def test_a_removed_browser_member_is_cut_off_and_hears_nothing(homes) -> None:
+    """The page of a person a moderator removed closes at once, their session ends, and
+    the gateway sends them no more speech (the gateway's decoder holds the new key)."""
+
+    async def scenario():
+        from aiohttp import ClientSession, CookieJar, WSMsgType
+
+        async with served(homes, "web5") as (gateway, base, url):
+            token = link_for(homes, "gina")
+            gina = gateway.guests.get(gateway.info.room_id, "gina")
+            async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+                ws = await _page_socket(http, base, token)
+                first = await ws.receive(timeout=5)
+                assert first.type == WSMsgType.TEXT and json.loads(first.data)["type"] == "state"
+                await ws.send_str(json.dumps({"type": "act", "action": "raise"}))
+                await until(lambda: gateway.main.snapshot().hands)
+                assert gina.identity in gateway.main.room.roster  # enrolled: gets rekeys
+                said = await gateway.main.remove(gina.identity.hex())
+                kinds = []
+                while True:
+                    msg = await ws.receive(timeout=5)
+                    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+                        break
+                    kinds.append(msg.type)
+                async with http.get(base + "/") as r:
+                    after = r.status
+            return said, after, gateway.main.room.epoch
+
+    said, after, epoch = asyncio.run(scenario())
+    assert "removed gina" in said.lower() or "removed" in said
+    assert epoch == 1 and after == 403
+
+
+def test_tls_page_and_fingerprint_in_the_link(homes) -> None:
+    from relay.web.tls import certificate, existing_fingerprint
+
+    first = certificate(Home(homes["mod"]), "127.0.0.1")
+    again = certificate(Home(homes["mod"]), "127.0.0.1")
+    assert first == again and existing_fingerprint(Home(homes["mod"])) == first[2]
+    assert oct(first[1].stat().st_mode & 0o777) == "0o600"
+    out = ok("web", "add", "market", "gina", "--json", "--home", homes["mod"]).stdout
+    link = json.loads(out)["link"]
+    assert link.startswith("https://") and link.endswith(first[2].replace(":", ""))
+
+
+def test_act_refuses_bad_messages_without_crashing(homes) -> None:
+    """Whatever a page sends is answered with a result, never an exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.booleans())
+    messages = st.dictionaries(
+        st.sampled_from(["action", "member", "seconds", "type", "x"]), values, max_size=4
+    )
+
+    async def scenario():
+        async with served(homes, "web6") as (gateway, _base, _url):
+            seat = add_person(Home(homes["mod"]), "market", "gina")
+            guest = seat.guest
+            answers = []
+
+            @settings(max_examples=60, deadline=None)
+            @given(messages)
+            def check(message):
+                answers.append(message)
+
+            check()
+            results = [await gateway.act(guest, m) for m in answers]
+            return results
+
+    results = asyncio.run(scenario())
+    assert results and all(r["type"] == "result" and "text" in r for r in results)

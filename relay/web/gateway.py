@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import struct
@@ -100,14 +101,25 @@ class Browser:
 
     guest: Guest
     ws: web.WebSocketResponse
-    outbox: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE))
-    lagging: bool = False
+    outbox: asyncio.Queue[str | bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(SEND_QUEUE)
+    )
+    cut_off: bool = False
 
     def push(self, message: str | bytes) -> None:
+        if self.cut_off:
+            return
         try:
             self.outbox.put_nowait(message)
         except asyncio.QueueFull:
-            self.lagging = True  # the writer closes it: a stuck page must not hold speech
+            self.cut()  # a stuck page must not hold speech for everyone else
+
+    def cut(self) -> None:
+        """Close this page: nothing queued for it is sent any more."""
+        self.cut_off = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(None)
 
 
 class Gateway:
@@ -140,7 +152,7 @@ class Gateway:
         self._opening: dict[bytes, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sent: dict[int, int] = {}  # id(over) -> frames already sent
-        self.stats = {"speech_messages": 0, "refused": 0, "lagging_closed": 0}
+        self.stats = {"speech_messages": 0, "refused": 0, "cut_off": 0}
 
     # -------------------------------------------------------------- running
     async def start(self) -> None:
@@ -256,7 +268,7 @@ class Gateway:
         shared_json = json.dumps({k: v for k, v in shared.items() if k not in PERSONAL})
         for browser in list(self.browsers):
             if self.removed(browser.guest):
-                browser.lagging = True  # closed by its writer: a removed person hears nothing
+                browser.cut()  # a removed person hears nothing more
                 continue
             session = self._people.get(browser.guest.identity)
             if browser.guest.as_me:
@@ -275,7 +287,7 @@ class Gateway:
         assert self.main is not None
         me = next((m for m in shared["members"] if m["id"] == guest.identity.hex()), None)
         if me is None:
-            me = dataclass_dict(self.main._view(guest.identity))
+            me = dataclasses.asdict(self.main._view(guest.identity))
         me = {**me, "me": True}
         return {
             "me": me,
@@ -313,7 +325,7 @@ class Gateway:
         self.push_state()
         try:
             async for msg in ws:
-                if self.removed(guest) or browser.lagging:
+                if self.removed(guest) or browser.cut_off:
                     break
                 if msg.type == WSMsgType.BINARY:
                     self._voice(guest.identity).feed(msg.data)
@@ -334,21 +346,14 @@ class Gateway:
 
     async def _write(self, browser: Browser) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            while not browser.lagging:
-                message = await browser.outbox.get()
+            while (message := await browser.outbox.get()) is not None:
                 if isinstance(message, bytes):
                     await browser.ws.send_bytes(message)
                 else:
                     await browser.ws.send_str(message)
-        if browser.lagging:
-            self.stats["lagging_closed"] += 1
-            await browser.ws.close()
-
-
-def dataclass_dict(value: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(value)
+        if browser.cut_off:
+            self.stats["cut_off"] += 1
+        await browser.ws.close()
 
 
 # ------------------------------------------------------------------ the web application
