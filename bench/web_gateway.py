@@ -53,7 +53,8 @@ async def page(base, token, seconds, lat, counts):
 async def main():
     job = json.loads(sys.stdin.read())
     lat, counts = [], {"speech": 0, "state": 0, "closed": 0}
-    await asyncio.gather(*(page(job["base"], t, job["seconds"], lat, counts) for t in job["tokens"]))
+    base, seconds = job["base"], job["seconds"]
+    await asyncio.gather(*(page(base, t, seconds, lat, counts) for t in job["tokens"]))
     print(json.dumps({"latency": lat, **counts}))
 
 asyncio.run(main())
