@@ -196,6 +196,7 @@ class RoomSession:
         self._floor_since = 0.0
         self._talking: asyncio.Task[None] | None = None
         self._stop_talking = False
+        self._starting = False
         self._hand: asyncio.Task[None] | None = None
         self._beacons: asyncio.Task[None] | None = None
         self._beacons_stop = asyncio.Event()
@@ -449,6 +450,10 @@ class RoomSession:
         names = ", ".join(self._name(m) for m in matches[:5])
         raise UsageError(f"{text!r} names more than one member ({names}): say more")
 
+    def view(self, ref: str) -> MemberView:
+        """How the member ``ref`` names is shown (see :meth:`resolve`)."""
+        return self._view(self.resolve(ref))
+
     # -------------------------------------------------------------- snapshot
     def snapshot(self) -> Snapshot:
         """The room as it is now, for a screen (cheap: call it a few times a second)."""
@@ -568,7 +573,7 @@ class RoomSession:
         """Start talking (push-to-talk pressed). A moderator with the floor free takes it; a
         member must have been granted it (raise a hand)."""
         self._may_transmit()
-        if self.talking:
+        if self.talking or self._starting:
             return "already talking"
         if self.source is None:
             raise UsageError("nothing to talk with: start with the microphone or --input FILE")
@@ -586,9 +591,13 @@ class RoomSession:
                 raise UsageError("you do not hold the floor: raise your hand and wait for a grant")
             if holder is not None:
                 raise UsageError(f"{self._name(holder)} holds the floor: revoke it first")
-            await self.node.grant_floor(self.me, self.grant_seconds)
-            # Talk once the grant's repeats have left the air (as wait_for_floor does).
-            await asyncio.sleep(GRANT_REPEATS * self.member.link.airtime(BEACON_SIZE) + 0.05)
+            self._starting = True
+            try:
+                await self.node.grant_floor(self.me, self.grant_seconds)
+                # Talk once the grant's repeats have left the air (as wait_for_floor does).
+                await asyncio.sleep(GRANT_REPEATS * self.member.link.airtime(BEACON_SIZE) + 0.05)
+            finally:
+                self._starting = False
         if self._hand is not None:
             self._hand.cancel()
         self._stop_talking = False
