@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import ENV, make_homes, ok, refused
+from cli_helpers import ENV, make_homes, ok, refused, relay_proc
 from textual.widgets import DataTable, Log, Static
 
 from relay.app.audio import file_source
@@ -218,6 +219,70 @@ def test_relay_mod_reaches_a_running_console(homes) -> None:
             assert not path.exists()
 
     asyncio.run(scenario())
+
+
+def test_relay_moderate_without_auto_grant_grants_through_relay_mod(homes, tmp_path) -> None:
+    """`relay moderate` shows the hand with a hint; `relay mod grant` from another process
+    gives the floor; `relay talk` then speaks; `relay mod` says so when none runs."""
+    ether = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    procs: list[subprocess.Popen] = []
+    try:
+        line = ether.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"(sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
+        mod = relay_proc(
+            "moderate", "market", "--link", f"{url}?node=mod", "--duration", "40",
+            "--home", homes["mod"], out=tmp_path / "mod",
+        )  # fmt: skip
+        procs.append(mod)
+        wait_for_text(tmp_path / "mod.err", "hands are shown, not granted")
+        talk = relay_proc(
+            "talk", "market", "--link", f"{url}?node=ana", "--input",
+            str(bundled_sample("forig.wav")), "--timeout", "30", "--json",
+            "--home", homes["ana"], out=tmp_path / "ana",
+        )  # fmt: skip
+        procs.append(talk)
+        shown = wait_for_text(tmp_path / "mod.out", r"hand raised: .*grant it: relay mod grant")
+        assert f"hand raised: {homes['ana_fp']}" in shown
+        hint = re.search(r"\(grant it: (relay mod grant market \S+)\)", shown).group(1)  # type: ignore[union-attr]
+        granted = subprocess.run(
+            [sys.executable, "-m", *hint.split(), "--home", homes["mod"]],
+            capture_output=True, text=True, timeout=30, env=ENV,
+        )  # fmt: skip
+        assert granted.returncode == 0, granted.stderr
+        assert granted.stdout.startswith("granted the floor to Ana")  # mod's contact
+        assert talk.wait(timeout=30) == 0, (tmp_path / "ana.err").read_text()
+        said = json.loads((tmp_path / "ana.out").read_text())
+        assert said["granted"] and said["frames_sent"] == 40
+        wait_for_text(tmp_path / "mod.out", "over ended: .* verified")
+        assert "mod: granted the floor" in (tmp_path / "mod.out").read_text()
+        mod.send_signal(signal.SIGINT)
+        assert mod.wait(timeout=10) == 0
+        gone = subprocess.run(
+            [sys.executable, "-m", "relay", "mod", "revoke", "market", "--home", homes["mod"]],
+            capture_output=True, text=True, timeout=30, env=ENV,
+        )  # fmt: skip
+        assert gone.returncode == 3 and "no moderator of 'market' is running" in gone.stderr
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        ether.terminate()
+        ether.communicate(timeout=5)
+
+
+def wait_for_text(path: Path, pattern: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in {path}: {text!r}")
 
 
 def test_mod_and_contacts_commands_refuse_bad_input(homes, tmp_path) -> None:
