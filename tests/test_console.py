@@ -356,7 +356,7 @@ def test_console_in_tmux(homes, tmp_path) -> None:
         assert "relay console · market" in shown and "(moderator)" in shown, shown
         assert "FLOOR  free" in shown and "MEMBERS (3)" in shown and "Ana" in shown, shown
         assert "LINK  SHORT_TURBO up · loss n/a" in shown, shown
-        assert "Grant" in shown and "Mute/unmute" in shown and "Quit" in shown, shown  # footer
+        assert "q Quit" in shown and "g Grant" in shown and "x Remove" in shown, shown  # footer
         (tmp_path / "console.txt").write_text(shown)
         subprocess.run([*tmux, "send-keys", "-t", session, "r"], check=True, env=ENV)
         deadline = time.monotonic() + 10

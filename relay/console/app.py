@@ -67,16 +67,20 @@ def floor_text(snap: Snapshot) -> str:
 def health_text(snap: Snapshot) -> str:
     link = snap.link
     loss = "n/a" if link.loss is None else f"{100 * link.loss:.0f} %"
-    limit = f"{100 * link.duty_cycle:g} % duty cycle" if link.duty_cycle < 1 else "no duty limit"
-    signal = "no RSSI/SNR"
+    if link.duty_cycle < 1:
+        limit = f"{100 * link.duty_cycle:g} %"
+        air = f"{link.airtime_used:.1f} of {link.airtime_budget:.0f} s/h ({limit})"
+    else:
+        air = f"{link.airtime_used:.1f} s/h"
+    signal = "RSSI/SNR n/a"
     if link.rssi is not None or link.snr is not None:
         rssi = "?" if link.rssi is None else f"{link.rssi:.0f} dBm"
         snr = "?" if link.snr is None else f"{link.snr:.1f} dB"
         signal = f"RSSI {rssi}  SNR {snr}"
     state = "up" if link.alive else "CLOSED"
     return (
-        f"LINK  {link.radio} {state} · loss {loss} · dropped {link.dropped} · airtime "
-        f"{link.airtime_used:.1f} of {link.airtime_budget:.0f} s/h ({limit}) · {signal}"
+        f"LINK  {link.radio} {state} · loss {loss} · dropped {link.dropped} · "
+        f"airtime {air} · {signal}"
     )
 
 
@@ -134,15 +138,16 @@ class ConsoleApp(App[None]):
     """
     BINDINGS = [  # noqa: RUF012 (textual's class attribute)
         Binding("space", "ptt", "Talk", priority=True),
-        Binding("h", "hand", "Hand up/down"),
+        Binding("h", "hand", "Hand"),
+        Binding("q", "quit", "Quit"),
         Binding("g", "grant", "Grant"),
         Binding("r", "revoke", "Revoke"),
         Binding("m", "mute", "Mute/unmute"),
         Binding("x", "remove", "Remove"),
         Binding("a", "appoint", "Appoint"),
         Binding("tab", "focus_next", "Hands/Members", show=False),
-        Binding("q", "quit", "Quit"),
     ]
+    ENABLE_COMMAND_PALETTE = False
 
     def __init__(self, session: RoomSession, *, ptt: str = "toggle") -> None:
         super().__init__()
