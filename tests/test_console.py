@@ -375,3 +375,28 @@ def test_console_in_tmux(homes, tmp_path) -> None:
             subprocess.run([*tmux, "kill-server"], env=ENV, timeout=10)
         ether.terminate()
         ether.communicate(timeout=5)
+
+
+def test_hold_to_talk_and_the_moderator_takes_a_free_floor(homes) -> None:
+    """--ptt hold: talking lasts while space repeats and stops soon after the last repeat;
+    a moderator's space takes a free floor."""
+
+    async def scenario() -> None:
+        url = "sim://hold?preset=SHORT_TURBO"
+        async with open_session(Home(homes["mod"]), "market", url, source=file_source(LONG)) as s:
+            app = ConsoleApp(s, ptt="hold")
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.press("space")
+                await until(lambda: s.talking)
+                assert s.room.floor == s.me  # granted itself
+                for _ in range(12):  # key repeat, every 0.1 s
+                    await asyncio.sleep(0.1)
+                    await pilot.press("space")
+                    assert s.talking
+                released = time.monotonic()
+                await until(lambda: not s.talking, timeout=5)
+                assert time.monotonic() - released < 2.0
+                await until(lambda: "over sealed" in log_text(app))
+                await pilot.press("q")
+
+    asyncio.run(scenario())

@@ -163,7 +163,9 @@ class ControlServer:
             seconds = request.get("seconds")
             if not isinstance(action, str) or not isinstance(member, str | None):
                 raise ValueError
-            if seconds is not None and (not isinstance(seconds, int) or not 0 < seconds < 65536):
+            if seconds is not None and (
+                type(seconds) is not int or not 0 < seconds < 65536  # (not a bool either)
+            ):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return {"ok": False, "error": "malformed request"}

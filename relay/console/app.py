@@ -22,7 +22,7 @@ from relay.app.session import LogLine, MemberView, RoomSession, Snapshot
 from relay.errors import LinkError, UsageError
 
 REFRESH = 0.2
-HOLD_GRACE = 0.6  # hold-to-talk: talking stops this long after the last key repeat
+HOLD_GRACE = 0.8  # hold-to-talk: stops this long after the last key repeat (X11 waits 0.66 s)
 METER = 24
 MODERATOR_KEYS = frozenset(("grant", "revoke", "mute", "remove", "appoint"))
 TRANSMIT_KEYS = frozenset(("ptt", "hand")) | MODERATOR_KEYS
@@ -295,9 +295,15 @@ class ConsoleApp(App[None]):
         if self.ptt_mode == "hold":
             self._release_at = time.monotonic() + HOLD_GRACE
             if not self.session.talking:
-                self._do(self.session.ptt_start)
+                self._do(self._hold_start)
             return
         self._do(self.session.ptt_toggle)
+
+    async def _hold_start(self) -> str:
+        said = await self.session.ptt_start()
+        # Taking the floor takes a moment: the grace runs from when talking began.
+        self._release_at = max(self._release_at, time.monotonic() + HOLD_GRACE)
+        return said
 
     def _check_release(self) -> None:
         if self.session.talking and time.monotonic() > self._release_at:
