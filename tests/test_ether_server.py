@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from relay.errors import LinkError, UsageError
-from relay.links.ether_client import RemoteSimLink, open_remote
-from relay.links.ether_server import EtherServer
-from relay.links.framing import MAGIC, Data, Hello, encode
-from relay.links.sim import Ether, clear_registry, remote_address
+from relay.links.sim.channel import Ether, clear_registry, remote_address
+from relay.links.sim.client import RemoteSimLink, open_remote
+from relay.links.sim.codec import MAGIC, Data, Hello, encode
+from relay.links.sim.server import EtherServer
 from relay.links.url import open_link
 from relay.radio.profiles import preset
 
@@ -256,6 +256,12 @@ def test_url_grammar() -> None:
     assert remote_address("sim://?preset=SHORT_FAST") is None
     with pytest.raises(UsageError, match="port"):
         remote_address("sim://127.0.0.1:99999")
+    # a typo for an ether is an error, never a silent empty channel in this process
+    for typo in ("sim://127.0.0.1:notaport", "sim://localhost:", "sim://room:7300x"):
+        with pytest.raises(UsageError, match="port"):
+            remote_address(typo)
+        with pytest.raises(UsageError, match="port"):
+            open_link(typo)
     clear_registry()
     link = open_link("sim://room?node=a")  # no port: still the in-process channel
     assert type(link).__name__ == "SimLink"

@@ -8,18 +8,15 @@ nothing else changes. Emulators run until Ctrl-C (or ``--duration``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
-import logging
-import signal
-import sys
 
 import click
 
+from relay.cli.foreground import log_to_stderr, run_until_stopped
 from relay.errors import UsageError
 
 # name -> "module:attribute" of a click command living in another file.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"at": "relay.cli.emulate_at:at_cmd"}
 
 
 class _EmulateGroup(click.Group):
@@ -45,26 +42,6 @@ def emulate_group() -> None:
     """
 
 
-async def run_until_stopped(duration: float | None) -> None:
-    """Wait for Ctrl-C / SIGTERM, or ``duration`` seconds."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), duration)
-
-
-def log_to_stderr(name: str, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("relay emulate: %(message)s"))
-    log = logging.getLogger(name)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO if verbose else logging.WARNING)
-    log.propagate = False
-
-
 @emulate_group.command("meshtastic")
 @click.option(
     "--tcp",
@@ -82,8 +59,10 @@ def log_to_stderr(name: str, verbose: bool) -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="TCP address to listen on.")
 @click.option("--preset", default="LONG_FAST", show_default=True, help="Modem preset of the mesh.")
-@click.option("--nodes", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="How many fake nodes (TCP ports or ptys) share the mesh.")  # fmt: skip
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of packets the mesh loses between nodes, 0..1.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the loss draws.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--verbose", "-v", is_flag=True, help="Log clients and skipped junk.")
@@ -141,8 +120,3 @@ def meshtastic_cmd(
         asyncio.run(serve())
     except OSError as exc:
         raise UsageError(f"cannot serve the emulated nodes: {exc}") from None
-
-
-from relay.cli.emulate_at import at_cmd  # noqa: E402 - the AT subcommand lives in its own file
-
-emulate_group.add_command(at_cmd)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from relay.links.base import Link
-from relay.links.sim import remote_address
+from relay.links.sim.channel import remote_address
 from relay.links.url import open_link
 from relay.runtime.clock import run
 from relay.runtime.linkcheck import CheckReport, check
@@ -24,7 +24,8 @@ def link_group() -> None:
 @link_group.command("check")
 @click.argument("url_a")
 @click.argument("url_b")
-@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="How many probes to send from A to B.")  # fmt: skip
 @click.option("--size", type=int, help="Probe size in bytes (default 48, or the MTU if smaller).")
 @click.option("--interval", type=click.FloatRange(min=0), help="Seconds between probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -54,7 +55,7 @@ def _in_process(url: str) -> bool:
 
 async def _open(url: str) -> Link:
     if remote_address(url) is not None:
-        from relay.links.ether_client import open_remote
+        from relay.links.sim.client import open_remote
 
         return await open_remote(url)
     return open_link(url)

@@ -731,10 +731,15 @@ def remote_address(url: str) -> tuple[str, int] | None:
     try:
         port = parts.port
     except ValueError:
-        if parts.netloc.rpartition(":")[2].isdigit():
-            raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}") from None
-        return None  # a channel name that happens to contain ':'
+        # A host with a port that is not a number is a typo for an ether, never a channel
+        # name: opening an empty in-process channel instead would hear nothing, silently.
+        raise UsageError(
+            f"sim:// port must be a number 1..65535, got {parts.netloc!r} "
+            "(a channel in this process is sim://NAME, without ':')"
+        ) from None
     if port is None:
+        if parts.netloc.endswith(":"):
+            raise UsageError(f"sim://{parts.netloc}: give the ether's port after ':'")
         return None
     if port == 0:
         raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}")
@@ -750,13 +755,9 @@ def open_url(url: str) -> Link:
     naming a channel that exists joins it; it may repeat the channel's options but not
     contradict them.
 
-    ``sim://HOST:PORT?node=alice`` (a port) joins the channel served by ``relay ether`` in
-    another process instead: see :mod:`relay.links.ether_client`.
+    ``sim://HOST:PORT`` (a port) names a channel in another process: :mod:`relay.links.sim.url`
+    sends those to :mod:`relay.links.sim.client` instead.
     """
-    if remote_address(url) is not None:
-        from relay.links.ether_client import open_url as open_remote_url
-
-        return open_remote_url(url)
     name, opts, node = parse_url(url)
     ether = _ETHERS.get(name)
     if ether is None:
