@@ -197,3 +197,53 @@ def test_level_meter_scale() -> None:
     assert level(np.zeros(160, np.int16)) == 0.0
     assert level(np.full(160, 32767, np.int16)) == pytest.approx(1.0, abs=0.01)
     assert 0.4 < level((np.sin(np.arange(160)) * 1000).astype(np.int16)) < 0.6
+
+
+def test_console_sound_card_path_microphone_to_speaker(homes, monkeypatch) -> None:
+    """The console's devices with sounddevice faked: the speaker talks from the microphone,
+    the listener's speaker plays every frame it heard; without a sound card it says so."""
+    from test_cli_talk import FakeOutput
+    from test_live_voice import fake_sounddevice
+
+    import relay.voice.device as device
+    from relay.cli.console import _devices
+    from relay.voice.device import SpeakerPlayout
+
+    monkeypatch.setattr(device, "require_sounddevice", lambda flag: fake_sd)
+    fake_sd = fake_sounddevice(SHORT, FakeOutput)
+    mic, _, warnings = _devices(False, None, out_path=object())
+    _, speaker, _ = _devices(True, None, out_path=None)
+    assert mic is not None and speaker is not None and not warnings
+
+    async def scenario():
+        clock = room_clock()
+        h = {n: Home(homes[n]) for n in ("mod", "ana", "ben")}
+        heard = SpeakerPlayout(speaker)
+        async with (
+            open_session(h["mod"], "market", "sim://snd?preset=SHORT_TURBO&lbt=on", clock=clock) as mod,
+            open_session(
+                h["ben"], "market", "sim://snd", clock=clock, listen_only=True, playout=heard
+            ) as ben,
+            open_session(h["ana"], "market", "sim://snd", clock=clock, source=mic) as ana,
+        ):
+            await ana.raise_hand()
+            await until(lambda: mod.room.next_hand() is not None)
+            await mod.grant()
+            await until(lambda: ana.room.holds_floor(ana.clock()))
+            await ana.ptt_start()
+            await asyncio.sleep(1.0)
+            await ana.ptt_stop()
+            await until(lambda: ben.snapshot().overs)
+            return ben.snapshot().overs[0], sum(len(p) for o in heard.overs for p in o.pcm)
+
+    over, played = run(scenario(), virtual=True)
+    assert over.verdict == "verified" and 0.9 <= over.seconds <= 1.3
+    assert sum(len(chunk) for chunk in speaker._chunks) == played > 7000  # all of it played
+
+    def no_card(flag: str):
+        raise UsageError(f"{flag} needs the optional sounddevice package")
+
+    monkeypatch.setattr(device, "require_sounddevice", no_card)
+    source, sink, warnings = _devices(False, None, out_path=None)
+    assert source is None and sink is None
+    assert "talk with --input FILE, hear with --out FILE" in warnings[0]
