@@ -26,7 +26,7 @@ ACTIONS = ("grant", "revoke", "mute", "unmute", "remove", "appoint")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 def mod_cmd(action, room, member, seconds, home, as_json) -> None:
     """Ask the moderator running ROOM here (`relay console` or `relay moderate`, same home)
-    to grant, revoke, mute, unmute, remove or appoint MEMBER.
+    to do ACTION to MEMBER: grant, revoke, mute, unmute, remove or appoint.
 
     MEMBER is a contact's name, a fingerprint (or its first characters) or an id; grant
     without MEMBER gives the floor to the first raised hand, revoke takes it from whoever
