@@ -92,6 +92,8 @@ def test_hand_grant_speech_verdict_and_names(homes) -> None:
             while ana.talking:
                 levels.append(ana.snapshot().level)
                 await asyncio.sleep(0.1)
+            (mine,) = ana.snapshot().overs
+            assert mine.verdict == "sent" and mine.speaker.me and abs(mine.seconds - 1.6) < 0.1
             await until(lambda: ben.snapshot().overs)
             (over,) = ben.snapshot().overs
             assert over.verdict == "verified" and abs(over.seconds - 1.6) < 0.1
@@ -219,8 +221,9 @@ def test_console_sound_card_path_microphone_to_speaker(homes, monkeypatch) -> No
         clock = room_clock()
         h = {n: Home(homes[n]) for n in ("mod", "ana", "ben")}
         heard = SpeakerPlayout(speaker)
+        URL = "sim://snd?preset=SHORT_TURBO&lbt=on"  # noqa: N806
         async with (
-            open_session(h["mod"], "market", "sim://snd?preset=SHORT_TURBO&lbt=on", clock=clock) as mod,
+            open_session(h["mod"], "market", URL, clock=clock) as mod,
             open_session(
                 h["ben"], "market", "sim://snd", clock=clock, listen_only=True, playout=heard
             ) as ben,

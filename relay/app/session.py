@@ -110,7 +110,7 @@ class FloorView:
 @dataclass(frozen=True, slots=True)
 class OverView:
     speaker: MemberView
-    verdict: str  # verified | partial | forged | unheard | unsigned
+    verdict: str  # verified | partial | forged | unheard | unsigned; sent: our own
     seconds: float
     at: float  # room clock (Unix time) when it ended
 
@@ -641,6 +641,7 @@ class RoomSession:
             self.note(f"talking stopped: {exc}")
             return
         seconds = said.positions * mode.frame_seconds
+        self._overs.append((self.me, "sent", seconds, self.clock()))
         why = "" if self._stop_talking else " (the floor ended or the voice ran out)"
         self.note(f"over sealed: {seconds:.1f} s in {said.packets_sent} packets{why}")
 
