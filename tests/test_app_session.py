@@ -221,9 +221,9 @@ def test_console_sound_card_path_microphone_to_speaker(homes, monkeypatch) -> No
         clock = room_clock()
         h = {n: Home(homes[n]) for n in ("mod", "ana", "ben")}
         heard = SpeakerPlayout(speaker)
-        URL = "sim://snd?preset=SHORT_TURBO&lbt=on"  # noqa: N806
+        url = "sim://snd?preset=SHORT_TURBO&lbt=on"
         async with (
-            open_session(h["mod"], "market", URL, clock=clock) as mod,
+            open_session(h["mod"], "market", url, clock=clock) as mod,
             open_session(
                 h["ben"], "market", "sim://snd", clock=clock, listen_only=True, playout=heard
             ) as ben,
