@@ -139,6 +139,9 @@ def test_mute_mid_over_then_remove_rotates_the_key(homes) -> None:
             assert heard_frames(ben, ana.me) == at_mute < 150  # not one frame more
             assert heard_frames(mod, ana.me) < 150
             assert ana.snapshot().me.muted
+            await until(lambda: ben.snapshot().overs)  # the muted speaker's seal
+            (cut,) = ben.snapshot().overs
+            assert cut.cut and cut.speaker.muted
             with pytest.raises(UsageError, match="muted"):
                 await ana.ptt_start()
             with pytest.raises(UsageError, match="already muted"):

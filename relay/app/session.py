@@ -111,8 +111,9 @@ class FloorView:
 class OverView:
     speaker: MemberView
     verdict: str  # verified | partial | forged | unheard | unsigned; sent: our own
-    seconds: float
+    seconds: float  # as long as the speaker says it was
     at: float  # room clock (Unix time) when it ended
+    cut: bool = False  # a moderator muted or removed the speaker during it: not all was played
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ class RoomSession:
         self.fec = fec
         self.dtx = dtx
         self._log: deque[LogLine] = deque(maxlen=LOG_LINES)
-        self._overs: deque[tuple[bytes, str, float, float]] = deque(maxlen=OVERS_KEPT)
+        self._overs: deque[tuple[bytes, str, float, float, bool]] = deque(maxlen=OVERS_KEPT)
         self._hand_since: dict[bytes, float] = {}
         self._floor: bytes | None = None
         self._floor_since = 0.0
@@ -326,8 +327,12 @@ class RoomSession:
             self.note(f"hand {state}: {self._name(event.member)}")
         elif isinstance(event, OverEnded):
             seconds = event.frames * self.member.mode.frame_seconds
-            self._overs.append((event.speaker, event.verdict, seconds, self.clock()))
-            self.note(f"over by {self._name(event.speaker)}: {event.verdict} ({seconds:.1f} s)")
+            cut = self._muted(event.speaker) or event.speaker in self.room.removed
+            self._overs.append((event.speaker, event.verdict, seconds, self.clock(), cut))
+            how = ", cut by a moderator" if cut else ""
+            self.note(
+                f"over by {self._name(event.speaker)}: {event.verdict} ({seconds:.1f} s{how})"
+            )
         elif isinstance(event, MemberChanged):
             if event.member == self.me and event.change in ("muted", "removed"):
                 self._stop_talking = True
@@ -472,8 +477,8 @@ class RoomSession:
             for ident in room.hands
         )
         overs = tuple(
-            OverView(self._view(speaker), verdict, round(seconds, 2), at)
-            for speaker, verdict, seconds, at in reversed(self._overs)
+            OverView(self._view(speaker), verdict, round(seconds, 2), at, cut)
+            for speaker, verdict, seconds, at, cut in reversed(self._overs)
         )
         log = self.node.log
         profile = self.member.profile
@@ -641,7 +646,7 @@ class RoomSession:
             self.note(f"talking stopped: {exc}")
             return
         seconds = said.positions * mode.frame_seconds
-        self._overs.append((self.me, "sent", seconds, self.clock()))
+        self._overs.append((self.me, "sent", seconds, self.clock(), self._muted(self.me)))
         why = "" if self._stop_talking else " (the floor ended or the voice ran out)"
         self.note(f"over sealed: {seconds:.1f} s in {said.packets_sent} packets{why}")
 

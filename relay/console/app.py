@@ -90,7 +90,8 @@ def overs_text(snap: Snapshot, count: int = 4) -> str:
     lines = []
     for over in snap.overs[:count]:
         at = time.strftime("%H:%M:%S", time.localtime(over.at))
-        lines.append(f"{at}  {over.speaker.name:<16} {over.verdict:<9} {over.seconds:5.1f} s")
+        cut = "  cut by a moderator" if over.cut else ""
+        lines.append(f"{at}  {over.speaker.name:<16} {over.verdict:<9} {over.seconds:5.1f} s{cut}")
     return "OVERS  " + "\n       ".join(lines)
 
 
