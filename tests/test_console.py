@@ -310,6 +310,8 @@ def test_mod_and_contacts_commands_refuse_bad_input(homes, tmp_path) -> None:
     refused("console", "nope", "--link", "sim://x", "--home", homes["mod"], match="no room")
     refused("console", "market", "--link", "sim://127.0.0.1:1", "--home", homes["mod"],
             match="no ether at 127.0.0.1:1")  # fmt: skip
+    refused("console", "market", "--link", "sim://x", "--home", homes["mod"],
+            match="draws on a terminal and this is not one")  # fmt: skip
     refused("console", "market", "--link", "sim://x", "--out", str(tmp_path / "no" / "a.wav"),
             "--home", homes["mod"], match="does not exist")  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,11 @@ async def _console(home, room_ref, url, listen_only, pcm, out_path, ptt, grant_s
             )
         except (LinkError, OSError) as exc:
             raise UsageError(f"cannot open the link {url}: {exc}") from None
+        if not (sys.stdin.isatty() and sys.__stderr__ is not None and sys.__stderr__.isatty()):
+            raise UsageError(
+                "relay console draws on a terminal and this is not one (for scripts: "
+                "relay listen, relay talk, relay mod)"
+            )
         from relay.console.app import ConsoleApp
 
         for warning in warnings:
