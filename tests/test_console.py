@@ -402,3 +402,38 @@ def test_hold_to_talk_and_the_moderator_takes_a_free_floor(homes) -> None:
                 await pilot.press("q")
 
     asyncio.run(scenario())
+
+
+def test_a_relay_notice_shows_on_screen(homes) -> None:
+    """A bridge's notice about this room reaches the snapshot, the log and the LINK panel."""
+    from relay.core.crypto import hint_epoch
+    from relay.core.identity import Identity
+    from relay.core.notice import NoticeReason, RelayNotice, build_notice
+    from relay.links.url import open_link
+
+    async def scenario() -> None:
+        url = "sim://notice?preset=SHORT_TURBO"
+        async with open_session(Home(homes["ben"]), "market", url, listen_only=True) as s:
+            bridge = Identity.generate()
+            now = s.clock()
+            notice = RelayNotice(
+                reason=NoticeReason.AIRTIME,
+                hint=s.room.keys.hint(hint_epoch(now)),
+                speaker=0xBEEF,
+                first_counter=7,
+                packets=25,
+                issued_at=int(now),
+                relay=bridge.public,
+            )
+            radio = open_link(f"{url}&node=bridge")
+            app = ConsoleApp(s)
+            async with app.run_test(size=SIZE) as pilot:
+                await radio.send(build_notice(bridge, notice))
+                await until(lambda: s.snapshot().notices)
+                assert s.snapshot().notices == (notice.text,)
+                await until(lambda: "NOTICE  relay" in text(app, "#health"))
+                assert f"relay notice: {notice.text}" in log_text(app)
+                await pilot.press("q")
+            await radio.close()
+
+    asyncio.run(scenario())

@@ -220,7 +220,8 @@ class ConsoleApp(App[None]):
         self.query_one("#hands-label", Label).update(f"HANDS ({len(snap.hands)})")
         self.query_one("#members-label", Label).update(f"MEMBERS ({len(snap.members)})")
         self.query_one("#overs", Static).update(overs_text(snap))
-        self.query_one("#health", Static).update(health_text(snap))
+        notice = f"\nNOTICE  {snap.notices[-1]}" if snap.notices else ""
+        self.query_one("#health", Static).update(health_text(snap) + notice)
         self.query_one("#status", Static).update(self.status)
         self._write_log(snap.log)
 
