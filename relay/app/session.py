@@ -49,7 +49,6 @@ from relay.runtime.room import BEACON_SIZE, GRANT_REPEATS, RoomNode
 from relay.runtime.voice import Playout, RoomClock
 from relay.store.contacts import Contacts, Names, short_id
 from relay.store.home import Home
-from relay.voice.modes import SAMPLE_RATE
 
 GRANT_SECONDS = 60  # a grant's default length (the moderator's key, `relay mod grant`)
 HAND_TIMEOUT = 3600.0  # a raised hand stays up (and is raised again now and then) this long
@@ -530,10 +529,6 @@ class RoomSession:
         overs = [*self.playout.overs, *self.playout.live_overs()]
         audio = [o.audio() for o in overs if o.pcm]
         return np.concatenate(audio) if audio else np.zeros(0, np.int16)
-
-    @property
-    def heard_seconds(self) -> float:
-        return len(self.heard_audio()) / SAMPLE_RATE
 
     # -------------------------------------------------------------- actions
     def _may_transmit(self) -> None:
