@@ -92,6 +92,8 @@ def test_hand_grant_speech_verdict_and_names(homes) -> None:
             while ana.talking:
                 levels.append(ana.snapshot().level)
                 await asyncio.sleep(0.1)
+            (mine,) = ana.snapshot().overs
+            assert mine.verdict == "sent" and mine.speaker.me and abs(mine.seconds - 1.6) < 0.1
             await until(lambda: ben.snapshot().overs)
             (over,) = ben.snapshot().overs
             assert over.verdict == "verified" and abs(over.seconds - 1.6) < 0.1
@@ -130,13 +132,16 @@ def test_mute_mid_over_then_remove_rotates_the_key(homes) -> None:
             await until(lambda: heard_frames(ben, ana.me) > 50)  # 2 s of 6 heard
             assert ben.snapshot().floor.holder.speaking
             assert "muted Ana" in await mod.mute("ana")
-            await until(lambda: ana.me in ben.room.muted, timeout=5)
+            await until(lambda: ben._muted(ana.me), timeout=8)  # by the action or a beacon
             at_mute = heard_frames(ben, ana.me)
             await until(lambda: not ana.talking, timeout=5)  # the talker stops by itself
             await asyncio.sleep(3.0)
             assert heard_frames(ben, ana.me) == at_mute < 150  # not one frame more
             assert heard_frames(mod, ana.me) < 150
             assert ana.snapshot().me.muted
+            await until(lambda: ben.snapshot().overs)  # the muted speaker's seal
+            (cut,) = ben.snapshot().overs
+            assert cut.cut and cut.speaker.muted
             with pytest.raises(UsageError, match="muted"):
                 await ana.ptt_start()
             with pytest.raises(UsageError, match="already muted"):
@@ -197,3 +202,54 @@ def test_level_meter_scale() -> None:
     assert level(np.zeros(160, np.int16)) == 0.0
     assert level(np.full(160, 32767, np.int16)) == pytest.approx(1.0, abs=0.01)
     assert 0.4 < level((np.sin(np.arange(160)) * 1000).astype(np.int16)) < 0.6
+
+
+def test_console_sound_card_path_microphone_to_speaker(homes, monkeypatch) -> None:
+    """The console's devices with sounddevice faked: the speaker talks from the microphone,
+    the listener's speaker plays every frame it heard; without a sound card it says so."""
+    from test_cli_talk import FakeOutput
+    from test_live_voice import fake_sounddevice
+
+    import relay.voice.device as device
+    from relay.cli.console import _devices
+    from relay.voice.device import SpeakerPlayout
+
+    monkeypatch.setattr(device, "require_sounddevice", lambda flag: fake_sd)
+    fake_sd = fake_sounddevice(SHORT, FakeOutput)
+    mic, _, warnings = _devices(False, None, out_path=object())
+    _, speaker, _ = _devices(True, None, out_path=None)
+    assert mic is not None and speaker is not None and not warnings
+
+    async def scenario():
+        clock = room_clock()
+        h = {n: Home(homes[n]) for n in ("mod", "ana", "ben")}
+        heard = SpeakerPlayout(speaker)
+        url = "sim://snd?preset=SHORT_TURBO&lbt=on"
+        async with (
+            open_session(h["mod"], "market", url, clock=clock) as mod,
+            open_session(
+                h["ben"], "market", "sim://snd", clock=clock, listen_only=True, playout=heard
+            ) as ben,
+            open_session(h["ana"], "market", "sim://snd", clock=clock, source=mic) as ana,
+        ):
+            await ana.raise_hand()
+            await until(lambda: mod.room.next_hand() is not None)
+            await mod.grant()
+            await until(lambda: ana.room.holds_floor(ana.clock()))
+            await ana.ptt_start()
+            await asyncio.sleep(1.0)
+            await ana.ptt_stop()
+            await until(lambda: ben.snapshot().overs)
+            return ben.snapshot().overs[0], sum(len(p) for o in heard.overs for p in o.pcm)
+
+    over, played = run(scenario(), virtual=True)
+    assert over.verdict == "verified" and 0.9 <= over.seconds <= 1.3
+    assert sum(len(chunk) for chunk in speaker._chunks) == played > 7000  # all of it played
+
+    def no_card(flag: str):
+        raise UsageError(f"{flag} needs the optional sounddevice package")
+
+    monkeypatch.setattr(device, "require_sounddevice", no_card)
+    source, sink, warnings = _devices(False, None, out_path=None)
+    assert source is None and sink is None
+    assert "talk with --input FILE, hear with --out FILE" in warnings[0]

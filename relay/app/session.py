@@ -50,7 +50,6 @@ from relay.runtime.room import BEACON_SIZE, GRANT_REPEATS, RoomNode
 from relay.runtime.voice import Playout, RoomClock
 from relay.store.contacts import Contacts, Names, short_id
 from relay.store.home import Home
-from relay.voice.modes import SAMPLE_RATE
 
 GRANT_SECONDS = 60  # a grant's default length (the moderator's key, `relay mod grant`)
 HAND_TIMEOUT = 3600.0  # a raised hand stays up (and is raised again now and then) this long
@@ -111,9 +110,10 @@ class FloorView:
 @dataclass(frozen=True, slots=True)
 class OverView:
     speaker: MemberView
-    verdict: str  # verified | partial | forged | unheard | unsigned
-    seconds: float
+    verdict: str  # verified | partial | forged | unheard | unsigned; sent: our own
+    seconds: float  # as long as the speaker says it was
     at: float  # room clock (Unix time) when it ended
+    cut: bool = False  # a moderator muted or removed the speaker during it: not all was played
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +191,13 @@ class RoomSession:
         self.fec = fec
         self.dtx = dtx
         self._log: deque[LogLine] = deque(maxlen=LOG_LINES)
-        self._overs: deque[tuple[bytes, str, float, float]] = deque(maxlen=OVERS_KEPT)
+        self._overs: deque[tuple[bytes, str, float, float, bool]] = deque(maxlen=OVERS_KEPT)
         self._hand_since: dict[bytes, float] = {}
         self._floor: bytes | None = None
         self._floor_since = 0.0
         self._talking: asyncio.Task[None] | None = None
         self._stop_talking = False
+        self._starting = False
         self._hand: asyncio.Task[None] | None = None
         self._beacons: asyncio.Task[None] | None = None
         self._beacons_stop = asyncio.Event()
@@ -326,8 +327,12 @@ class RoomSession:
             self.note(f"hand {state}: {self._name(event.member)}")
         elif isinstance(event, OverEnded):
             seconds = event.frames * self.member.mode.frame_seconds
-            self._overs.append((event.speaker, event.verdict, seconds, self.clock()))
-            self.note(f"over by {self._name(event.speaker)}: {event.verdict} ({seconds:.1f} s)")
+            cut = self._muted(event.speaker) or event.speaker in self.room.removed
+            self._overs.append((event.speaker, event.verdict, seconds, self.clock(), cut))
+            how = ", cut by a moderator" if cut else ""
+            self.note(
+                f"over by {self._name(event.speaker)}: {event.verdict} ({seconds:.1f} s{how})"
+            )
         elif isinstance(event, MemberChanged):
             if event.member == self.me and event.change in ("muted", "removed"):
                 self._stop_talking = True
@@ -450,6 +455,10 @@ class RoomSession:
         names = ", ".join(self._name(m) for m in matches[:5])
         raise UsageError(f"{text!r} names more than one member ({names}): say more")
 
+    def view(self, ref: str) -> MemberView:
+        """How the member ``ref`` names is shown (see :meth:`resolve`)."""
+        return self._view(self.resolve(ref))
+
     # -------------------------------------------------------------- snapshot
     def snapshot(self) -> Snapshot:
         """The room as it is now, for a screen (cheap: call it a few times a second)."""
@@ -468,8 +477,8 @@ class RoomSession:
             for ident in room.hands
         )
         overs = tuple(
-            OverView(self._view(speaker), verdict, round(seconds, 2), at)
-            for speaker, verdict, seconds, at in reversed(self._overs)
+            OverView(self._view(speaker), verdict, round(seconds, 2), at, cut)
+            for speaker, verdict, seconds, at, cut in reversed(self._overs)
         )
         log = self.node.log
         profile = self.member.profile
@@ -522,10 +531,6 @@ class RoomSession:
         audio = [o.audio() for o in overs if o.pcm]
         return np.concatenate(audio) if audio else np.zeros(0, np.int16)
 
-    @property
-    def heard_seconds(self) -> float:
-        return len(self.heard_audio()) / SAMPLE_RATE
-
     # -------------------------------------------------------------- actions
     def _may_transmit(self) -> None:
         if self.listen_only:
@@ -569,7 +574,7 @@ class RoomSession:
         """Start talking (push-to-talk pressed). A moderator with the floor free takes it; a
         member must have been granted it (raise a hand)."""
         self._may_transmit()
-        if self.talking:
+        if self.talking or self._starting:
             return "already talking"
         if self.source is None:
             raise UsageError("nothing to talk with: start with the microphone or --input FILE")
@@ -587,9 +592,13 @@ class RoomSession:
                 raise UsageError("you do not hold the floor: raise your hand and wait for a grant")
             if holder is not None:
                 raise UsageError(f"{self._name(holder)} holds the floor: revoke it first")
-            await self.node.grant_floor(self.me, self.grant_seconds)
-            # Talk once the grant's repeats have left the air (as wait_for_floor does).
-            await asyncio.sleep(GRANT_REPEATS * self.member.link.airtime(BEACON_SIZE) + 0.05)
+            self._starting = True
+            try:
+                await self.node.grant_floor(self.me, self.grant_seconds)
+                # Talk once the grant's repeats have left the air (as wait_for_floor does).
+                await asyncio.sleep(GRANT_REPEATS * self.member.link.airtime(BEACON_SIZE) + 0.05)
+            finally:
+                self._starting = False
         if self._hand is not None:
             self._hand.cancel()
         self._stop_talking = False
@@ -633,6 +642,7 @@ class RoomSession:
             self.note(f"talking stopped: {exc}")
             return
         seconds = said.positions * mode.frame_seconds
+        self._overs.append((self.me, "sent", seconds, self.clock(), self._muted(self.me)))
         why = "" if self._stop_talking else " (the floor ended or the voice ran out)"
         self.note(f"over sealed: {seconds:.1f} s in {said.packets_sent} packets{why}")
 

@@ -354,8 +354,7 @@ async def _talk(
         closed.cancel()
         report["granted"] = True
         if adapt:
-            from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
-            from relay.demo.voice import choose_frames_per_packet
+            from relay.core.wire import FEC_PAIRS
             from relay.voice.adapt import LADDER
             from relay.voice.over import encode_over
 
@@ -366,10 +365,7 @@ async def _talk(
                 chosen = policy.mode(m.clock())
                 if chosen is not mode:
                     mode = chosen
-                    fpp = min(
-                        choose_frames_per_packet(m.profile, mode)[0],
-                        (m.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame,
-                    )
+                    fpp = m.frames_per_packet(mode)[0]
                     fec = fec and mode.name in FEC_PAIRS  # 700C has no lower mode to copy in
                     if pcm is not None:
                         over = encode_over(pcm, mode, fec=fec, dtx=dtx)
@@ -452,7 +448,10 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, home, as_json) -> 
     speaker's fingerprint (short hex if they never introduced themselves) and the verdict —
     verified (the speaker's signature covers every word played), partial (some frames lost,
     nothing contradicted), forged (words the speaker did not say) or unsigned (the seal
-    never came). Runs until --overs, --duration or Ctrl-C.
+    never came). Runs until --overs, --duration, Ctrl-C or SIGTERM; an over still being
+    spoken then is kept (written to --out, reported as cut short). A link that cannot be
+    reached (a dead TNC or broker port) is an error at the start, exit code 1; a refused
+    MQTT login or a missing CA file, exit code 2.
 
     \b
     Examples:
@@ -497,9 +496,11 @@ def _over_line(m, over: Over) -> dict[str, Any]:
         "verdict": over.verdict or "unsigned",
         "seconds": round(frames * over.mode.frame_seconds, 3),
         "frames": frames,
-        "frames_concealed": over.frames_missing,
+        "frames_concealed": over.frames_concealed,
+        "frames_comfort": over.frames_comfort,
         "frames_late": over.frames_late,
         "mode": over.mode.name,
+        "complete": over.complete,
     }
 
 
@@ -523,9 +524,11 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
         deadline = None if duration is None else loop.time() + duration
         lines: list[dict[str, Any]] = []
         stopped = "interrupted"
-        while True:
+
+        def take_new(cut: bool = False) -> None:
             for over in playout.overs[len(lines) :]:
                 line = _over_line(m, over)
+                line["cut_short"] = cut
                 lines.append(line)
                 if not as_json:
                     click.echo(
@@ -535,7 +538,11 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
                             if line["frames_concealed"]
                             else ""
                         )
+                        + ("  (cut short: stopped mid-over)" if cut else "")
                     )
+
+        while True:
+            take_new()
             if overs is not None and len(lines) >= overs:
                 stopped = "overs"
                 break
@@ -549,6 +556,9 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
                 break
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - loop.time()))
             await playout.wait_overs(len(lines) + 1, wait)
+        if stopped != "overs":  # stopped mid-over: keep what was heard of it
+            playout.close_all()
+            take_new(cut=True)
         dropped = dict(m.node.log.dropped)
         notices = list(m.node.log.notices)
         link_url = m.link.url
@@ -585,13 +595,16 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
     type=click.IntRange(1, 65535),
     metavar="SECONDS",
     help="Grant the floor to raised hands in order, for at most SECONDS each. Without it "
-    "hands are only shown.",
+    "hands are shown and `relay mod grant ROOM MEMBER` grants them.",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 @home_option
 @_json_option
 def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
     """Run ROOM as its moderator: grant the floor to the hand queue, send state beacons.
+
+    While it runs, `relay mod grant|revoke|mute|unmute|remove|appoint ROOM MEMBER` from
+    another terminal (same user, same --home) acts through it, over a local socket.
 
     Prints hands raised, grants, overs with their verdicts, and packets dropped (voice
     without the floor, forged or replayed moderation). Beacons tell late joiners who holds
@@ -602,6 +615,7 @@ def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
       relay moderate market --link sim://127.0.0.1:7300 --auto-grant 30
       relay moderate market --link sim://127.0.0.1:7300?node=mod --auto-grant 60 --duration 3600
       relay moderate market --link sim://127.0.0.1:7300 --duration 120 --json
+      relay moderate market --link sim://127.0.0.1:7300      then: relay mod grant market ana
     """
     _positive("--duration", duration)
     h = resolve_home(home)
@@ -617,6 +631,10 @@ def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
 
 
 async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[str, Any]:
+    from relay.app.control import serve_moderation
+    from relay.app.session import RoomSession
+    from relay.store.contacts import Contacts, Names
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(stop)
@@ -637,7 +655,10 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             who = m.name_of(event.member)
             if event.raised:
                 hands.append(who)
-            say(f"hand {'raised' if event.raised else 'lowered'}: {who}")
+            hint = ""
+            if event.raised and not auto_grant:
+                hint = f"  (grant it: relay mod grant {m.info.name} {who[:9]})"
+            say(f"hand {'raised' if event.raised else 'lowered'}: {who}{hint}")
         elif isinstance(event, OverEnded):
             over = {"speaker": m.name_of(event.speaker), "verdict": event.verdict}
             overs.append(over)
@@ -661,6 +682,12 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             + (f"auto-grant {auto_grant} s" if auto_grant else "hands are shown, not granted")
             + "; Ctrl-C to stop"
         )
+        # `relay mod ACTION ROOM MEMBER` reaches this process through a local socket.
+        session = RoomSession(m, names=Names(Contacts(home).list()))
+        await session.start(beacons=False)
+        control = await serve_moderation(home, session, lambda done: say(f"mod: {done}"))
+        if control is None:
+            _note("warning: another moderator process serves `relay mod` for this room here")
         start = loop.time()
         done = asyncio.Event()
         moderating = asyncio.ensure_future(m.node.moderate(auto_grant=auto_grant, stop=done))
@@ -695,6 +722,9 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
         done.set()
+        if control is not None:
+            await control.close()
+        await session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(moderating, 2.0)
         report = {
