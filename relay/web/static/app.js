@@ -72,17 +72,24 @@ function speech(buffer) {
   player.port.postMessage({ pcm: f });
 }
 
-async function audio() {
-  if (ctx) return ctx;
-  ctx = new AudioContext({ sampleRate: RATE });
-  await ctx.audioWorklet.addModule("/static/audio.js");
-  player = new AudioWorkletNode(ctx, "relay-player");
-  player.port.onmessage = (e) => {
-    if (relay.recording) relay.played.push(e.data);
-  };
-  player.connect(ctx.destination);
-  await ctx.resume();
-  return ctx;
+let audioReady = null;
+
+function audio() {
+  // One audio graph per page; every caller waits for the same one to be ready.
+  if (!audioReady) {
+    audioReady = (async () => {
+      ctx = new AudioContext({ sampleRate: RATE });
+      await ctx.audioWorklet.addModule("/static/audio.js");
+      player = new AudioWorkletNode(ctx, "relay-player");
+      player.port.onmessage = (e) => {
+        if (relay.recording) relay.played.push(e.data);
+      };
+      player.connect(ctx.destination);
+      await ctx.resume();
+      return ctx;
+    })();
+  }
+  return audioReady;
 }
 
 relay.record = async (on) => {
