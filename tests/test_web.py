@@ -300,7 +300,7 @@ def test_a_removed_browser_member_is_cut_off_and_hears_nothing(homes) -> None:
     async def scenario():
         from aiohttp import ClientSession, CookieJar, WSMsgType
 
-        async with served(homes, "web5") as (gateway, base, url):
+        async with served(homes, "web5") as (gateway, base, _url):
             token = link_for(homes, "gina")
             gina = gateway.guests.get(gateway.info.room_id, "gina")
             async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
