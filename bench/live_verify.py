@@ -99,6 +99,7 @@ def measure(profile: str, loss: float, fec: bool, dtx: bool, seeds: list[int]) -
         "verified_only_played_share": mean(per("cat", "played_share")),
         "latency_ms_p50": mean(per("ben", "latency_ms_p50")),
         "latency_ms_p50_verified_only": mean(per("cat", "latency_ms_p50")),
+        "cpu_us_per_datagram": mean(per("ben", "cpu_us_per_datagram")),
     }
 
 
@@ -112,13 +113,14 @@ def adversary_row(quick: bool) -> dict[str, Any]:
         "rejected": flagged,
         "played": r["injected_frames_played_verified_only"],
         "memory_bytes": 0,
-        "cpu_us_per_packet": 0.0,
+        "cpu_us_per_packet": r["cpu_us_per_datagram"],
         "notes": (
             f"tried: injected packets received by listeners; rejected: flagged live (max "
             f"{max(r['flag_s_raced_max'], r['flag_s_substituted_max']):.2f} s after their "
             f"speech time, {r['unflagged']} only at the seal: checkpoint lost); played: "
             f"injected frames played with --verified-only ({r['injected_frames_played']} "
-            "without); state bounded by MAX_PENDING (memory and CPU not measured here)"
+            "without); CPU: per datagram a listener took (all of them, decoding included); "
+            "memory not measured here (pending checks bounded by MAX_PENDING, tested)"
         ),
         "extra": r,
     }

@@ -96,10 +96,15 @@ class _Radio(RoomNode):
         self.accepted: set[tuple[int, bytes]] = set()  # (position, frame) of voice accepted
         self.verify_lag: list[float] = []  # per verified packet: verified at - end of its speech
         self.start = 0.0  # loop time the speaker began
+        self.cpu_s = 0.0  # process time spent taking datagrams (room, checks, playout)
+        self.datagrams_in = 0
 
     def handle(self, data: bytes, arrival: float) -> None:
         self.arrival = arrival
+        started = time.process_time()
         self._radio(data, arrival)
+        self.cpu_s += time.process_time() - started
+        self.datagrams_in += 1
 
     def note(self, event: RoomEvent) -> None:
         if isinstance(event, Voice):
@@ -302,6 +307,7 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
             "played_share": round(len(genuine_fed) / max(1, sent_positions), 3),
             "verdict": li.log.overs[0].verdict if li.log.overs else None,
             "latency_ms_p50": round(1000 * statistics.median(latencies), 1) if latencies else None,
+            "cpu_us_per_datagram": round(1e6 * li.cpu_s / max(1, li.datagrams_in), 1),
             "dropped": dict(li.log.dropped),
         }
     return report
