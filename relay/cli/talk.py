@@ -381,7 +381,7 @@ async def _talk(
             report["truncated"] = over.total > most
             over = over.head(most)
             frames = over.frames
-            sent_before = m.link.stats.sent
+            sent_before, checkpoints_before = m.link.stats.sent, m.room.checkpoints_sent
             speaking = asyncio.ensure_future(m.node.speak_over(over, fpp))
             await _race(stop, speaking)
             if speaking.done():
@@ -396,6 +396,8 @@ async def _talk(
                     await speaking
                 report["interrupted"] = True
                 voice_packets = m.link.stats.sent - sent_before
+                report["checkpoints"] = m.room.checkpoints_sent - checkpoints_before
+                voice_packets -= report["checkpoints"]
                 report["frames_sent"] = min(len(frames), voice_packets * fpp)
                 await m.node.send(*m.room.end_over(m.clock()))
         else:

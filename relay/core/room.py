@@ -320,6 +320,7 @@ class Room:
         # counter), the first counter the next checkpoint covers, and the speech time (s)
         # from which it covers, up to the end of the last packet sent.
         self.checkpoint_seconds = CHECKPOINT_SECONDS
+        self.checkpoints_sent = 0
         self._ck: dict[int, bytes] = {}
         self._ck_from: int | None = None
         self._ck_since = 0.0
@@ -599,6 +600,7 @@ class Room:
         ).pack()
         packet = self.sender.control_signed(ControlKind.CHECKPOINT, body, self.me, now)
         self._ck, self._ck_from, self._ck_since = {}, own, self._ck_until
+        self.checkpoints_sent += 1
         return packet
 
     def clip(self, payload: bytes, now: float) -> bytes:
