@@ -472,7 +472,7 @@ def test_seals_after_a_rotation_are_not_mistaken_for_copies_and_rotation_is_repo
     for li in net.listeners:
         net.mod.enroll(li.me.public)
     seen = []
-    net.mod.on_rotate = lambda epoch, key: seen.append(epoch)
+    net.mod.on_rotate = lambda state: seen.append(state.epoch)
     events = net.over(a) if _grant(net, a) else None
     for p in net.mod.remove(gone.me.identity, net.now):
         net.send(p, net.mod)
