@@ -261,7 +261,7 @@ class Room:
         self.path = path
         self._stale_keys: RoomKeys | None = None  # the key before a removal: control only
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
-        self._scheduled: list[tuple[float, bytes]] = []  # rekey copies not yet due
+        self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
         self._hand_counter: dict[bytes, int] = {}  # counter of each member's signed hand
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
@@ -490,7 +490,7 @@ class Room:
             if delay <= 0:
                 first += signed
             else:
-                self._scheduled += [(now + delay, packet) for packet in signed]
+                self._scheduled += [(now + delay, epoch, packet) for packet in signed]
         self._scheduled.sort(key=lambda item: item[0])
         self._rotate_to(new_key, epoch, now, step)
         return first
@@ -529,11 +529,17 @@ class Room:
     def due(self, now: float) -> list[bytes]:
         """Packets whose time has come: later copies of a rekey, and rekeys for removals a
         co-moderator made (we hold the tree). A moderator's driver sends them."""
-        out: list[bytes] = []
+        return [packet for _, packet in self.due_by_epoch(now)]
+
+    def due_by_epoch(self, now: float) -> list[tuple[int, bytes]]:
+        """:meth:`due`, each packet with the key epoch its rekey introduces (for reports)."""
+        out: list[tuple[int, bytes]] = []
         while self._queued_removals:
-            out += self._rekey(self._queued_removals.pop(0), now)
+            packets = self._rekey(self._queued_removals.pop(0), now)
+            out += [(self.epoch, p) for p in packets]
         while self._scheduled and self._scheduled[0][0] <= now:
-            out.append(self._scheduled.pop(0)[1])
+            _, epoch, packet = self._scheduled.pop(0)
+            out.append((epoch, packet))
         return out
 
     @property
