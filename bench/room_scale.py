@@ -69,7 +69,7 @@ def one(n: int, profile, *, loss: float, seed: int) -> dict:
     per_listener = (tracemalloc.get_traced_memory()[0] - base) / len(rooms)
     tracemalloc.stop()
     speaker, listeners = rooms[0], rooms[1:]
-    gone, rest = listeners[0], listeners[1:]
+    gone = listeners[0]
     beacon = len(mod.beacon(T0))
 
     cpu = time.process_time()

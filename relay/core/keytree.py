@@ -3,8 +3,12 @@
 A logical key hierarchy (RFC 2627) with TreeKEM's path secrets. The moderator who enrolls
 members (the *tree holder*) keeps a binary tree whose leaves are enrolled members; each member
 holds the keys of the nodes on its leaf-to-root path, delivered sealed in its invite. Nodes are
-named by (level, position): leaves are level 0, the parent of (l, p) is (l + 1, p >> 1), so
-the tree can grow a new root without renaming anything.
+named by (level, position): leaves are level 0, the parent of (l, p) is (l + 1, p >> 1). The
+depth is fixed (TREE_DEPTH, 2048 leaves): a tree that grew a root later would leave early
+members without the keys of nodes created after them (and a grown key derived from an old
+one cannot ratchet in step with it), while a fixed depth costs nothing on the air: copath
+subtrees without members get no wrap, so a removal still sends about log2(N) wraps. Leaves
+are drawn at random.
 
 Removing the member at leaf p: the holder draws a random path secret s_1 for p's parent and
 chains s_(l+1) = H(s_l) up the path; node (l, p >> l) gets the key N(s_l) and the new room key
@@ -40,8 +44,8 @@ NODE_LEN = 2
 WRAP_LEN = NODE_LEN + WRAPPED_LEN
 LEVEL_BITS = 4
 POSITION_BITS = 12
-MAX_DEPTH = 12  # 4096 leaves: rooms of a thousand and then some
-MAX_LEAVES = 1 << MAX_DEPTH
+MAX_DEPTH = 12  # what the wire format can name
+TREE_DEPTH = 11  # every room's tree: 2048 leaves, rooms of a thousand and then some
 RATCHET_SECONDS = 3600
 RATCHET_BASE = 0  # steps are hours since 1970 (UTC)
 _RNG = random.SystemRandom()
@@ -92,11 +96,6 @@ def _room_key(secret: bytes, context: bytes) -> bytes:
     return _expand(secret, b"lkh room" + context)
 
 
-def _grown(key: bytes) -> bytes:
-    """The key of a root grown above ``key``'s node: everyone below can derive it."""
-    return _expand(key, b"lkh grow")
-
-
 def _kek(key: bytes, context: bytes, node: int) -> bytes:
     return _expand(key, b"lkh kek" + context + node.to_bytes(NODE_LEN, "big"))
 
@@ -135,16 +134,14 @@ def _derive_up(secret: bytes, level: int, depth: int, context: bytes) -> tuple[d
 class KeyTree:
     """The tree holder's whole tree: every node key at ``step``, and who sits at which leaf."""
 
-    def __init__(self, step: int, depth: int = 0) -> None:
+    def __init__(self, step: int, depth: int = TREE_DEPTH) -> None:
+        if not 0 <= depth <= MAX_DEPTH:
+            raise UsageError(f"a key tree is 0..{MAX_DEPTH} levels deep")
         self.step = step
         self.depth = depth
         self.keys: dict[int, bytes] = {}  # node -> key at self.step (only occupied subtrees)
         self.leaves: dict[bytes, int] = {}  # member identity -> leaf position
         self._count: dict[int, int] = {}  # node -> members below it
-        # Roots grown above the old root, not replaced by a rekey since: their key is
-        # _grown(key of their left child) at every step, so members who joined when the tree
-        # was smaller derive it themselves (growing costs no packet).
-        self.derived: set[int] = set()
 
     def __repr__(self) -> str:
         return f"KeyTree(members={len(self.leaves)}, depth={self.depth}, step={self.step})"
@@ -161,29 +158,21 @@ class KeyTree:
     def ratchet_to(self, step: int) -> None:
         if step > self.step:
             n = step - self.step
-            self.keys = {
-                node: ratchet(key, n) for node, key in self.keys.items() if node not in self.derived
-            }
-            for node in sorted(self.derived):  # bottom up
-                level, _ = split_node(node)
-                self.keys[node] = _grown(self.keys[node_id(level - 1, 0)])
+            self.keys = {node: ratchet(key, n) for node, key in self.keys.items()}
             self.step = step
 
     def add(self, member: bytes) -> MemberPath:
         """Give ``member`` a leaf (or find theirs) and return the path keys for its invite."""
         if member not in self.leaves:
-            if len(self.leaves) >= MAX_LEAVES:
-                raise UsageError(f"a room's key tree holds at most {MAX_LEAVES} members")
             if len(self.leaves) >= 1 << self.depth:
-                self.depth += 1  # a new root above the old one: no node is renamed
-                root = node_id(self.depth, 0)
-                self._count[root] = len(self.leaves)  # everyone so far is below it
-                if self.leaves:
-                    self.keys[root] = _grown(self.keys[node_id(self.depth - 1, 0)])
-                    self.derived.add(root)
-            taken = set(self.leaves.values())
-            free = [p for p in range(1 << self.depth) if p not in taken]
-            position = _RNG.choice(free)  # a random leaf: positions say nothing of join order
+                raise UsageError(f"a room's key tree holds at most {1 << self.depth} members")
+            # A random free leaf among the first 2^k, the fewest that hold everyone: positions
+            # say little of join order, and copaths above 2^k stay empty (no wraps), so a
+            # removal sends at most ceil(log2(N)) wraps.
+            span = 1 << max(1, len(self.leaves).bit_length())
+            position = _RNG.randrange(span)
+            while self._count.get(node_id(0, position)):
+                position = _RNG.randrange(span)
             self.leaves[member] = position
             for node in self._path(position):
                 self._count[node] = self._count.get(node, 0) + 1
@@ -213,7 +202,6 @@ class KeyTree:
             if not self._count[node]:
                 del self._count[node]
         self.keys.pop(path[0], None)
-        self.derived.difference_update(path)
         secret = os.urandom(KEY_LEN)
         for lvl in range(1, self.depth + 1):
             copath = node_id(lvl - 1, (position >> (lvl - 1)) ^ 1)
@@ -237,11 +225,9 @@ class KeyTree:
         depth: int,
         nodes: list[tuple[int, bytes]],
         leaves: dict[bytes, int],
-        derived: set[int] | frozenset[int] = frozenset(),
     ) -> KeyTree:
         tree = cls(step, depth)
         tree.keys = dict(nodes)
-        tree.derived = set(derived)
         for member, position in leaves.items():
             if not 0 <= position < 1 << depth:
                 raise UsageError("a stored key tree is damaged (leaf out of range)")
@@ -280,25 +266,20 @@ class MemberPath:
     def forget_previous(self) -> None:
         self._previous = None
 
-    def _keys_at(self, step: int, depth: int) -> dict[int, bytes] | None:
-        """Our path keys at ``step`` up to ``depth``: levels above the root we were given
-        are roots grown since, derived from the one below (see KeyTree.derived)."""
+    def _keys_at(self, step: int) -> dict[int, bytes] | None:
+        """Our path keys at ``step`` (a later step, or the one before within the grace)."""
         if step >= self.step:
-            keys = {lvl: ratchet(k, step - self.step) for lvl, k in self.keys.items()}
-        elif self._previous is not None and self._previous[0] == step:
-            keys = dict(self._previous[1])
-        else:
-            return None
-        for lvl in range(self.depth + 1, depth + 1):
-            keys[lvl] = _grown(keys[lvl - 1])
-        return keys
+            return {lvl: ratchet(k, step - self.step) for lvl, k in self.keys.items()}
+        if self._previous is not None and self._previous[0] == step:
+            return dict(self._previous[1])
+        return None
 
     def apply(self, rekey_step: int, depth: int, wraps, context: bytes) -> bytes | None:
         """The new room key if one of ``wraps`` is under a node on our path; our path keys
         are updated (at ``rekey_step``, ratcheted on to ours). None if nothing is for us."""
-        if depth < self.depth or depth > MAX_DEPTH:
+        if depth != self.depth:
             return None
-        keys = self._keys_at(rekey_step, depth)
+        keys = self._keys_at(rekey_step)
         if keys is None:
             return None
         for node, wrapped in wraps:
@@ -313,7 +294,6 @@ class MemberPath:
             behind = max(0, self.step - rekey_step)
             self.keys = {lvl: ratchet(k, behind) for lvl, k in keys.items()}
             self.step = max(self.step, rekey_step)
-            self.depth = depth
             self._previous = None
             return ratchet(room_key, behind)
         return None

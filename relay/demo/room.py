@@ -23,7 +23,7 @@ import numpy as np
 from relay.core import roommsg as msg
 from relay.core.identity import Identity
 from relay.core.keytree import KeyTree, ratchet_step
-from relay.core.room import REKEY_DELAYS, REKEY_COPIES, Room
+from relay.core.room import REKEY_COPIES, REKEY_DELAYS, Room
 from relay.core.wire import FEC_PAIRS, ControlKind
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
 from relay.errors import UsageError

@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from relay.core.crypto import random_room_key
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
-from relay.core.keytree import KeyTree, MemberPath, node_id, ratchet, ratchet_step, split_node
+from relay.core.keytree import (
+    TREE_DEPTH,
+    KeyTree,
+    MemberPath,
+    node_id,
+    ratchet,
+    ratchet_step,
+    split_node,
+)
 from relay.core.room import KeyState
 from relay.errors import UsageError
 from relay.store.db import connect
@@ -78,7 +86,6 @@ CREATE TABLE IF NOT EXISTS tree_keys (
     room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
     node INTEGER NOT NULL,
     key BLOB NOT NULL,
-    derived INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room_id, node)
 );
 CREATE TABLE IF NOT EXISTS tree_leaves (
@@ -193,8 +200,8 @@ class RoomStore:
             self._check_name_free(info.name, info.room_id)
             self._insert(db, info, MODERATOR, invite_issued_at=0)
             db.execute(
-                "INSERT INTO key_steps (room_id, step, holder, depth) VALUES (?, ?, 1, 0)",
-                (info.room_id, step),
+                "INSERT INTO key_steps (room_id, step, holder, depth) VALUES (?, ?, 1, ?)",
+                (info.room_id, step, TREE_DEPTH),
             )
         return info
 
@@ -432,9 +439,9 @@ class RoomStore:
             return KeyState(summary.epoch, 0, key)
         step, holder, depth, leaf = row
         rows = self._db.execute(
-            "SELECT node, key, derived FROM tree_keys WHERE room_id = ? ORDER BY node", (room_id,)
+            "SELECT node, key FROM tree_keys WHERE room_id = ? ORDER BY node", (room_id,)
         ).fetchall()
-        nodes = [(node, bytes(k)) for node, k, _ in rows]
+        nodes = [(node, bytes(k)) for node, k in rows]
         tree = path = None
         if holder:
             leaves = {
@@ -443,8 +450,7 @@ class RoomStore:
                     "SELECT signing_key, leaf FROM tree_leaves WHERE room_id = ?", (room_id,)
                 )
             }
-            derived = {node for node, _, d in rows if d}
-            tree = KeyTree.restore(step, depth, nodes, leaves, derived)
+            tree = KeyTree.restore(step, depth, nodes, leaves)
         elif leaf is not None:
             path = MemberPath(leaf, depth, step, {split_node(n)[0]: k for n, k in nodes})
         return KeyState(summary.epoch, step, key, tree, path)
@@ -470,8 +476,8 @@ class RoomStore:
         db.execute("DELETE FROM tree_leaves WHERE room_id = ?", (room_id,))
         if tree is not None:
             db.executemany(
-                "INSERT INTO tree_keys (room_id, node, key, derived) VALUES (?, ?, ?, ?)",
-                [(room_id, n, k, int(n in tree.derived)) for n, k in tree.nodes()],
+                "INSERT INTO tree_keys (room_id, node, key) VALUES (?, ?, ?)",
+                [(room_id, n, k) for n, k in tree.nodes()],
             )
             db.executemany(
                 "INSERT INTO tree_leaves (room_id, signing_key, leaf) VALUES (?, ?, ?)",
