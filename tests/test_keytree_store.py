@@ -118,3 +118,20 @@ def test_the_moderators_tree_is_stored_beside_the_room_key_and_survives_a_restar
             p.ratchet_to(state.step)
             assert state.tree.path_of(m.identity).keys == p.keys
         assert store.key_state(info.room_id).key == state.key
+
+
+def test_an_invite_made_while_the_tree_is_loaded_is_not_overwritten(tmp_path):
+    home = Home(tmp_path / "mod")
+    me = home.init_identity()
+    first, gone, late = (Identity.generate() for _ in range(3))
+    with RoomStore(home) as store:
+        info = store.create("market", "SHORT_FAST", "1600", me, now=T)
+        store.enroll(info.room_id, first.public, now=T)
+        store.enroll(info.room_id, gone.public, now=T)
+        running = _room(store, info.room_id, me, roster=store.roster(info.room_id))
+        with RoomStore(home) as cli:  # `relay room invite --for` in another terminal
+            late_path = cli.enroll(info.room_id, late.public, now=T + 1)
+        running.remove(gone.identity, T + 2)  # the running moderator saves its tree
+        tree = store.key_state(info.room_id).tree
+        assert set(tree.leaves) == {first.identity, late.identity}
+        assert tree.leaves[late.identity] == late_path.position

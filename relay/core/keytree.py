@@ -142,6 +142,7 @@ class KeyTree:
         self.keys: dict[int, bytes] = {}  # node -> key at self.step (only occupied subtrees)
         self.leaves: dict[bytes, int] = {}  # member identity -> leaf position
         self._count: dict[int, int] = {}  # node -> members below it
+        self.known: set[bytes] = set()  # every member this object has seen (see adopt)
 
     def __repr__(self) -> str:
         return f"KeyTree(members={len(self.leaves)}, depth={self.depth}, step={self.step})"
@@ -164,6 +165,7 @@ class KeyTree:
     def add(self, member: bytes) -> MemberPath:
         """Give ``member`` a leaf (or find theirs) and return the path keys for its invite."""
         if member not in self.leaves:
+            self.known.add(member)
             if len(self.leaves) >= 1 << self.depth:
                 raise UsageError(f"a room's key tree holds at most {1 << self.depth} members")
             # A random free leaf among the first 2^k, the fewest that hold everyone: positions
@@ -196,6 +198,7 @@ class KeyTree:
                 wraps.append((root, wrap_secret(self.keys[root], secret, context, root)))
             return Rekey(_room_key(secret, context), self.step, self.depth, tuple(wraps))
         position = self.leaves.pop(member)
+        self.known.add(member)
         path = self._path(position)
         for node in path:
             self._count[node] -= 1
@@ -218,6 +221,22 @@ class KeyTree:
     def nodes(self) -> list[tuple[int, bytes]]:
         return sorted(self.keys.items())
 
+    def adopt(self, member: bytes, position: int, keys: dict[int, bytes]) -> bool:
+        """Take in a leaf another process gave (``relay room invite --for`` while this tree
+        was loaded): nodes we hold keep our keys. False if the leaf is taken meanwhile."""
+        if member in self.known or self._count.get(node_id(0, position)):
+            return False
+        path = self._path(position)
+        if any(node not in self.keys and node not in keys for node in path):
+            return False
+        self.known.add(member)
+        self.leaves[member] = position
+        for node in path:
+            self._count[node] = self._count.get(node, 0) + 1
+            if node not in self.keys:
+                self.keys[node] = keys[node]
+        return True
+
     @classmethod
     def restore(
         cls,
@@ -232,6 +251,7 @@ class KeyTree:
             if not 0 <= position < 1 << depth:
                 raise UsageError("a stored key tree is damaged (leaf out of range)")
             tree.leaves[member] = position
+            tree.known.add(member)
             for node in tree._path(position):
                 tree._count[node] = tree._count.get(node, 0) + 1
                 if node not in tree.keys:

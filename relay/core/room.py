@@ -66,6 +66,7 @@ REKEY_COPIES = 3
 REKEY_DELAYS = (0.0, 10.0, 40.0, 120.0, 300.0)
 RATCHET_GRACE = 300.0  # seconds the previous hour's key still opens packets (clock skew)
 RATCHET_SKEW = 120.0  # seconds before the hour at which the next hour's key is tried too
+MAX_STEPS_AHEAD = 1  # a rekey made at most this many hours ahead of our clock is applied
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
@@ -274,12 +275,12 @@ class Room:
         self._opened_with = self.keys
 
     # ------------------------------------------------------------------ keys & sessions
-    def _make_receiver(self, keys: RoomKeys) -> Receiver:
+    def _make_receiver(self, keys: RoomKeys, known: Iterable[bytes] = ()) -> Receiver:
         # A window as wide as a grant's counter range: packets injected ahead by a member
         # holding the room key cannot push the speaker's real packets out of it.
         receiver = Receiver(keys, window=REPLAY_WINDOW)
         receiver.gate = self._gate
-        for ident in self.roster:
+        for ident in (*self.roster, *known):
             if ident not in self.removed:
                 receiver.add_sender(ident)
         if self.floor is not None:
@@ -346,7 +347,13 @@ class Room:
         self._next = None
         self.step = step
         self._restart_counters()
-        self._install_key(ratchet(self._room_key, behind), adopt)
+        key = ratchet(self._room_key, behind)
+        if adopt is None:  # same members, next hour: everyone we knew stays known
+            adopt = self._make_receiver(RoomKeys(key))
+        for ident in old.highest_counters():
+            if ident not in self.removed:
+                adopt.add_sender(ident)
+        self._install_key(key, adopt)
         if self.tree is not None:
             self.tree.ratchet_to(step)
         if self.path is not None:
@@ -359,7 +366,9 @@ class Room:
         if self.step is None or step_start(self.step + 1) - now > RATCHET_SKEW:
             return None
         if self._next is None or self._next[0] != self.step + 1:
-            self._next = (self.step + 1, self._make_receiver(RoomKeys(ratchet(self._room_key))))
+            keys = RoomKeys(ratchet(self._room_key))
+            known = self.receiver.highest_counters()
+            self._next = (self.step + 1, self._make_receiver(keys, known))
         return self._next[1]
 
     @property
@@ -941,6 +950,8 @@ class Room:
             return [self._drop("stale_moderation", "rekey for an unexpected epoch")]
         context = self._rekey_context(fragment.epoch)
         assert self.step is not None
+        if fragment.step > self.step + MAX_STEPS_AHEAD:
+            return [self._drop("stale_moderation", "rekey from a clock hours ahead")]
         step = max(self.step, fragment.step)
         key = None
         if self.path is not None and fragment.wraps:

@@ -401,6 +401,8 @@ class RoomStore:
                 newer_epoch and state.epoch < summary.epoch
             ):
                 raise UsageError("refusing to store keys older than those held")
+            if state.tree is not None:
+                self._merge_leaves(room_id, state.tree)
             self._set_key(db, room_id, state.epoch, state.key)
             self._write_tree(db, room_id, state.step, state.tree, state.path)
         self._scrub()
@@ -419,6 +421,18 @@ class RoomStore:
         new = KeyState(state.epoch, step, ratchet(state.key, step - state.step), tree, path)
         self.save_key_state(room_id, new)
         return new
+
+    def _merge_leaves(self, room_id: bytes, tree: KeyTree) -> None:
+        """Keep leaves enrolled by another process (an invite made while `relay moderate`
+        ran with the tree loaded): the running tree would otherwise overwrite them."""
+        stored = self._key_state(room_id).tree
+        if stored is None:
+            return
+        stored.ratchet_to(tree.step)
+        for member, position in stored.leaves.items():
+            if member not in tree.known:
+                nodes = {n: stored.keys[n] for n in stored._path(position)}
+                tree.adopt(member, position, nodes)
 
     def _step(self, room_id: bytes) -> int:
         row = self._holder_row(room_id)
