@@ -170,6 +170,8 @@ class Member:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.room.tick(self.clock())
+            if self.room.tree is not None:  # members invited --for meanwhile get rekeys
+                self.rooms.merge_leaves(self.info.room_id, self.room.tree)
 
     def _event(self, event: RoomEvent) -> None:
         # After an over, and when a member introduces itself: a restart (even kill -9) then

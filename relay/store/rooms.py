@@ -402,7 +402,7 @@ class RoomStore:
             ):
                 raise UsageError("refusing to store keys older than those held")
             if state.tree is not None:
-                self._merge_leaves(room_id, state.tree)
+                self.merge_leaves(room_id, state.tree)
             self._set_key(db, room_id, state.epoch, state.key)
             self._write_tree(db, room_id, state.step, state.tree, state.path)
         self._scrub()
@@ -422,9 +422,10 @@ class RoomStore:
         self.save_key_state(room_id, new)
         return new
 
-    def _merge_leaves(self, room_id: bytes, tree: KeyTree) -> None:
-        """Keep leaves enrolled by another process (an invite made while `relay moderate`
-        ran with the tree loaded): the running tree would otherwise overwrite them."""
+    def merge_leaves(self, room_id: bytes, tree: KeyTree) -> None:
+        """Take into ``tree`` (loaded by a running moderator) the leaves another process
+        enrolled since (`relay room invite --for` meanwhile): the next rekey reaches them,
+        and saving the tree does not overwrite them."""
         stored = self._key_state(room_id).tree
         if stored is None:
             return
