@@ -379,3 +379,22 @@ def test_tree_refuses_impossible_states():
     with pytest.raises(Exception, match="damaged"):
         KeyTree.restore(tree.step, 0, [], {ident: 0})
     assert RATCHET_SECONDS == 3600
+
+
+def test_an_insider_cannot_push_the_last_hours_window_past_the_speaker():
+    net = TreeNet(listeners=2, speakers=2)
+    a, mallory = net.speakers
+    li = net.listeners[0]
+    edge = step_start(ratchet_step(net.now) + 1)
+    net.send(a.raise_hand(net.now), a)
+    net.send(mallory.introduce(net.now), mallory)
+    net.send(net.mod.grant(a.me.identity, 7200, net.now), net.mod)
+    from relay.core.session import Sender
+
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())  # the hour's key, a's id
+    as_a._next, as_a._limit = 5_000, 5_010
+    forged = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, edge - 10)
+    real = a.voice(MODE, 0, [b"\x11" * 8] * 4, edge - 10)  # a's clock is a little behind
+    assert not _of(li.receive(forged, edge + 20), Voice)  # outside the last hour's range
+    # Had it been let in, a's real counters would now lie below the window: not so.
+    assert _of(li.receive(real, edge + 20), Voice)

@@ -135,3 +135,23 @@ def test_an_invite_made_while_the_tree_is_loaded_is_not_overwritten(tmp_path):
         tree = store.key_state(info.room_id).tree
         assert set(tree.leaves) == {first.identity, late.identity}
         assert tree.leaves[late.identity] == late_path.position
+
+
+def test_an_open_invite_for_a_newer_epoch_keeps_the_members_leaf(tmp_path):
+    mod_home, ann_home = Home(tmp_path / "mod"), Home(tmp_path / "ann")
+    mod_me, ann_me = mod_home.init_identity(), ann_home.init_identity()
+    with RoomStore(mod_home) as ms, RoomStore(ann_home) as ann_store:
+        info = ms.create("market", "SHORT_FAST", "1600", mod_me, now=T)
+        path = ms.enroll(info.room_id, ann_me.public, now=T)
+        sealed = encode_invite(ms.get("market"), mod_me, ann_me.public, int(T), path)
+        ann_store.join(decode_invite(sealed, ann_me), me=ann_me.public)
+        mod = _room(ms, info.room_id, mod_me, roster=ms.roster(info.room_id))
+        mod.remove(Identity.generate().identity, T + 1)  # a rotation (nobody with a leaf)
+        later = int(T + 3600)
+        ms.advance(info.room_id, later)
+        ann_store.join(decode_invite(encode_invite(ms.get("market"), mod_me, None, later), None))
+        state = ann_store.key_state(info.room_id)
+        assert state.epoch == 1 and state.step == ratchet_step(later)
+        assert state.path is not None and state.path.position == path.position
+        path.ratchet_to(state.step)
+        assert state.path.keys == path.keys

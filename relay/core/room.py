@@ -261,6 +261,7 @@ class Room:
         self.tree = tree
         self.path = path
         self._stale_keys: RoomKeys | None = None  # the key before a removal: control only
+        self._previous_range: tuple[int, int] | None = None  # grant range of the last hour
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
         self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
@@ -343,6 +344,7 @@ class Room:
         adopt = self._next[1] if self._next is not None and self._next[0] == step else None
         old = self.receiver
         self._previous = (old, now + RATCHET_GRACE) if behind == 1 else None
+        self._previous_range = self.grant_range  # still guards the old key's window
         self._stale_keys = None
         self._next = None
         self.step = step
@@ -813,9 +815,11 @@ class Room:
             if sender != self.floor or sender in self.muted:
                 return "floor_violation"
             # The range is in the counters of the key the grant came under: another hour's
-            # key restarts them (see tick), so it is checked under the current key only.
-            ranged = self.grant_range and self._opened_with is self.keys
-            if ranged and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
+            # key restarts them (see tick). The last hour's range still guards its key.
+            span = self.grant_range if self._opened_with is self.keys else None
+            if self._previous is not None and self._opened_with is self._previous[0].keys:
+                span = self._previous_range
+            if span and not span[0] <= event.counter <= span[1]:
                 return "floor_violation"
             if not 0 <= event.position <= MAX_POSITION:
                 return "malformed"

@@ -169,9 +169,12 @@ class Member:
         """Ratchet on time even when nothing arrives (the room also ratchets per packet)."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.room.tick(self.clock())
-            if self.room.tree is not None:  # members invited --for meanwhile get rekeys
-                self.rooms.merge_leaves(self.info.room_id, self.room.tree)
+            try:
+                self.room.tick(self.clock())
+                if self.room.tree is not None:  # members invited --for meanwhile get rekeys
+                    self.rooms.merge_leaves(self.info.room_id, self.room.tree)
+            except UsageError as exc:  # the database is busy: try again next time
+                self.key_errors.append(str(exc))
 
     def _event(self, event: RoomEvent) -> None:
         # After an over, and when a member introduces itself: a restart (even kill -9) then

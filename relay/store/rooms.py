@@ -242,8 +242,11 @@ class RoomStore:
                     "who is not one of that room's moderators; refusing it"
                 )
             if info.epoch > epoch:
-                self._set_key(db, info.room_id, info.epoch, info.key)
-                self._write_tree(db, info.room_id, step, None, invite.path)
+                key, path = info.key, invite.path
+                if path is None:  # an open invite: keep the leaf we have, in step
+                    key, path, step = self._keep_path(info.room_id, key, step, held)
+                self._set_key(db, info.room_id, info.epoch, key)
+                self._write_tree(db, info.room_id, step, None, path)
             elif info.epoch == epoch and not _same_key(
                 self._key(info.room_id, epoch), held, info.key, step
             ):
@@ -434,6 +437,18 @@ class RoomStore:
             if member not in tree.known:
                 nodes = {n: stored.keys[n] for n in stored._path(position)}
                 tree.adopt(member, position, nodes)
+
+    def _keep_path(
+        self, room_id: bytes, key: bytes, step: int, held: int
+    ) -> tuple[bytes, MemberPath | None, int]:
+        """The new key with the path we already hold, both at the later of their steps."""
+        path = self._key_state(room_id).path
+        if path is None:
+            return key, None, step
+        if step >= held:
+            path.ratchet_to(step, keep_previous=False)
+            return key, path, step
+        return ratchet(key, held - step), path, held
 
     def _step(self, room_id: bytes) -> int:
         row = self._holder_row(room_id)
