@@ -73,6 +73,7 @@ def test_a_seized_home_after_the_ratchet_cannot_decrypt_earlier_recorded_packets
         removal = mod.remove(bob.identity, T + 5)
         rekeys += removal[1:]
         air += removal
+        assert bob.public not in ms.roster(room_id)  # no later rekey is sealed to him
         over(T + 10)
         heard = [e for p in air for e in ann.receive(p, T + 11)]
         assert [e.verdict for e in heard if isinstance(e, OverEnded)] == ["verified"] * 2

@@ -482,6 +482,7 @@ class Room:
             p
             for ident, p in self.roster.items()
             if ident not in (self.me.identity, member)
+            and ident not in self.removed
             and (self.tree is None or ident not in self.tree)
         ]
         ephemeral = new_ephemeral()

@@ -165,6 +165,12 @@ class Member:
             self.key_errors.append(str(exc))
         self.restore_marks()
 
+    async def remove(self, member: bytes) -> None:
+        """Remove ``member`` from the room (we moderate): the key rotates, and they leave
+        the stored roster, so no later rekey is ever sealed to them."""
+        await self.node.remove(member)
+        self.rooms.remove_member(self.info.room_id, member)
+
     async def _ticking(self) -> None:
         """Ratchet on time even when nothing arrives (the room also ratchets per packet)."""
         while True:
@@ -183,6 +189,10 @@ class Member:
             isinstance(event, MemberChanged) and event.change == "introduced"
         ):
             self.save_marks()
+        if isinstance(event, MemberChanged) and event.change == "removed":
+            # Off the roster for good: a restarted moderator must not seal keys to them.
+            with contextlib.suppress(UsageError):
+                self.rooms.remove_member(self.info.room_id, event.member)
         if self.on_event is not None:
             self.on_event(event)
 

@@ -406,6 +406,9 @@ class RoomStore:
                 raise UsageError("refusing to store keys older than those held")
             if state.tree is not None:
                 self.merge_leaves(room_id, state.tree)
+                gone = [(room_id, m) for m in state.tree.known if m not in state.tree.leaves]
+                # Removed from the tree: off the roster too, so no key is ever sealed to them.
+                db.executemany("DELETE FROM members WHERE room_id = ? AND signing_key = ?", gone)
             self._set_key(db, room_id, state.epoch, state.key)
             self._write_tree(db, room_id, state.step, state.tree, state.path)
         self._scrub()
