@@ -80,7 +80,7 @@ def one(n: int, profile, *, loss: float, seed: int) -> dict:
     packets = _removal_packets(mod, gone.me.identity, T0)
     mod_cpu = time.process_time() - cpu
     airtime = sum(profile.airtime(len(p)) for p in packets)
-    wraps = _wraps(packets, mod_id)
+    wraps = _wraps(packets, mod_id, mod.sender.session)
 
     cpu = time.process_time()
     rotated = 0
@@ -126,10 +126,10 @@ def one(n: int, profile, *, loss: float, seed: int) -> dict:
     }
 
 
-def _wraps(packets: list[bytes], mod_id: Identity) -> int:
+def _wraps(packets: list[bytes], mod_id: Identity, session: bytes) -> int:
     """Key-tree wraps in one copy of the rekey (opened with the old key, as members do)."""
     receiver = Receiver(RoomKeys(KEY), window=4096)
-    receiver.add_sender(mod_id.identity)
+    receiver.add_sender(mod_id.identity, session)
     total = 0
     for packet in packets[1 : 1 + (len(packets) - 1) // REKEY_COPIES]:
         body, _ = split_signature(receiver.receive(packet, T0).payload)

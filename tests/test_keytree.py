@@ -144,7 +144,7 @@ def _body(net, packet):
     from relay.core.signing import split_signature
 
     receiver = Receiver(RoomKeys(KEY), window=4096)
-    receiver.add_sender(net.mod_id.identity)
+    receiver.add_sender(net.mod_id.identity, net.mod.sender.session)
     event = receiver.receive(packet, net.now)
     body, _sig = split_signature(event.payload)
     return body
@@ -163,6 +163,7 @@ def test_lost_wraps_are_recovered_from_later_copies_without_transmitting():
     net = TreeNet(listeners=30)
     gone = net.listeners[0]
     unlucky = net.listeners[1:6]
+    net.send(net.mod.beacon(net.now), net.mod)  # as every few seconds: members know its session
     for p in net.mod.remove(gone.me.identity, net.now):
         net.send(p, net.mod, lose=unlucky)  # these five lost the first copy entirely
     assert all(m.epoch == 0 for m in unlucky)
@@ -188,6 +189,7 @@ def test_lost_wraps_are_recovered_from_later_copies_without_transmitting():
 def test_a_member_that_missed_every_copy_stays_on_the_old_key_and_says_nothing():
     net = TreeNet(listeners=8)
     gone, deaf = net.listeners[:2]
+    net.send(net.mod.beacon(net.now), net.mod)
     for p in net.mod.remove(gone.me.identity, net.now):
         net.send(p, net.mod, lose=[deaf])
     for delay in REKEY_DELAYS[1:3]:

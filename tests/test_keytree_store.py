@@ -96,7 +96,7 @@ def test_a_seized_home_after_the_ratchet_cannot_decrypt_earlier_recorded_packets
     # Nor do the seized path keys (with Ann's private identity key) open the recorded rekey.
     for packet in rekeys:
         receiver = Receiver(RoomKeys(old_keys[0]), window=4096)  # only to read the wraps
-        receiver.add_sender(mod_me.identity)
+        receiver.add_sender(mod_me.identity, mod.sender.session)
         body, _ = split_signature(receiver.receive(packet, T).payload)
         fragment = msg.RekeyFragment.parse(body)
         assert fragment.wraps and not fragment.sealed
