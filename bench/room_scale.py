@@ -10,7 +10,8 @@ and verify the over, and the removed one must open nothing (checked, not assumed
 * *before*: the same room with no tree (the key sealed to each member, as before the tree),
   measured in the same run where it fits a rekey's 255 fragments;
 * *keyed at 10 % loss*: listeners holding the new key after all copies, when each listener
-  loses each packet independently with probability 0.1;
+  loses each packet of the removal independently with probability 0.1 (having heard the
+  moderator's beacons before, as in a running room: they know its sender session);
 * CPU per listener: process time of handling the removal's packets, divided by N; the
   moderator's time to build the rekey beside it;
 * memory per listener: tracemalloc growth per listener ``Room`` (path keys, windows,
@@ -147,6 +148,9 @@ def _lossy(n: int, profile, loss: float, seed: int) -> int:
     for ident in ids:
         mod.enroll(ident.public)
     rooms = [_room(i, mod_id, step, path=tree.path_of(i.identity)) for i in ids]
+    beacon = mod.beacon(T0 - 5)  # the room has been running: they heard its beacons
+    for room in rooms:
+        room.receive(beacon, T0 - 5)
     packets = _removal_packets(mod, ids[0].identity, T0)
     for room in rooms[1:]:
         for p in packets:
