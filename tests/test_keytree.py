@@ -400,3 +400,22 @@ def test_an_insider_cannot_push_the_last_hours_window_past_the_speaker():
     assert not _of(li.receive(forged, edge + 20), Voice)  # outside the last hour's range
     # Had it been let in, a's real counters would now lie below the window: not so.
     assert _of(li.receive(real, edge + 20), Voice)
+
+
+def test_an_over_across_the_hour_verifies():
+    """Packets of one over come under two keys whose counters restart: no false DTX skips
+    (found by the room demo when the hour fell inside its first over)."""
+    net = TreeNet(listeners=2)
+    a = net.speakers[0]
+    edge = step_start(ratchet_step(net.now) + 1)
+    net.now = edge - 0.5
+    net.send(a.raise_hand(net.now), a)
+    net.send(net.mod.grant(a.me.identity, 30, net.now), net.mod)
+    sent = []
+    for i in range(12):  # 3 packets in the old hour, 9 in the new one
+        sent.append(a.voice(MODE, 4 * i, [bytes([i + 1]) * 8] * 4, net.now))
+        net.now += 0.16
+    sent += a.end_over(net.now)
+    for li in net.listeners:
+        events = [e for p in sent for e in li.receive(p, net.now + 0.2)]  # all arrive late
+        assert _heard(events) == ["verified"] and len(_of(events, Voice)) == 12

@@ -207,6 +207,9 @@ class _Listening:
     # which covers skips too, can still verify the segment.
     last_counter: int | None = None
     last_end: int = -1
+    # The key last_counter counts under: at the hourly ratchet an over's packets come under
+    # two keys, whose counters are unrelated, so skips are inferred within one key only.
+    last_key: object = None
     # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
@@ -287,7 +290,8 @@ class Room:
         self.tree = tree
         self.path = path
         self._stale_keys: RoomKeys | None = None  # the key before a removal: control only
-        self._previous_range: tuple[int, int] | None = None  # grant range of the last hour
+        # The key whose counters grant_range counts: each key (hour, epoch) restarts them.
+        self._grant_keys: RoomKeys | None = None
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
         self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
@@ -328,10 +332,13 @@ class Room:
         self.sender = Sender(self.keys, self.me.identity, self._counters, session=session)
         self.receiver = receiver if receiver is not None else self._make_receiver(self.keys)
 
-    def _restart_counters(self) -> None:
-        # Counters restart under a new key: ranges and hand counters of the old one are void.
+    def _restart_counters(self, keep_range: bool = False) -> None:
+        # Counters restart under a new key: hand counters of the old one are void, and so is
+        # a grant's range, except (``keep_range``, the hourly ratchet) for packets still
+        # arriving under the key it was given in (see _grant_keys).
         self._hand_counter.clear()
-        self.grant_range = None
+        if not keep_range:
+            self.grant_range = None
         for listening in self._listening.values():
             listening.last_counter = None
 
@@ -378,11 +385,10 @@ class Room:
         adopt = self._next[1] if self._next is not None and self._next[0] == step else None
         old = self.receiver
         self._previous = (old, now + RATCHET_GRACE) if behind == 1 else None
-        self._previous_range = self.grant_range  # still guards the old key's window
         self._stale_keys = None
         self._next = None
         self.step = step
-        self._restart_counters()
+        self._restart_counters(keep_range=True)
         key = ratchet(self._room_key, behind)
         if adopt is None:  # same members, next hour: everyone we knew stays known
             adopt = self._make_receiver(RoomKeys(key), old)
@@ -439,6 +445,7 @@ class Room:
         counter = int.from_bytes(packet[4:7], "big")
         self._record_action(self.keys.key_id, self.me.identity, self.sender.session, counter)
         self._record_issued(self.keys.key_id, self.me.identity, action.issued_at)
+        self._opened_with = self.keys  # our own action, under our current key
         self._apply(action, counter, now)
         return packet
 
@@ -624,7 +631,9 @@ class Room:
             tuple(hands[:255]),
             tuple(muted[:255]),
             int(now),
-            self.grant_range[0] if self.grant_range else msg.NO_COUNTER,
+            self.grant_range[0]
+            if self.grant_range and self._grant_keys is self.keys
+            else msg.NO_COUNTER,
             self._loss_percent(),
             (self.floor_session or bytes(SESSION_LEN)) if self.floor else bytes(SESSION_LEN),
         )
@@ -796,6 +805,8 @@ class Room:
         if event.sender != self.floor or event.sender in self.muted:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
+        if listening.last_key is not self._opened_with:
+            listening.last_key, listening.last_counter = self._opened_with, None
         if (
             listening.last_counter is not None
             and event.counter == listening.last_counter + 1
@@ -875,11 +886,9 @@ class Room:
                 return "floor_violation"
             if self.floor_session is not None and event.session != self.floor_session:
                 return "floor_violation"
-            # The range is in the counters of the key the grant came under: another hour's
-            # key restarts them (see tick). The last hour's range still guards its key.
-            span = self.grant_range if self._opened_with is self.keys else None
-            if self._previous is not None and self._opened_with is self._previous[0].keys:
-                span = self._previous_range
+            # The range counts the counters of the key the grant came under: under another
+            # hour's key they restart (see tick), so it guards that key's packets only.
+            span = self.grant_range if self._opened_with is self._grant_keys else None
             if span and not span[0] <= event.counter <= span[1]:
                 return "floor_violation"
             if not 0 <= event.position <= MAX_POSITION:
@@ -965,6 +974,7 @@ class Room:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
             first, speaker_session = _grant_extra(action.extra)
             self.grant_range = _grant_range(first, action.arg)
+            self._grant_keys = self._opened_with
             self.floor_session = speaker_session
             self.receiver.add_sender(target)
             self._vouch_floor(action.issued_at, now, "grant")
@@ -1024,6 +1034,7 @@ class Room:
             self.floor, self.grant_seq = holder, beacon.grant_seq
             self.floor_until = now + beacon.remaining
             self.grant_range = _grant_range(beacon.first_counter, beacon.remaining)
+            self._grant_keys = self._opened_with
             self.floor_session = beacon.session if holder is not None else None
             if holder is not None:
                 self.receiver.add_sender(holder)
