@@ -383,23 +383,25 @@ def test_tree_refuses_impossible_states():
     assert RATCHET_SECONDS == 3600
 
 
-def test_an_insider_cannot_push_the_last_hours_window_past_the_speaker():
+def test_the_last_hours_grant_range_still_guards_its_key():
     net = TreeNet(listeners=2, speakers=2)
     a, mallory = net.speakers
     li = net.listeners[0]
     edge = step_start(ratchet_step(net.now) + 1)
+    net.now = edge - 20
     net.send(a.raise_hand(net.now), a)
     net.send(mallory.introduce(net.now), mallory)
-    net.send(net.mod.grant(a.me.identity, 7200, net.now), net.mod)
+    net.send(net.mod.grant(a.me.identity, 30, net.now), net.mod)  # range: 30 s of counters
     from relay.core.session import Sender
 
-    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())  # the hour's key, a's id
-    as_a._next, as_a._limit = 5_000, 5_010
+    # The hour's key, a's identity and session, a counter inside the session's bound
+    # (UNSIGNED_AHEAD) but past the grant's range.
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters(), session=a.sender.session)
+    as_a._next, as_a._limit = 1_900, 1_910
     forged = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, edge - 10)
     real = a.voice(MODE, 0, [b"\x11" * 8] * 4, edge - 10)  # a's clock is a little behind
-    assert not _of(li.receive(forged, edge + 20), Voice)  # outside the last hour's range
-    # Had it been let in, a's real counters would now lie below the window: not so.
-    assert _of(li.receive(real, edge + 20), Voice)
+    assert not _of(li.receive(forged, edge + 5), Voice)  # outside the last hour's range
+    assert _of(li.receive(real, edge + 5), Voice)
 
 
 def test_an_over_across_the_hour_verifies():
@@ -419,3 +421,26 @@ def test_an_over_across_the_hour_verifies():
     for li in net.listeners:
         events = [e for p in sent for e in li.receive(p, net.now + 0.2)]  # all arrive late
         assert _heard(events) == ["verified"] and len(_of(events, Voice)) == 12
+
+
+def test_after_the_hour_an_insider_still_cannot_silence_the_speaker():
+    """Counters restart under the new hour's key, so the grant's range does not carry over;
+    the sender session's bound on unsigned packets (UNSIGNED_AHEAD) keeps the speaker in
+    reach all the same."""
+    from relay.core.session import Sender
+
+    net = TreeNet(listeners=2, speakers=2)
+    a, mallory = net.speakers
+    li = net.listeners[0]
+    net.send(a.raise_hand(net.now), a)
+    net.send(mallory.introduce(net.now), mallory)
+    net.send(net.mod.grant(a.me.identity, 7200, net.now), net.mod)
+    after = step_start(ratchet_step(net.now) + 1) + 400
+    for room in (a, mallory):
+        room.tick(after)
+    for ahead, refused in ((5_000, True), (2_000, False)):
+        forged = Sender(mallory.keys, a.me.identity, MemoryCounters(), session=a.sender.session)
+        forged._next, forged._limit = ahead, ahead + 10
+        events = li.receive(forged.voice(MODE, 0, [b"\x66" * 8] * 4, after), after)
+        assert bool(_of(events, Dropped)) == refused
+    assert _of(li.receive(a.voice(MODE, 0, [b"\x11" * 8] * 4, after), after), Voice)
