@@ -444,3 +444,21 @@ def test_after_the_hour_an_insider_still_cannot_silence_the_speaker():
         events = li.receive(forged.voice(MODE, 0, [b"\x66" * 8] * 4, after), after)
         assert bool(_of(events, Dropped)) == refused
     assert _of(li.receive(a.voice(MODE, 0, [b"\x11" * 8] * 4, after), after), Voice)
+
+
+def test_a_hand_raised_in_the_last_hour_is_not_granted_with_its_old_counter():
+    """The hand's counter is in the last hour's key; a grant under the new key naming it
+    would refuse the speaker's first packets (found by the room demo at the hour)."""
+    net = TreeNet(listeners=2)
+    a = net.speakers[0]
+    edge = step_start(ratchet_step(net.now) + 1)
+    hand = a.raise_hand(edge - 1)
+    for room in net.everyone():
+        if room is not a:
+            room.receive(hand, edge + 1)  # it arrives after the hour
+    assert net.mod.next_hand() is None  # not grantable until a hand under this hour's key
+    net.now = edge + 2
+    net.send(a.raise_hand(net.now), a)
+    assert net.mod.next_hand() == a.me.identity
+    events = net.over(a)
+    assert all(_heard(events[li]) == ["verified"] for li in net.listeners)

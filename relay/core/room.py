@@ -839,7 +839,7 @@ class Room:
             events.append(MemberChanged(ident, "introduced"))
         if event.kind == ControlKind.HAND:
             raised = msg.parse_hand(event.payload)
-            if raised:
+            if raised and self._opened_with is self.keys:  # (see _on_control)
                 self._hand_counter[ident] = (event.session, event.counter)
             events += self._on_hand(ident, raised)
         return events
@@ -936,7 +936,9 @@ class Room:
             return self._on_over_end(event, body)
         if kind == ControlKind.HAND:
             raised = msg.parse_hand(body)
-            if raised:
+            # A grant names the hand's counter as the first the speaker may use: only a hand
+            # under our current key counts (another hour's key has other counters).
+            if raised and self._opened_with is self.keys:
                 self._hand_counter[event.sender] = (event.session, event.counter)
             return self._on_hand(event.sender, raised)
         key_id = self._opened_with.key_id
