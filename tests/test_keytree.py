@@ -423,6 +423,28 @@ def test_an_over_across_the_hour_verifies():
         assert _heard(events) == ["verified"] and len(_of(events, Voice)) == 12
 
 
+def test_an_over_with_silence_skipped_across_the_hour_verifies():
+    """DTX: the speaker keeps the over's key through the hour (within the grace), so its
+    counters run on and listeners still tell skipped positions from lost ones."""
+    net = TreeNet(listeners=2)
+    a = net.speakers[0]
+    edge = step_start(ratchet_step(net.now) + 1)
+    net.now = edge - 0.5
+    net.send(a.raise_hand(net.now), a)
+    net.send(net.mod.grant(a.me.identity, 30, net.now), net.mod)
+    sent, position = [], 0
+    for i in range(12):
+        sent.append(a.voice(MODE, position, [bytes([i + 1]) * 8] * 4, net.now))
+        position += 4 + (2 if i in (1, 3, 7) else 0)  # silence, one right at the hour
+        net.now += 0.16
+    sent += a.end_over(net.now)
+    for li in net.listeners:
+        events = []
+        for p in sent:
+            events += li.receive(p, net.now)
+        assert _heard(events) == ["verified"]
+
+
 def test_after_the_hour_an_insider_still_cannot_silence_the_speaker():
     """Counters restart under the new hour's key, so the grant's range does not carry over;
     the sender session's bound on unsigned packets (UNSIGNED_AHEAD) keeps the speaker in

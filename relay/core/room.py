@@ -295,6 +295,10 @@ class Room:
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
         self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
+        # Our over in progress keeps the key it started under, through the hour's ratchet
+        # (until the grace ends), so its counters run on and listeners can tell DTX skips:
+        # (sender, keys, until).
+        self._over_key: tuple[Sender, RoomKeys, float] | None = None
         # (session, counter) of each member's signed hand raise: a grant names both.
         self._hand_counter: dict[bytes, tuple[bytes, int]] = {}
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
@@ -339,8 +343,6 @@ class Room:
         self._hand_counter.clear()
         if not keep_range:
             self.grant_range = None
-        for listening in self._listening.values():
-            listening.last_counter = None
 
     def _rotate_to(self, key: bytes, epoch: int, now: float, step: int) -> KeyRotated:
         old = self.receiver
@@ -349,6 +351,7 @@ class Room:
         self._previous = (old, now + REKEY_GRACE)
         self._stale_keys = old.keys
         self._next = None
+        self._over_key = None  # after a removal the old key carries no voice
         self.epoch = epoch
         self.step = step
         self._restart_counters()
@@ -672,7 +675,17 @@ class Room:
         for i, frame in enumerate(frames):
             self._my_over[position + i] = frame
         self._my_fpp = max(self._my_fpp, len(frames))
-        return self.sender.voice(mode, position, frames, now, redundant)
+        return self._over_sender(now)[0].voice(mode, position, frames, now, redundant)
+
+    def _over_sender(self, now: float) -> tuple[Sender, RoomKeys]:
+        """The sender (and keys) of our over: the key it started under, while receivers
+        still take it (RATCHET_GRACE, less a margin for airtime and clocks)."""
+        if self._over_key is None:
+            assert self.step is not None
+            until = step_start(self.step + 1) + RATCHET_GRACE - RATCHET_SKEW
+            self._over_key = (self.sender, self.keys, until)
+        sender, keys, until = self._over_key
+        return (self.sender, self.keys) if now > until else (sender, keys)
 
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
@@ -688,12 +701,14 @@ class Room:
         cannot verify anything of the over. Receivers keep the first and ignore the rest.
         """
         self.tick(now)
+        sender, keys = self._over_sender(now)
+        self._over_key = None
         # Positions we skipped (DTX) are sealed as skipped: listeners check that too.
         frames = [self._my_over.get(p, SKIPPED) for p in range(max(self._my_over, default=-1) + 1)]
         self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
-        seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp).pack()
+        seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp, keys.key_id).pack()
         packets = [
-            self.sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
+            sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
             for _ in range(max(1, copies))
         ]
         if self.floor == self.me.identity:
@@ -701,13 +716,13 @@ class Room:
         return packets
 
     def _seal_over(
-        self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int
+        self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int, key_id: str
     ) -> msg.OverSeal:
         # As many digests as fit one packet with the seal's header and signature.
         room = self.mtu - CONTROL_PACKET_OVERHEAD - 11 - 64  # 10 B header, 1 B loss report
         seg = msg.segment_frames(len(frames), fpp, max(1, room // msg.DIGEST_LEN))
         digests = tuple(
-            msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
+            msg.segment_digest(key_id, speaker, grant_seq, i, frames[s : s + seg])
             for i, s in enumerate(range(0, len(frames), seg))
         )
         return msg.OverSeal(len(frames), grant_seq, seg, digests, self._loss_percent())
