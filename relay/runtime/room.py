@@ -28,8 +28,9 @@ from relay.core.room import (
     RoomEvent,
     Voice,
 )
+from relay.core.roommsg import PREFIX_LEN
 from relay.core.wire import VOICE_PACKET_OVERHEAD
-from relay.links.base import Link
+from relay.links.base import Datagram, Link
 from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
@@ -59,6 +60,9 @@ class NodeLog:
     beacons: int = 0
     beacon_airtime: float = 0.0
     rekey_airtime: dict[int, float] = field(default_factory=dict)  # new epoch -> removal + rekeys
+    datagrams: int = 0  # everything the link delivered, ours to open or not
+    rssi: float | None = None  # the last signal report, where the radio gives one
+    snr: float | None = None
 
 
 @dataclass
@@ -175,12 +179,22 @@ class RoomNode:
                 self.policy.report(event.reporter, event.loss, event.time)
             elif isinstance(event, RelayNoticed):
                 self.log.notices.append(event.notice.text)
+            if isinstance(event, MemberChanged | FloorChanged):
+                self._cut_silenced()
             if isinstance(
                 event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
             ):
                 self._changed.set()
             if self._on_event is not None:
                 self._on_event(event)
+
+    def _cut_silenced(self) -> None:
+        """Not one more word from a muted or removed member: what the jitter buffer still
+        holds of them is dropped (a beacon names muted members by an 8-byte prefix)."""
+        silenced = {m[:PREFIX_LEN] for m in (*self.room.muted, *self.room.removed)}
+        for over in self.playout.live_overs():
+            if over.sender[:PREFIX_LEN] in silenced:
+                self.playout.cut(over.sender)
 
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
@@ -211,9 +225,16 @@ class RoomNode:
         self.log.beacon_airtime += sum(self.link.airtime(len(b)) for b in beacons)
         await self.send(*beacons)
 
+    def _seen(self, datagram: Datagram) -> None:
+        self.log.datagrams += 1
+        if datagram.rssi is not None:
+            self.log.rssi = datagram.rssi
+        if datagram.snr is not None:
+            self.log.snr = datagram.snr
+
     async def run(self) -> None:
         """Receive until the link closes (run it as a task)."""
-        await self.playout.pump(self.link, self.handle)
+        await self.playout.pump(self.link, self.handle, seen=self._seen)
 
     async def send(self, *packets: bytes) -> None:
         for packet in packets:
@@ -350,6 +371,18 @@ class RoomNode:
             result.count(packet, len(batch), mode.bytes_per_frame)
 
     # ---------------------------------------------------------------- moderating
+    async def grant_floor(self, member: bytes, seconds: int) -> None:
+        """Grant ``member`` the floor (the grant followed by beacons repeating it)."""
+        await self.announce(self.room.grant(member, seconds, self.clock()))
+
+    async def announce(self, *actions: bytes) -> None:
+        """Send moderation ``actions``, then beacons repeating the room's state: a listener
+        that missed a grant would drop the whole over as a floor violation, one that missed a
+        mute would play the muted member on (at 10 % loss, 3 copies miss 0.1 %; a speaker's
+        packets may also collide with the first copy)."""
+        await self.send(*actions)
+        await self._beacon(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+
     async def moderate(
         self,
         *,
@@ -373,12 +406,7 @@ class RoomNode:
             if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
                 member = self.room.next_hand()
                 if member is not None:
-                    # Beacons repeat the grant: a listener that missed it would drop the
-                    # whole over as a floor violation (at 10 % loss, 3 copies miss 0.1 %).
-                    await self.send(self.room.grant(member, auto_grant, now))
-                    await self._beacon(
-                        *(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS))
-                    )
+                    await self.grant_floor(member, auto_grant)
                     last_beacon = loop.time()
                     next_beacon = last_beacon + interval
                     continue
