@@ -57,6 +57,10 @@ REKEY_COPIES = 3
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
+# Raised hands of members the moderator has not enrolled (strangers: anyone holding the room
+# key can mint them) wait in a queue at most this long; enrolled members' hands always get in
+# and are granted first.
+MAX_STRANGER_HANDS = 16
 
 
 # ---------------------------------------------------------------------------- events
@@ -95,6 +99,14 @@ class FloorChanged:
 class HandRaised:
     member: bytes
     raised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GrantAsked:
+    """The floor holder raised its hand again: it did not hear its grant (a moderator's
+    node answers with a beacon, which repeats the grant)."""
+
+    member: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,7 @@ RoomEvent = (
     | OverEnded
     | FloorChanged
     | HandRaised
+    | GrantAsked
     | MemberChanged
     | KeyRotated
     | LossReport
@@ -243,6 +256,7 @@ class Room:
         # holding the room key cannot push the speaker's real packets out of it.
         self.receiver = Receiver(self.keys, window=REPLAY_WINDOW)
         self.receiver.gate = self._gate
+        self.receiver.on_forget = self._forget_stranger
         for ident in self.roster:
             if ident not in self.removed:
                 self.receiver.add_sender(ident)
@@ -479,12 +493,17 @@ class Room:
         """Seconds between beacons so they use at most BEACON_SHARE of the channel."""
         return max(BEACON_MIN_INTERVAL, beacon_airtime / BEACON_SHARE)
 
+    def _stranger_hands(self) -> int:
+        return sum(1 for ident in self.hands if ident not in self.roster)
+
     def next_hand(self) -> bytes | None:
-        """The first raised hand we can grant (a full identity whose counter we know)."""
-        for ident in self.hands:
-            if len(ident) == msg.ID_LEN and ident in self._hand_counter:
+        """The first raised hand we can grant (a full identity whose counter we know);
+        enrolled members before strangers, so minted identities cannot starve them."""
+        ready = [i for i in self.hands if len(i) == msg.ID_LEN and i in self._hand_counter]
+        for ident in ready:
+            if ident in self.roster:
                 return ident
-        return None
+        return ready[0] if ready else None
 
     # ------------------------------------------------------------------ receiving
     def receive(self, packet: bytes, now: float) -> list[RoomEvent]:
@@ -576,8 +595,22 @@ class Room:
             raised = msg.parse_hand(event.payload)
             if raised:
                 self._hand_counter[ident] = event.counter
-            events += self._on_hand(ident, raised)
+            events += self._on_hand(ident, raised, event.time)
         return events
+
+    def _forget_stranger(self, ident: bytes) -> None:
+        """The receiver evicted a member known only from its HELLO: forget it here too."""
+        if ident in self.roster or ident in self.moderators or ident == self.floor:
+            return
+        if self.receiver.knows(ident):
+            return  # evicted by the previous key's receiver only
+        self.introduced.pop(ident, None)
+        self._hand_counter.pop(ident, None)
+        if ident in self.hands:
+            self.hands.remove(ident)
+        self._listening.pop(ident, None)
+        for key in [k for k in self._sealed if k[1] == ident]:
+            del self._sealed[key]
 
     def enroll(self, member: PublicIdentity) -> None:
         """Admit a member to the rekey roster (a moderator's decision)."""
@@ -586,8 +619,13 @@ class Room:
         self.roster[member.identity] = member
         self.receiver.add_sender(member.identity)
 
-    def _on_hand(self, ident: bytes, raised: bool) -> list[RoomEvent]:
+    def _on_hand(self, ident: bytes, raised: bool, now: float) -> list[RoomEvent]:
+        if raised and ident == self.floor and now <= self.floor_until:
+            # The holder did not hear its grant (all copies lost): not a new request.
+            return [GrantAsked(ident)] if self.is_moderator else []
         if raised and ident not in self.hands and ident not in self.muted:
+            if ident not in self.roster and self._stranger_hands() >= MAX_STRANGER_HANDS:
+                return [self._drop("hand_queue_full", "too many strangers' hands raised")]
             self.hands.append(ident)
         elif not raised and ident in self.hands:
             self.hands.remove(ident)
@@ -650,7 +688,7 @@ class Room:
             raised = msg.parse_hand(body)
             if raised:
                 self._hand_counter[event.sender] = event.counter
-            return self._on_hand(event.sender, raised)
+            return self._on_hand(event.sender, raised, now)
         seq_key = (self._opened_with.key_id, event.sender)
         if event.counter <= self._last_action.get(seq_key, -1):
             return [self._drop("stale_moderation", "older than an action already applied")]
@@ -672,6 +710,7 @@ class Room:
             self.receiver.add_sender(target)
             if target in self.hands:
                 self.hands.remove(target)
+            self._keep_listening(target)
             self._listening.pop(target, None)
             return [FloorChanged(target, self.floor_until)]
         if kind == msg.ModAction.REVOKE:
@@ -717,6 +756,7 @@ class Room:
             )
             if holder is not None:
                 self.receiver.add_sender(holder)
+                self._keep_listening(holder)
             events.append(FloorChanged(holder, self.floor_until))
         by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
         self.hands = [by_prefix.get(p, p) for p in beacon.hands]
@@ -787,6 +827,13 @@ class Room:
         if seal.loss is not None:
             events.append(LossReport(speaker, seal.loss, event.time))
         return events
+
+    def _keep_listening(self, holder: bytes) -> None:
+        """Frames kept for seals: the new holder's and the last over's (its seal may still
+        come); older overs whose seal never arrived are let go."""
+        last = next(reversed(self._listening), None)
+        for ident in [i for i in self._listening if i not in (holder, last)]:
+            del self._listening[ident]
 
     def _expire(self, now: float) -> None:
         if self.floor is not None and now > self.floor_until:

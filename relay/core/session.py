@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 from collections import Counter as Tally
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,7 @@ from relay.core.identity import (
     PublicIdentity,
     valid_agreement_key,
 )
+from relay.core.ratelimit import Buckets, TokenBucket
 from relay.core.replay import ReplayWindow
 from relay.core.signing import signed_message
 from relay.errors import PacketError, UsageError
@@ -34,6 +36,16 @@ from relay.voice.modes import CodecMode
 COUNTER_BLOCK = 64
 HINT_TOLERANCE = 2  # epochs (hours) either side before a hint counts as clock skew
 STREAM_GAP = 5.0  # seconds of silence after which a sender's next voice starts a new over
+# Bounds on what members who merely introduced themselves (HELLO) cost a receiver: a holder
+# of the room key can mint identities by the thousand. Enrolled members, moderators and the
+# floor holder (added by the room, "protected") are never counted here and never evicted.
+MAX_INTRODUCED = 256  # introduced peers kept; the least recently heard goes first
+MAX_INTRODUCED_PER_SHORT = 2  # introduced peers sharing one short id (trial decryptions)
+NEWCOMER_RATE = 1.0  # signature checks a second for hellos from identities we do not know
+NEWCOMER_BURST = 10.0
+KNOWN_HELLO_RATE = 1.0  # signature checks a second per known identity's hellos
+KNOWN_HELLO_BURST = 5.0
+KNOWN_HELLO_TABLE = 4096  # identities whose hello buckets are kept
 
 
 class CounterSource(Protocol):
@@ -185,6 +197,7 @@ class _Peer:
     last_position: int | None = None  # absolute index of the last frame received
     last_counter: int = 0
     last_time: float = 0.0
+    introduced: bool = False  # known only from its own HELLO: bounded, evictable
 
 
 class Receiver:
@@ -198,6 +211,13 @@ class Receiver:
     match); a hint outside the clock tolerance is counted as ``hint_skew`` and the packet is
     still tried, so members whose clocks drifted, and late store-and-forward packets, still get
     through. Replay protection is the per-sender window, persisted by the caller.
+
+    State per stranger is bounded: peers known only from their own HELLO are at most
+    :data:`MAX_INTRODUCED` (least recently heard evicted, ``on_forget`` told) and at most
+    :data:`MAX_INTRODUCED_PER_SHORT` per short id; peers the caller added are tried first
+    and never evicted. A HELLO costs a signature check only after the cheap checks (length,
+    announce-key tag, short id, replay window) and within a rate: :data:`NEWCOMER_RATE` a
+    second for identities we do not know, :data:`KNOWN_HELLO_RATE` per known identity.
     """
 
     def __init__(
@@ -207,7 +227,13 @@ class Receiver:
         self._window = window
         self._tolerance = hint_tolerance
         self._peers: dict[bytes, _Peer] = {}
-        self._by_short: dict[int, list[_Peer]] = {}
+        self._by_short: dict[int, list[_Peer]] = {}  # peers the caller added come first
+        self._introduced: OrderedDict[bytes, None] = OrderedDict()  # LRU: oldest first
+        self._newcomers = TokenBucket(NEWCOMER_RATE, NEWCOMER_BURST)
+        self._known_hellos = Buckets(KNOWN_HELLO_RATE, KNOWN_HELLO_BURST, KNOWN_HELLO_TABLE)
+        # Called with each introduced identity evicted to make room (the room forgets it too).
+        self.on_forget: Callable[[bytes], None] | None = None
+        self.evicted = 0
         self.accepted = 0
         self.rejected: Tally[str] = Tally()
         self.hint_skew = 0
@@ -223,17 +249,63 @@ class Receiver:
     def knows(self, identity: bytes) -> bool:
         return identity in self._peers
 
-    def add_sender(self, identity: bytes, highest_counter: int = -1) -> None:
-        """Admit a member. ``highest_counter`` restores a persisted replay window."""
+    def add_sender(
+        self, identity: bytes, highest_counter: int = -1, *, introduced: bool = False
+    ) -> None:
+        """Admit a member. ``highest_counter`` restores a persisted replay window.
+
+        ``introduced``: known only from its own HELLO (or a mark saved for such a member):
+        counted against the bounds above and evictable. Without it the member is protected
+        (enrolled, a moderator, the floor holder), also if it was introduced before."""
         known = self._peers.get(identity)
         if known is not None:
             if highest_counter > known.window.highest:
                 known.window = ReplayWindow(self._window, highest_counter)
+            if known.introduced and not introduced:
+                known.introduced = False
+                self._introduced.pop(identity, None)
+                group = self._by_short[known.cipher.short_id]
+                group.remove(known)
+                group.insert(0, known)
+            elif known.introduced:
+                self._introduced.move_to_end(identity)
             return
         cipher = self._keys.sender(identity)
-        peer = _Peer(cipher, ReplayWindow(self._window, highest_counter))
+        peer = _Peer(cipher, ReplayWindow(self._window, highest_counter), introduced=introduced)
+        group = self._by_short.setdefault(cipher.short_id, [])
+        if not introduced:
+            group.insert(0, peer)
+        else:
+            strangers = [p for p in group if p.introduced]
+            if len(strangers) >= MAX_INTRODUCED_PER_SHORT:
+                self._evict(min(strangers, key=self._lru_rank).cipher.identity)
+            if len(self._introduced) >= MAX_INTRODUCED:
+                self._evict(next(iter(self._introduced)))
+            group.append(peer)
+            self._introduced[identity] = None
         self._peers[identity] = peer
-        self._by_short.setdefault(cipher.short_id, []).append(peer)
+
+    def _lru_rank(self, peer: _Peer) -> int:
+        for rank, ident in enumerate(self._introduced):
+            if ident == peer.cipher.identity:
+                return rank
+        return -1
+
+    def _evict(self, identity: bytes) -> None:
+        self.forget_sender(identity)
+        self.evicted += 1
+        if self.on_forget is not None:
+            self.on_forget(identity)
+
+    @property
+    def introduced_count(self) -> int:
+        """Peers known only from their own HELLO (at most :data:`MAX_INTRODUCED`)."""
+        return len(self._introduced)
+
+    def highest(self, identity: bytes) -> int:
+        """One sender's replay mark (-1: unknown or nothing accepted yet)."""
+        peer = self._peers.get(identity)
+        return -1 if peer is None else peer.window.highest
 
     def highest_counters(self) -> dict[bytes, int]:
         """Per-sender replay marks, for persisting across restarts."""
@@ -269,6 +341,8 @@ class Receiver:
                 if reason is not None:
                     raise PacketError(reason, f"refused by the room ({reason})")
             self._commit(peer, header, event)
+            if peer.introduced:
+                self._introduced.move_to_end(peer.cipher.identity)
             self.accepted += 1
             if header.hint not in self._keys.hints_near(now, self._tolerance):
                 self.hint_skew += 1
@@ -277,6 +351,8 @@ class Receiver:
         raise PacketError(verdict, messages.get(verdict, "authentication failed"))
 
     def _hello(self, header: wire.Header, associated: bytes, sealed: bytes, now: float) -> Event:
+        # Cheap checks first (length, the announce key's tag, short id, replay window, rate);
+        # the Ed25519 and X25519 checks are the CPU a flood buys, so they come last.
         n = wire.HELLO_NONCE_LEN
         if len(sealed) < n + wire.TAG_LEN + 2 * KEY_LEN + 1 + SIGNATURE_LEN:
             raise PacketError("malformed", "hello packet is too short")
@@ -287,15 +363,27 @@ class Receiver:
         signed, signature = plaintext[:-SIGNATURE_LEN], plaintext[-SIGNATURE_LEN:]
         public = PublicIdentity(signed[:KEY_LEN], signed[KEY_LEN : 2 * KEY_LEN])
         kind, body = signed[2 * KEY_LEN], signed[2 * KEY_LEN + 1 :]
+        if self._keys.short_id(public.identity) != header.sender:
+            raise PacketError("forged", "hello short id does not match its identity")
+        peer = self._peers.get(public.identity)
+        if peer is not None:
+            problem = peer.window.check(header.counter)
+            if problem:
+                raise PacketError(problem, "duplicate packet (replay)")
+            if not self._known_hellos.take(public.identity, now):
+                raise PacketError("hello_rate", "too many hellos in this member's name")
+        elif not self._newcomers.take(now):
+            raise PacketError("hello_rate", "too many hellos from unknown members")
         message = signed_message(self._keys.key_id, public.identity, associated, kind, signed)
         if not public.verify(signature, message):
             raise PacketError("forged", "hello signature does not verify")
         if not valid_agreement_key(public.agreement_key):
             raise PacketError("malformed", "hello carries an unusable X25519 key")
-        if self._keys.short_id(public.identity) != header.sender:
-            raise PacketError("forged", "hello short id does not match its identity")
-        self.add_sender(public.identity)
-        peer = self._peers[public.identity]
+        if peer is None:
+            self.add_sender(public.identity, introduced=True)
+            peer = self._peers[public.identity]
+        elif peer.introduced:
+            self._introduced.move_to_end(public.identity)
         problem = peer.window.check(header.counter)
         if problem:
             raise PacketError(problem, "duplicate packet (replay)")
@@ -304,10 +392,13 @@ class Receiver:
         return Hello(public, kind, bytes(body), header.counter, now)
 
     def forget_sender(self, identity: bytes) -> None:
-        """Stop accepting a member's packets (removed from the room)."""
+        """Stop accepting a member's packets (removed from the room, or evicted)."""
         peer = self._peers.pop(identity, None)
         if peer is not None:
             self._by_short[peer.cipher.short_id].remove(peer)
+            if not self._by_short[peer.cipher.short_id]:
+                del self._by_short[peer.cipher.short_id]
+            self._introduced.pop(identity, None)
 
     def _event(self, peer: _Peer, header: wire.Header, plaintext: bytes, now: float) -> Event:
         """The event a decrypted packet carries; changes no state."""

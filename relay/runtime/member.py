@@ -145,8 +145,12 @@ class Member:
     def restore_marks(self) -> int:
         """Give the receiver the replay marks saved for the current room key."""
         marks = self.replay.load(self.room.keys.key_id)
+        room = self.room
         for ident, highest in marks.items():
-            self.room.receiver.add_sender(ident, highest)
+            # Marks of strangers (introduced, never enrolled) count against the receiver's
+            # bound like their HELLOs did: a flood saved yesterday cannot fill memory today.
+            stranger = ident not in room.roster and ident not in room.moderators
+            room.receiver.add_sender(ident, highest, introduced=stranger)
         return len(marks)
 
     def save_marks(self) -> None:
@@ -154,6 +158,11 @@ class Member:
         for ident, highest in self.room.receiver.highest_counters().items():
             if highest >= 0:
                 self.replay.save(key_id, ident, highest)
+
+    def save_mark(self, ident: bytes) -> None:
+        highest = self.room.receiver.highest(ident)
+        if highest >= 0:
+            self.replay.save(self.room.keys.key_id, ident, highest)
 
     def _key_rotated(self, epoch: int, key: bytes) -> None:
         try:
@@ -165,10 +174,10 @@ class Member:
     def _event(self, event: RoomEvent) -> None:
         # After an over, and when a member introduces itself: a restart (even kill -9) then
         # still knows the member (no second HELLO needed) and what it already accepted.
-        if isinstance(event, OverEnded) or (
-            isinstance(event, MemberChanged) and event.change == "introduced"
-        ):
+        if isinstance(event, OverEnded):
             self.save_marks()
+        elif isinstance(event, MemberChanged) and event.change == "introduced":
+            self.save_mark(event.member)  # one row, not every peer's: newcomers are cheap
         if self.on_event is not None:
             self.on_event(event)
 
