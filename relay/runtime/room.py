@@ -17,6 +17,7 @@ import numpy as np
 from relay.core.room import (
     Dropped,
     FloorChanged,
+    GrantAsked,
     HandRaised,
     KeyRotated,
     LossReport,
@@ -35,7 +36,17 @@ from relay.voice.over import EncodedOver, OverEncoder, SentFrame
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
-GRANT_REPEATS = 2
+# The grant's copies (beacons repeating it) leave this long after it, not back to back: one
+# fade or collision burst must not take all three (a burst longer than the spread still can:
+# then the holder's repeated hand raise, answered with a beacon, and the beacons a grant's
+# lifetime always holds bring the floor back).
+GRANT_REPEAT_AFTER = (0.4, 1.2)
+GRANT_REPEATS = len(GRANT_REPEAT_AFTER)
+# While the floor is held, beacons wait (a beacon between two voice packets delays the rest
+# of the over) but never longer than this share of the grant: a grant nobody heard is not
+# dead for its whole lifetime. BEACON_SHARE still bounds them (never closer than the interval).
+GRANT_BEACON_FRACTION = 0.25
+REGRANT_MIN_GAP = 1.0  # seconds between two answers to the holder's repeated hand raise
 BEACON_SIZE = 100  # bytes of a beacon with a floor holder and a short hand queue
 
 
@@ -129,12 +140,16 @@ class RoomNode:
         # talker that wants to adapt asks it for the mode of its next over.
         self.policy = ModePolicy()
         self._changed = asyncio.Event()
+        self._grant_asked = False
+        self._holder_heard = -1  # grant_seq of the last grant whose holder we heard speak
         self._rng = random.Random(seed)
 
     # ---------------------------------------------------------------- receiving
     def handle(self, data: bytes, arrival: float) -> None:
         for event in self.room.receive(data, self.clock()):
             if isinstance(event, Voice):
+                if event.frames.sender == self.room.floor:
+                    self._holder_heard = self.room.grant_seq  # the grant reached its holder
                 self.log.voice_packets += 1
                 self.log.voice_frames += len(event.frames.frames)
                 self.playout.voice(event.frames, arrival)
@@ -149,8 +164,11 @@ class RoomNode:
                 self.policy.report(event.reporter, event.loss, event.time)
             elif isinstance(event, RelayNoticed):
                 self.log.notices.append(event.notice.text)
+            elif isinstance(event, GrantAsked):
+                self._grant_asked = True
             if isinstance(
-                event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
+                event,
+                FloorChanged | HandRaised | GrantAsked | MemberChanged | KeyRotated | OverEnded,
             ):
                 self._changed.set()
             if self._on_event is not None:
@@ -199,7 +217,7 @@ class RoomNode:
         # The grant is followed by beacons repeating it: start talking once they have left
         # the air (the "wait for the beep" of push-to-talk), or our first packets queue
         # behind them and every listener's jitter buffer stays that much later all over.
-        await asyncio.sleep(GRANT_REPEATS * self.link.airtime(BEACON_SIZE) + 0.05)
+        await asyncio.sleep(GRANT_REPEAT_AFTER[-1] + self.link.airtime(BEACON_SIZE) + 0.05)
         return True
 
     async def speak(
@@ -290,14 +308,26 @@ class RoomNode:
         """Grant the floor to raised hands in order (``auto_grant`` seconds each) and send
         beacons at the rate the airtime budget allows, until ``stop`` is set.
 
-        While someone holds the floor, beacons wait (up to BUSY_BEACON_FACTOR intervals): a
-        beacon between two voice packets would delay the speaker and stretch every
-        listener's jitter buffer for the rest of the over.
+        A grant's copies go out spread over :data:`GRANT_REPEAT_AFTER`; a raised hand from
+        the member already holding the floor (it heard none of them) is answered with a
+        beacon. Until the holder is heard speaking, beacons keep coming every
+        :data:`GRANT_BEACON_FRACTION` of the grant (never closer than the budget's interval),
+        so a grant nobody heard is not dead for its lifetime. Once it speaks they wait up to
+        BUSY_BEACON_FACTOR intervals: a beacon between two voice packets would delay the
+        speaker and stretch every listener's jitter buffer for the rest of the over.
         """
         loop = asyncio.get_running_loop()
         interval = self.room.beacon_interval(self.link.airtime(beacon_size))
-        next_beacon = loop.time() + interval
         last_beacon = loop.time()
+        last_answer = float("-inf")
+        repeats: list[float] = []  # loop times of the current grant's copies still to send
+        grant_seq, busy_hold = self.room.grant_seq, interval
+
+        async def beacon() -> None:
+            nonlocal last_beacon
+            await self.send(self.room.beacon(self.clock()))
+            last_beacon = loop.time()
+
         while not stop.is_set():
             now = self.clock()
             if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
@@ -305,18 +335,39 @@ class RoomNode:
                 if member is not None:
                     # Beacons repeat the grant: a listener that missed it would drop the
                     # whole over as a floor violation (at 10 % loss, 3 copies miss 0.1 %).
-                    await self.send(
-                        self.room.grant(member, auto_grant, now),
-                        *(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)),
-                    )
+                    await self.send(self.room.grant(member, auto_grant, now))
                     last_beacon = loop.time()
-                    next_beacon = last_beacon + interval
+                    repeats = [last_beacon + after for after in GRANT_REPEAT_AFTER]
                     continue
-            busy = self.room.floor is not None
-            overdue = loop.time() - last_beacon >= BUSY_BEACON_FACTOR * interval
-            if loop.time() >= next_beacon and (not busy or overdue):
-                await self.send(self.room.beacon(self.clock()))
-                last_beacon = loop.time()
-                next_beacon = last_beacon + interval
-            wait = next_beacon - loop.time()
-            await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.5)
+            if self.room.grant_seq != grant_seq:  # a new grant (ours or another moderator's)
+                grant_seq = self.room.grant_seq
+                length = max(0.0, self.room.floor_until - now)
+                busy_hold = min(
+                    BUSY_BEACON_FACTOR * interval, max(interval, GRANT_BEACON_FRACTION * length)
+                )
+            held = self.room.floor is not None
+            if not held:
+                repeats = []
+            if repeats and loop.time() >= repeats[0]:
+                repeats.pop(0)
+                await beacon()
+                continue
+            if self._grant_asked:
+                self._grant_asked = False
+                if held and loop.time() - last_answer >= REGRANT_MIN_GAP:
+                    last_answer = loop.time()
+                    await beacon()
+                    continue
+            if not held:
+                hold = interval
+            elif self._holder_heard == self.room.grant_seq:
+                hold = BUSY_BEACON_FACTOR * interval  # it talks: do not cut into its over
+            else:
+                hold = busy_hold
+            due = last_beacon + hold
+            if loop.time() >= due:
+                await beacon()
+                continue
+            wake = min(due, repeats[0]) if repeats else due
+            wait = wake - loop.time()
+            await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.01)
