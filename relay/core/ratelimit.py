@@ -70,5 +70,10 @@ class Buckets:
             self._table.move_to_end(key)
         return bucket.take(now, cost)
 
+    def level(self, key: Hashable, now: float) -> float:
+        """Tokens ``key`` has now (a full bucket if it has none yet); changes nothing."""
+        bucket = self._table.get(key)
+        return self.burst if bucket is None else bucket.level(now)
+
     def __len__(self) -> int:
         return len(self._table)
