@@ -132,3 +132,43 @@ def test_an_mqtt_flood_cannot_starve_the_radio_or_the_over(mosquitto) -> None:
     told = stats["notices"].get("told_speaker", 0)
     assert 1 <= told <= NoticeLimiter.most(elapsed + 2, hints=2, speakers=10**6), stats
     assert stats["notices"].get("notice_suppressed", 0) > 10 * told, stats
+
+
+def test_untrusted_junk_pays_per_hint_sans_io() -> None:
+    """The pacer alone, virtual time, SHORT_FAST: 2000 junk packets a second from MQTT
+    (control for hint A, voice from random short ids for hint B) beside a real over for
+    hint A. Junk takes at most its hints' shares; the over's packets wait about one packet."""
+    from relay.bridge.pacer import DEFAULT_HINT_SHARE, HINT_BURST_PACKETS, Pacer
+    from relay.radio.profiles import preset
+
+    radio = preset("SHORT_FAST")
+    pacer = Pacer(radio.airtime)
+    rng = random.Random(3)
+    a, b, seconds = 0x3F, 0x40, 30.0
+    legit = {}
+    waits, junk_air = [], {a: 0.0, b: 0.0}
+    next_voice, counter = 1.0, 0
+    for k in range(int(seconds * 2000)):
+        now = k / 2000
+        if next_voice <= now < seconds - 1:
+            packet = Header(PacketType.VOICE, 1, a, 0x1234, counter).pack() + bytes(42)
+            counter += 1
+            legit[packet] = now
+            assert pacer.offer(packet, now, trusted=False)[0].queued
+            next_voice += 0.16
+        ptype = PacketType.VOICE if k % 2 else rng.choice((PacketType.CONTROL, PacketType.HELLO))
+        hint = b if ptype == PacketType.VOICE else a
+        data = junk(rng, hint, ptype)
+        pacer.offer(data, now, trusted=False)
+        for out in pacer.due(now):
+            if out in legit:
+                waits.append(now - legit.pop(out))
+            else:
+                junk_air[out[1]] += radio.airtime(len(out))
+    full = radio.airtime(FULL_PACKET)
+    assert not legit and len(waits) > 150  # every packet of the over went out
+    waits.sort()
+    assert waits[len(waits) // 2] < 2 * full  # typically behind one packet at most
+    assert junk_air[a] <= DEFAULT_CONTROL_SHARE * seconds + CONTROL_BURST_PACKETS * full
+    assert junk_air[b] <= DEFAULT_HINT_SHARE * seconds + HINT_BURST_PACKETS * full
+    assert pacer.stats.hint_dropped > 50_000

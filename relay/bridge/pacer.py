@@ -19,20 +19,21 @@ can publish to the broker can inject; a bridge is not a room member and verifies
 the clear header) pays per room hint, from token buckets of airtime that refill at a share
 of the radio's budget rate (``duty_cycle`` airtime seconds per second):
 
-* every packet of a hint, from a bucket refilling at ``hint_share`` (default 0.5: a live
-  over needs 0.18-0.41 of the channel on the presets live voice fits, a bit more with FEC),
-  holding at most ``hint_burst`` seconds of airtime;
-* control, hello and notices (which go first) also from a smaller bucket per hint,
-  ``control_share`` (0.05, about twice what a room's beacons, grants and seals use);
+* every packet of a hint, from a bucket refilling at ``hint_share`` (default 0.4: a live
+  over needs 0.18-0.41 of the channel on the presets live voice fits), holding at most
+  ``hint_burst`` seconds of airtime (default: 10 packets of 233 B);
+* control, hello and notices (which go first) from a smaller bucket of their own per
+  hint, ``control_share`` (0.05, about twice what a room's beacons, grants and seals use);
 * a new over is admitted only if its hint's bucket holds its reserve; an admitted over whose
   hint's bucket runs dry is cut (its hint is flooding), other packets beyond it are dropped,
   counted as ``hint_dropped``. At most ``max_overs_per_hint`` overs are tracked per hint.
 
-So a flood of junk for one hint takes at most half the radio: it cannot starve the radio,
-other rooms, or the island's own traffic. It can still crowd out its own hint's real traffic
-(the bridge cannot tell which is real), and floods on several hints at once add up (up to
-the duty-cycle budget): a bridge that carries only its rooms' hints (``?room=``) is not
-exposed to the others. Both are said in THREATS.md.
+So a flood of junk for one hint takes at most 45 % of the radio (a burst aside): it cannot
+starve the radio, another room's over, or the island's own traffic. It can still crowd out
+its own hint's real traffic (the bridge cannot tell which is real), and floods on several
+hints at once add up (to the duty-cycle budget; voice is served fair between hints, so each
+flooded hint delays another room's over only by its share): a bridge that carries only its
+rooms' hints (``?room=``) is not exposed to the others. Both are said in THREATS.md.
 
 Voice-message packets (clear type CLIP: pieces and acknowledgements) are bulk traffic,
 stored and forwarded: they wait behind control and behind live voice (never between two
@@ -57,9 +58,9 @@ OverKey = tuple[int, int]  # (room hint, sender short id)
 
 DEFAULT_GAP = 1.5
 DEFAULT_RESERVE_PACKETS = 10
-DEFAULT_HINT_SHARE = 0.5
+DEFAULT_HINT_SHARE = 0.4
 DEFAULT_CONTROL_SHARE = 0.05
-HINT_BURST_PACKETS = 40  # default hint_burst: this many full packets of airtime
+HINT_BURST_PACKETS = 10  # default hint_burst: this many full packets of airtime
 CONTROL_BURST_PACKETS = 8  # default control burst: a grant, beacons, a rekey's fragments
 MAX_OVERS_PER_HINT = 256  # overs tracked per hint (a room has one floor holder)
 FULL_PACKET = 233  # bytes: the bursts above are counted in packets of a Meshtastic MTU
@@ -121,6 +122,57 @@ class _Item:
     over: _Over | None
 
 
+class _FairQueue:
+    """Voice waiting for the radio: one FIFO per room hint, served in start-time fair order
+    (each backlogged hint gets an equal share of the airtime while they contend), so a
+    flooded hint delays its own packets, not another room's over. Quacks like the deque it
+    replaced: ``append``, ``popleft``, ``[0]``, ``len`` and truth."""
+
+    __slots__ = ("_len", "_queues", "_tags", "_vt")
+
+    def __init__(self) -> None:
+        self._queues: dict[int, deque[_Item]] = {}
+        self._tags: dict[int, float] = {}  # per hint: virtual time its next packet starts at
+        self._vt = 0.0
+        self._len = 0
+
+    def append(self, item: _Item) -> None:
+        hint = item.over.key[0] if item.over is not None else -1
+        queue = self._queues.get(hint)
+        if queue is None:
+            queue = self._queues[hint] = deque()
+            self._tags[hint] = max(self._tags.get(hint, 0.0), self._vt)
+        queue.append(item)
+        self._len += 1
+
+    def _head(self) -> int:
+        return min(self._queues, key=self._tags.__getitem__)
+
+    def __getitem__(self, index: int) -> _Item:
+        if index != 0 or not self._len:
+            raise IndexError(index)
+        return self._queues[self._head()][0]
+
+    def popleft(self) -> _Item:
+        hint = self._head()
+        queue = self._queues[hint]
+        item = queue.popleft()
+        self._len -= 1
+        self._vt = self._tags[hint]
+        self._tags[hint] += max(item.airtime, 1e-3)  # wired links: plain round robin
+        if not queue:
+            del self._queues[hint]
+            if len(self._tags) > 256:  # at most 256 hints: a stale tag is just forgotten
+                self._tags = {h: t for h, t in self._tags.items() if h in self._queues}
+        return item
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+
 class Pacer:
     """Paces one outbound radio link to its airtime and duty-cycle budget.
 
@@ -176,7 +228,7 @@ class Pacer:
         self.max_bulk = max_bulk
         self.stats = PacerStats()
         self._control: deque[_Item] = deque()
-        self._voice: deque[_Item] = deque()
+        self._voice = _FairQueue()
         self._bulk: deque[_Item] = deque()
         self._overs: dict[OverKey, _Over] = {}
         self._air = AirtimeWindow(window)
@@ -245,17 +297,13 @@ class Pacer:
         return [self._offer_control(bytes(packet), airtime)]  # control, hello, relay notices
 
     def _pay(self, hint: int, airtime: float, now: float, ptype: int | None = None) -> bool:
-        """Charge an untrusted packet to its hint (and, for control, the hint's control
-        bucket); False (nothing charged) if either is short."""
+        """Charge an untrusted packet to its hint's bucket: control (which goes first) to
+        its own small one, voice and bulk to the larger one; False if it is short."""
         control = ptype is not None and ptype != PacketType.CLIP
-        if self._hint_air.level(hint, now) + _EPS < airtime or (
-            control and self._hint_control.level(hint, now) + _EPS < airtime
-        ):
+        bucket = self._hint_control if control else self._hint_air
+        if not bucket.take(hint, now, airtime):
             self.stats.hint_dropped += 1
             return False
-        self._hint_air.take(hint, now, airtime)
-        if control:
-            self._hint_control.take(hint, now, airtime)
         return True
 
     def _offer_control(self, packet: bytes, airtime: float) -> PacerDecision:
