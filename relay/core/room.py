@@ -620,8 +620,15 @@ class Room:
         self.receiver.add_sender(member.identity)
 
     def _on_hand(self, ident: bytes, raised: bool, now: float) -> list[RoomEvent]:
-        if raised and ident == self.floor and now <= self.floor_until:
-            # The holder did not hear its grant (all copies lost): not a new request.
+        if (
+            raised
+            and ident == self.floor
+            and now <= self.floor_until
+            and ident not in self._listening
+        ):
+            # The holder has not spoken under its grant: it did not hear it (every copy
+            # lost), and this is not a new request. (Once it spoke, its hand asks for
+            # another over: queued as usual.)
             return [GrantAsked(ident)] if self.is_moderator else []
         if raised and ident not in self.hands and ident not in self.muted:
             if ident not in self.roster and self._stranger_hands() >= MAX_STRANGER_HANDS:
