@@ -417,7 +417,11 @@ def replayed_recording(quick: bool) -> Row:
         played=played,
         memory_bytes=0,
         cpu_us_per_packet=cpu / tried * 1e6,
-        notes="the replay window (at once) and the grant's signed time (later) refuse it",
+        notes=(
+            "no frame played: the replay window (at once) and the grant's signed time (later)"
+            " refuse the voice; a hello carries no time, so the hand raise replayed where it"
+            " was not heard before shows a raised hand, and the seal an unheard over"
+        ),
     )
 
 
