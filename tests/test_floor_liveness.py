@@ -20,7 +20,7 @@ import pytest
 from relay.core.identity import Identity
 from relay.core.room import Room
 from relay.demo.voice import bundled_sample
-from relay.links.sim import Ether, LossModel
+from relay.links.sim.channel import Ether, LossModel
 from relay.radio.profiles import preset
 from relay.runtime.clock import run
 from relay.runtime.room import RoomNode

@@ -24,7 +24,7 @@ from relay.bridge.pacer import CONTROL_BURST_PACKETS, DEFAULT_CONTROL_SHARE, FUL
 from relay.core.identity import Identity
 from relay.core.room import Room
 from relay.core.wire import Header, PacketType
-from relay.links.sim import clear_registry
+from relay.links.sim.channel import clear_registry
 from relay.links.url import open_link
 from relay.runtime.bridge import Bridge, BridgeLink
 from relay.store.counters import MemoryCounters
