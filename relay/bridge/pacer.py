@@ -146,6 +146,8 @@ class _FairQueue:
         self._len += 1
 
     def _head(self) -> int:
+        if len(self._queues) == 1:
+            return next(iter(self._queues))
         return min(self._queues, key=self._tags.__getitem__)
 
     def __getitem__(self, index: int) -> _Item:
@@ -290,7 +292,7 @@ class Pacer:
         if header.ptype in VOICE_TYPES:
             key = (header.hint, header.sender)
             return [self._offer_voice(bytes(packet), airtime, key, now, trusted)]
-        if not trusted and not self._pay(header.hint, airtime, now, header.ptype):
+        if not trusted and airtime > 0 and not self._pay(header.hint, airtime, now, header.ptype):
             return [PacerDecision(False, "hint_budget")]
         if header.ptype == PacketType.CLIP:
             return [self._offer_bulk(bytes(packet), airtime)]
@@ -368,7 +370,7 @@ class Pacer:
         if over.cut:
             self.stats.voice_dropped += 1
             return PacerDecision(False, "over_cut", key)
-        starved = not trusted and not self._pay(key[0], airtime, now)
+        starved = not trusted and airtime > 0 and not self._pay(key[0], airtime, now)
         if starved or airtime > self.budget + _EPS or len(self._voice) >= self.max_backlog:
             over.cut = True
             self.stats.overs_cut += 1
