@@ -137,3 +137,29 @@ def test_a_flood_of_minted_identities_keeps_state_bounded_and_speech_verified():
     # Memory: what the flood left behind in these rooms, bounded (about 1 kB per peer).
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown < 2_000_000, grown
+
+
+def test_voice_injected_as_the_floor_holder_cannot_make_a_listener_keep_a_million_frames():
+    """Mallory (key holder) injects voice in the floor holder's name, consecutive counters,
+    each packet jumping the position (a "DTX skip") as far as it can: the listener keeps at
+    most MAX_KEPT_FRAMES of the over, and the over can then be no better than partial."""
+    from relay.core.room import MAX_KEPT_FRAMES, MAX_SKIP_FILL
+
+    mod_id, sp_id, li_id, mal_id = (Identity.generate() for _ in range(4))
+    mod = _room(mod_id, mod_id, roster=[sp_id.public])
+    speaker, listener, mallory = _room(sp_id, mod_id), _room(li_id, mod_id), _room(mal_id, mod_id)
+    now = T0
+    mod.receive(speaker.raise_hand(now), now)
+    grant = mod.grant(sp_id.identity, 600, now)
+    for room in (speaker, listener):
+        room.receive(grant, now)
+    forger = Sender(mallory.keys, sp_id.identity, MemoryCounters())
+    forger._next, forger._limit = speaker.sender.next_counter, 1 << 24
+    frame = [bytes(MODE.bytes_per_frame)] * 4
+    position = 0
+    for _ in range(3000):
+        listener.receive(forger.voice(MODE, position, frame, now), now)
+        position += 4 + MAX_SKIP_FILL - 8  # a skip just inside what a fill may be
+    kept = listener._listening[sp_id.identity]
+    assert len(kept.frames) <= MAX_KEPT_FRAMES + 4
+    assert len(kept.copies) <= MAX_KEPT_FRAMES + 4

@@ -61,6 +61,12 @@ BEACON_MIN_INTERVAL = 5.0
 # key can mint them) wait in a queue at most this long; enrolled members' hands always get in
 # and are granted first.
 MAX_STRANGER_HANDS = 16
+# Frames of one over kept to check its seal (and DTX skips filled in): a key holder
+# injecting as the floor holder could otherwise make a listener keep a million positions.
+# Frames past the cap are still played, but the over can then only be *partial*. 16,384
+# frames are 11 minutes of 1600 (5.5 of 3200); a DTX skip is never longer than 100 frames.
+MAX_KEPT_FRAMES = 1 << 14
+MAX_SKIP_FILL = 128
 
 
 # ---------------------------------------------------------------------------- events
@@ -179,6 +185,7 @@ class _Listening:
     # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
+    unkept: int = 0  # frames played but not kept (past MAX_KEPT_FRAMES): not verifiable
 
 
 def _grant_range(extra: bytes, seconds: int) -> tuple[int, int] | None:
@@ -565,6 +572,8 @@ class Room:
             listening.last_counter is not None
             and event.counter == listening.last_counter + 1
             and event.position > listening.last_end + 1
+            and event.position - listening.last_end - 1 <= MAX_SKIP_FILL
+            and len(listening.frames) + event.position - listening.last_end <= MAX_KEPT_FRAMES
         ):
             for pos in range(listening.last_end + 1, event.position):
                 if listening.frames.setdefault(pos, SKIPPED) != SKIPPED:
@@ -573,10 +582,19 @@ class Room:
             listening.last_counter = event.counter
             listening.last_end = max(listening.last_end, event.position + len(event.frames) - 1)
         start = event.position - len(event.redundant)
-        listening.copies.update(
-            p for p in range(start, event.position) if p >= 0 and p not in listening.frames
-        )
+        if len(listening.copies) < MAX_KEPT_FRAMES:
+            listening.copies.update(
+                p for p in range(start, event.position) if p >= 0 and p not in listening.frames
+            )
+        else:
+            listening.unkept += len(event.redundant)
         for i, frame in enumerate(event.frames):
+            if (
+                len(listening.frames) >= MAX_KEPT_FRAMES
+                and event.position + i not in listening.frames
+            ):
+                listening.unkept += 1
+                continue
             held = listening.frames.setdefault(event.position + i, frame)
             if held != frame:
                 listening.conflict = True  # two different frames for one position
@@ -826,6 +844,7 @@ class Room:
         if any(p >= seal.frames or p < 0 for p in listening.frames):
             return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
         unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
+        unverifiable += listening.unkept
         # Verified: every frame that was played is covered by a verified segment (frames
         # that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
