@@ -378,7 +378,7 @@ def forged_max_counter(quick: bool) -> Row:
         notes=(
             "silenced by one packet: "
             + (", ".join(silenced) if silenced else "nobody")
-            + " (the fix is sec-nonce's; this row shows today's code)"
+            + (" (issue 12 item 2: pending, sec-nonce's fix)" if silenced else "")
         ),
         extra={"silenced": silenced},
     )
