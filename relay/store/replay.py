@@ -1,35 +1,100 @@
-"""Receivers' replay marks, kept across restarts.
+"""Receivers' replay windows, kept across restarts.
 
 Without this, a listener that restarts would accept a recording of yesterday's traffic as new.
-Each accepted packet moves its sender's mark; WAL with ``synchronous=NORMAL`` makes that a
-cheap write that survives ``kill -9`` (a power cut may lose the last few marks).
+What is kept, per room key, sender and sender session (see :mod:`relay.core.session`), is the
+whole replay window (its highest counter and its bitmap), when the session was introduced,
+the highest counter its sender signed, and the time before which no new session of that
+sender is accepted. Keeping the bitmap rather than only the highest counter means a packet
+forged ahead (within the bound a room allows) silences nobody after a restart either: the
+counters below it that were never received are still open.
+
+WAL with ``synchronous=NORMAL`` makes a save a cheap write that survives ``kill -9`` (a power
+cut may lose the last few marks).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
+from relay.core.session import MAX_SESSIONS, SessionMark
 from relay.store.db import connect
 
 
 class ReplayStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._db = connect(path, durable=False)
+        # (The table "replay" of earlier versions held marks of keys derived without a
+        # session; no packet can be opened under those keys any more, so it is ignored.)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replay (key_id TEXT NOT NULL, sender BLOB NOT NULL, "
-            "highest INTEGER NOT NULL, PRIMARY KEY (key_id, sender))"
+            "CREATE TABLE IF NOT EXISTS sessions (key_id TEXT NOT NULL, sender BLOB NOT NULL, "
+            "session BLOB NOT NULL, introduced REAL NOT NULL, highest INTEGER NOT NULL, "
+            "bits BLOB NOT NULL, anchor INTEGER NOT NULL, floor REAL NOT NULL, "
+            "PRIMARY KEY (key_id, sender, session))"
         )
 
-    def load(self, key_id: str) -> dict[bytes, int]:
-        rows = self._db.execute("SELECT sender, highest FROM replay WHERE key_id = ?", (key_id,))
-        return {bytes(sender): highest for sender, highest in rows}
-
-    def save(self, key_id: str, sender: bytes, highest: int) -> None:
-        self._db.execute(
-            "INSERT INTO replay (key_id, sender, highest) VALUES (?, ?, ?) "
-            "ON CONFLICT(key_id, sender) DO UPDATE SET highest = max(highest, excluded.highest)",
-            (key_id, sender, highest),
+    def load(self, key_id: str) -> list[SessionMark]:
+        rows = self._db.execute(
+            "SELECT sender, session, introduced, highest, bits, anchor, floor FROM sessions "
+            "WHERE key_id = ?",
+            (key_id,),
         )
+        return [
+            SessionMark(
+                bytes(sender),
+                bytes(session),
+                introduced,
+                highest,
+                int.from_bytes(bits, "big"),
+                anchor,
+                floor,
+            )
+            for sender, session, introduced, highest, bits, anchor, floor in rows
+        ]
+
+    def save(self, key_id: str, marks: Iterable[SessionMark]) -> None:
+        """Save ``marks`` (merging: a window only moves forward) and forget sessions of the
+        same senders that were dropped for newer ones."""
+        marks = list(marks)
+        with self._db:
+            self._db.execute("BEGIN")
+            for m in marks:
+                bits = m.bits.to_bytes(max(1, (m.bits.bit_length() + 7) // 8), "big")
+                self._db.execute(
+                    "INSERT INTO sessions (key_id, sender, session, introduced, highest, bits, "
+                    "anchor, floor) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key_id, sender, session) DO UPDATE SET "
+                    "introduced = max(introduced, excluded.introduced), "
+                    "anchor = max(anchor, excluded.anchor), floor = max(floor, excluded.floor), "
+                    "bits = CASE WHEN excluded.highest >= highest THEN excluded.bits ELSE bits "
+                    "END, highest = max(highest, excluded.highest)",
+                    (
+                        key_id,
+                        m.identity,
+                        m.session,
+                        m.intro_time,
+                        m.highest,
+                        bits,
+                        m.anchor,
+                        m.floor,
+                    ),
+                )
+            for sender in {m.identity for m in marks}:
+                floor = max(m.floor for m in marks if m.identity == sender)
+                keep = {m.session for m in marks if m.identity == sender}
+                rows = self._db.execute(
+                    "SELECT session, introduced FROM sessions WHERE key_id = ? AND sender = ? "
+                    "ORDER BY introduced DESC",
+                    (key_id, sender),
+                ).fetchall()
+                for rank, (session, introduced) in enumerate(rows):
+                    if bytes(session) in keep:
+                        continue
+                    if introduced <= floor or rank >= MAX_SESSIONS:
+                        self._db.execute(
+                            "DELETE FROM sessions WHERE key_id = ? AND sender = ? AND session = ?",
+                            (key_id, sender, session),
+                        )
 
     def close(self) -> None:
         self._db.close()
