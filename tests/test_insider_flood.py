@@ -68,14 +68,14 @@ def test_a_flood_of_minted_identities_keeps_state_bounded_and_speech_verified():
     targets = [mod, listener]
     now = T0
 
-    minted = [Identity.generate() for _ in range(1500)]
+    minted = [Identity.generate() for _ in range(800)]
     fresh = []
     for ident in minted:
         s = Sender(mallory.keys, ident.identity, MemoryCounters())
         fresh.append(s.hello(ControlKind.HAND, msg.pack_hand(True), ident, now))
-    replays = [rng.choice(fresh) for _ in range(12_000)]
+    replays = [rng.choice(fresh) for _ in range(6_000)]
     garbage = []
-    for _ in range(3000):
+    for _ in range(2000):
         p = bytearray(rng.choice(fresh))
         p[rng.randrange(7, len(p))] ^= 1 << rng.randrange(8)
         garbage.append(bytes(p))
@@ -136,8 +136,8 @@ def test_a_flood_of_minted_identities_keeps_state_bounded_and_speech_verified():
         newcomers = NEWCOMER_BURST + NEWCOMER_RATE * seconds
         in_names = (KNOWN_HELLO_BURST + KNOWN_HELLO_RATE * seconds) * 3  # mod, speaker, self
         assert verified <= newcomers + in_names + 200, r.rejected  # + voice, grants, seals
-        assert r.rejected["hello_rate"] > 10_000
-        assert r.rejected["replay"] + r.rejected["auth"] > 3_000
+        assert r.rejected["hello_rate"] > 4_000
+        assert r.rejected["replay"] + r.rejected["auth"] > 1_500
     # Memory: what the flood left behind in these rooms, bounded (about 1 kB per peer).
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown < 2_000_000, grown
