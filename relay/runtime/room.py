@@ -28,8 +28,9 @@ from relay.core.room import (
     RoomEvent,
     Voice,
 )
+from relay.core.roommsg import PREFIX_LEN
 from relay.core.wire import VOICE_PACKET_OVERHEAD
-from relay.links.base import Link
+from relay.links.base import Datagram, Link
 from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
@@ -65,6 +66,9 @@ class NodeLog:
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what relays said they did not forward
+    datagrams: int = 0  # everything the link delivered, ours to open or not
+    rssi: float | None = None  # the last signal report, where the radio gives one
+    snr: float | None = None
 
 
 @dataclass
@@ -162,6 +166,8 @@ class RoomNode:
         self.policy = ModePolicy()
         self._changed = asyncio.Event()
         self._grant_asked = False
+        self._moderating = False  # a moderate loop runs: it spreads the copies of actions
+        self._repeat_at: list[float] = []
         self._holder_heard = -1  # grant_seq of the last grant whose holder we heard speak
         self._rng = random.Random(seed)
 
@@ -187,6 +193,8 @@ class RoomNode:
                 self.log.notices.append(event.notice.text)
             elif isinstance(event, GrantAsked):
                 self._grant_asked = True
+            if isinstance(event, MemberChanged | FloorChanged):
+                self._cut_silenced()
             if isinstance(
                 event,
                 FloorChanged | HandRaised | GrantAsked | MemberChanged | KeyRotated | OverEnded,
@@ -195,6 +203,14 @@ class RoomNode:
             if self._on_event is not None:
                 self._on_event(event)
 
+    def _cut_silenced(self) -> None:
+        """Not one more word from a muted or removed member: what the jitter buffer still
+        holds of them is dropped (a beacon names muted members by an 8-byte prefix)."""
+        silenced = {m[:PREFIX_LEN] for m in (*self.room.muted, *self.room.removed)}
+        for over in self.playout.live_overs():
+            if over.sender[:PREFIX_LEN] in silenced:
+                self.playout.cut(over.sender)
+
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
 
@@ -202,9 +218,16 @@ class RoomNode:
         if self._on_key is not None:
             self._on_key(epoch, key)
 
+    def _seen(self, datagram: Datagram) -> None:
+        self.log.datagrams += 1
+        if datagram.rssi is not None:
+            self.log.rssi = datagram.rssi
+        if datagram.snr is not None:
+            self.log.snr = datagram.snr
+
     async def run(self) -> None:
         """Receive until the link closes (run it as a task)."""
-        await self.playout.pump(self.link, self.handle)
+        await self.playout.pump(self.link, self.handle, seen=self._seen)
 
     async def send(self, *packets: bytes) -> None:
         for packet in packets:
@@ -341,6 +364,25 @@ class RoomNode:
             result.count(packet, len(batch), mode.bytes_per_frame)
 
     # ---------------------------------------------------------------- moderating
+    async def grant_floor(self, member: bytes, seconds: int) -> None:
+        """Grant ``member`` the floor (the grant followed by beacons repeating it)."""
+        await self.announce(self.room.grant(member, seconds, self.clock()))
+
+    async def announce(self, *actions: bytes) -> None:
+        """Send moderation ``actions``, then beacons repeating the room's state: a listener
+        that missed a grant would drop the whole over as a floor violation, one that missed a
+        mute would play the muted member on (at 10 % loss, 3 copies miss 0.1 %; a speaker's
+        packets may also collide with the first copy). While :meth:`moderate` runs, the
+        copies leave :data:`GRANT_REPEAT_AFTER` after the actions, not back to back, so one
+        fade does not take them all."""
+        await self.send(*actions)
+        if self._moderating:  # the moderate loop sends the copies, spread in time
+            now = asyncio.get_running_loop().time()
+            self._repeat_at = [now + after for after in GRANT_REPEAT_AFTER]
+            self._changed.set()
+        else:
+            await self.send(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+
     async def moderate(
         self,
         *,
@@ -359,11 +401,17 @@ class RoomNode:
         BUSY_BEACON_FACTOR intervals: a beacon between two voice packets would delay the
         speaker and stretch every listener's jitter buffer for the rest of the over.
         """
-        loop = asyncio.get_running_loop()
         interval = self.room.beacon_interval(self.link.airtime(beacon_size))
+        self._moderating = True
+        try:
+            await self._moderate(auto_grant, stop, interval)
+        finally:
+            self._moderating = False
+
+    async def _moderate(self, auto_grant: int | None, stop: asyncio.Event, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         last_beacon = loop.time()
         last_answer = float("-inf")
-        repeats: list[float] = []  # loop times of the current grant's copies still to send
         grant_seq, busy_hold = self.room.grant_seq, interval
 
         async def beacon() -> None:
@@ -376,11 +424,8 @@ class RoomNode:
             if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
                 member = self.room.next_hand()
                 if member is not None:
-                    # Beacons repeat the grant: a listener that missed it would drop the
-                    # whole over as a floor violation (at 10 % loss, 3 copies miss 0.1 %).
-                    await self.send(self.room.grant(member, auto_grant, now))
+                    await self.grant_floor(member, auto_grant)
                     last_beacon = loop.time()
-                    repeats = [last_beacon + after for after in GRANT_REPEAT_AFTER]
                     continue
             if self.room.grant_seq != grant_seq:  # a new grant (ours or another moderator's)
                 grant_seq = self.room.grant_seq
@@ -389,10 +434,8 @@ class RoomNode:
                     BUSY_BEACON_FACTOR * interval, max(interval, GRANT_BEACON_FRACTION * length)
                 )
             held = self.room.floor is not None
-            if not held:
-                repeats = []
-            if repeats and loop.time() >= repeats[0]:
-                repeats.pop(0)
+            if self._repeat_at and loop.time() >= self._repeat_at[0]:
+                self._repeat_at.pop(0)  # a copy of the last grant or action (announce)
                 await beacon()
                 continue
             if self._grant_asked:
@@ -411,6 +454,6 @@ class RoomNode:
             if loop.time() >= due:
                 await beacon()
                 continue
-            wake = min(due, repeats[0]) if repeats else due
+            wake = min(due, self._repeat_at[0]) if self._repeat_at else due
             wait = wake - loop.time()
             await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.01)
