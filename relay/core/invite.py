@@ -8,7 +8,8 @@ Binary layout, version 1 (integers big-endian)::
 
     1     version = 1
     1     flags: bit 0 = the room key is sealed for one member; bit 1 = a delay budget
-          follows the codec mode; other bits must be 0
+          follows the codec mode; bit 2 = the sealed part also carries the member's
+          key-tree path; other bits must be 0
     8     room id (random)
     1+n   room name: length n (1..64), UTF-8
     1+p   radio preset: length p (1..32), ASCII canonical name, e.g. SHORT_FAST
@@ -21,7 +22,9 @@ Binary layout, version 1 (integers big-endian)::
     1     inviter: index of the moderator who signed
     32    clear: the room key
       or  sealed: recipient's Ed25519 key (32) + ephemeral X25519 key (32)
-          + the room key sealed to the recipient's X25519 key (32 + 16 tag)
+          + the room key sealed to the recipient's X25519 key (32 + 16 tag); with bit 2 the
+          sealed plaintext is the room key + the member's path (relay.core.keytree:
+          depth, leaf, one 32-byte key per level), whose ratchet step is the issue time's
     64    Ed25519 signature by moderators[inviter] over SIGN_DOMAIN + everything above
 
 Text form: ``relay1:`` + base64url without padding. 117 bytes + name + preset + 64 per
@@ -42,6 +45,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from relay.core.identity import Identity, PublicIdentity
+from relay.core.keytree import MemberPath, ratchet_step
 from relay.core.sealed import open_sealed, seal_for
 from relay.errors import PeerError, UsageError
 from relay.plan import Budget
@@ -54,6 +58,7 @@ SIGN_DOMAIN = b"relay/invite/v1\x00"
 SEAL_CONTEXT = b"relay/invite/v1"
 FLAG_SEALED = 0x01
 FLAG_BUDGET = 0x02
+FLAG_PATH = 0x04
 ROOM_ID_LEN = 8
 KEY_LEN = 32
 SIG_LEN = 64
@@ -136,6 +141,7 @@ class Invite:
     issued_at: int
     inviter: int
     recipient: PublicIdentity | None = None
+    path: MemberPath | None = field(default=None, repr=False)  # our key-tree leaf and keys
 
     @property
     def signer(self) -> PublicIdentity:
@@ -152,12 +158,16 @@ def encode_invite(
     inviter: Identity,
     recipient: PublicIdentity | None,
     issued_at: int,
+    path: MemberPath | None = None,
 ) -> str:
     """The invite text for ``info``, signed by ``inviter`` (who must be a moderator).
 
     With ``recipient`` the room key is sealed so only that member can open it; without, anyone
-    who reads the text holds the room key.
+    who reads the text holds the room key. ``path`` (sealed invites only): the recipient's
+    key-tree keys, at the ratchet step of ``issued_at`` like ``info.key``.
     """
+    if path is not None and recipient is None:
+        raise UsageError("key-tree keys travel only in an invite sealed --for the member")
     index = info.moderator_index(inviter.public.signing_key)
     if index is None:
         raise UsageError("only a moderator of the room can make an invite for it")
@@ -166,6 +176,7 @@ def encode_invite(
     name = info.name.encode("utf-8")
     preset_name = info.preset.encode("ascii")
     flags = (FLAG_SEALED if recipient is not None else 0) | (FLAG_BUDGET if info.budget else 0)
+    flags |= FLAG_PATH if path else 0
     budget = b""
     if info.budget is not None:
         budget = info.budget.max_delay_ms.to_bytes(2, "big") + bytes([info.budget.relay_hops])
@@ -190,7 +201,8 @@ def encode_invite(
         context = _seal_context(
             info.room_id, info.epoch, recipient.signing_key, inviter.public.signing_key
         )
-        ephemeral, sealed = seal_for(recipient.agreement_key, info.key, context=context)
+        secret = info.key + (path.pack() if path is not None else b"")
+        ephemeral, sealed = seal_for(recipient.agreement_key, secret, context=context)
         parts += [recipient.signing_key, ephemeral, sealed]
     body = b"".join(parts)
     blob = body + inviter.sign(SIGN_DOMAIN + body)
@@ -259,7 +271,8 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     r = _Reader(body)
     r.take(1, "version")
     flags = r.byte("flags")
-    if flags & ~(FLAG_SEALED | FLAG_BUDGET):
+    known = FLAG_SEALED | FLAG_BUDGET | FLAG_PATH
+    if flags & ~known or (flags & FLAG_PATH and not flags & FLAG_SEALED):
         raise UsageError("invite uses features this relay does not know (unknown flags)")
     room_id = r.take(ROOM_ID_LEN, "room id")
     raw_name = r.prefixed("room name", 1, MAX_NAME_BYTES)
@@ -276,7 +289,11 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     if inviter >= count:
         raise UsageError("invite names an inviter who is not among its moderators")
     sealed = bool(flags & FLAG_SEALED)
-    key_part = r.take(_SEALED_KEY_LEN if sealed else KEY_LEN, "room key")
+    with_path = bool(flags & FLAG_PATH)
+    size = _SEALED_KEY_LEN if sealed else KEY_LEN
+    if with_path:
+        size = max(size, len(body) - r.pos)
+    key_part = r.take(size, "room key")
     if r.pos != len(body):
         raise UsageError("invite has extra bytes at the end (damaged?)")
 
@@ -286,8 +303,15 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
 
     # Signed by the key it names as inviter: now the content is worth interpreting.
     recipient: PublicIdentity | None = None
+    path: MemberPath | None = None
     if sealed:
-        key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me)
+        key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me, with_path)
+        if with_path:
+            key, rest = key[:KEY_LEN], key[KEY_LEN:]
+            try:
+                path = MemberPath.parse(rest, ratchet_step(issued_at))
+            except PeerError:
+                raise UsageError("invite carries damaged key-tree keys") from None
     else:
         key = key_part
     mode = mode_by_index(mode_index)
@@ -303,7 +327,7 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
         info = RoomInfo(room_id, name, preset_name, mode.name, epoch, key, moderators, budget)
     except UsageError as exc:
         raise UsageError(f"invite is not usable: {exc}") from None
-    return Invite(info, issued_at, inviter, recipient)
+    return Invite(info, issued_at, inviter, recipient, path)
 
 
 def _open_key(
@@ -312,6 +336,7 @@ def _open_key(
     epoch: int,
     inviter: PublicIdentity,
     me: Identity | None,
+    with_path: bool = False,
 ) -> tuple[bytes, PublicIdentity]:
     recipient_key, ephemeral, sealed = part[:32], part[32:64], part[64:]
     if me is None:
@@ -332,6 +357,6 @@ def _open_key(
             "the room key in this invite does not open with your identity (was it made for "
             "an older identity of yours?)"
         ) from None
-    if len(key) != KEY_LEN:
+    if len(key) != KEY_LEN and not (with_path and len(key) > KEY_LEN):
         raise UsageError("invite carries a room key of the wrong size")
     return key, me.public

@@ -20,6 +20,7 @@ from relay.core.room import (
     GrantAsked,
     HandRaised,
     KeyRotated,
+    KeyState,
     LossReport,
     MemberChanged,
     OverEnded,
@@ -66,6 +67,10 @@ class NodeLog:
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what relays said they did not forward
+    # A moderator's own transmissions, by purpose (airtime in seconds on its link):
+    beacons: int = 0
+    beacon_airtime: float = 0.0
+    rekey_airtime: dict[int, float] = field(default_factory=dict)  # new epoch -> removal + rekeys
     datagrams: int = 0  # everything the link delivered, ours to open or not
     rssi: float | None = None  # the last signal report, where the radio gives one
     snr: float | None = None
@@ -145,7 +150,7 @@ class RoomNode:
         *,
         playout: Playout | None = None,
         on_event: EventHook | None = None,
-        on_key: Callable[[int, bytes], None] | None = None,
+        on_key: Callable[[KeyState], None] | None = None,
         seed: int | None = None,
     ) -> None:
         self.room = room
@@ -214,9 +219,31 @@ class RoomNode:
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
 
-    def _rotated(self, epoch: int, key: bytes) -> None:
+    def _rotated(self, state: KeyState) -> None:
         if self._on_key is not None:
-            self._on_key(epoch, key)
+            self._on_key(state)
+
+    async def remove(self, member: bytes) -> None:
+        """Remove ``member``: the signed removal and the first copy of the rekey now; the
+        later copies go out from :meth:`moderate` (or :meth:`send_due`) when due."""
+        packets = self.room.remove(member, self.clock())
+        self._count_rekey(self.room.epoch, packets)
+        await self.send(*packets)
+
+    async def send_due(self) -> None:
+        """Send what the room has scheduled (later rekey copies, co-moderators' removals)."""
+        for epoch, packet in self.room.due_by_epoch(self.clock()):
+            self._count_rekey(epoch, [packet])
+            await self.send(packet)
+
+    def _count_rekey(self, epoch: int, packets: Sequence[bytes]) -> None:
+        spent = sum(self.link.airtime(len(p)) for p in packets)
+        self.log.rekey_airtime[epoch] = self.log.rekey_airtime.get(epoch, 0.0) + spent
+
+    async def _beacon(self, *beacons: bytes) -> None:
+        self.log.beacons += len(beacons)
+        self.log.beacon_airtime += sum(self.link.airtime(len(b)) for b in beacons)
+        await self.send(*beacons)
 
     def _seen(self, datagram: Datagram) -> None:
         self.log.datagrams += 1
@@ -381,7 +408,7 @@ class RoomNode:
             self._repeat_at = [now + after for after in GRANT_REPEAT_AFTER]
             self._changed.set()
         else:
-            await self.send(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+            await self._beacon(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
 
     async def moderate(
         self,
@@ -416,7 +443,7 @@ class RoomNode:
 
         async def beacon() -> None:
             nonlocal last_beacon
-            await self.send(self.room.beacon(self.clock()))
+            await self._beacon(self.room.beacon(self.clock()))
             last_beacon = loop.time()
 
         while not stop.is_set():
@@ -454,6 +481,10 @@ class RoomNode:
             if loop.time() >= due:
                 await beacon()
                 continue
+            await self.send_due()  # later rekey copies, co-moderators' removals
             wake = min(due, self._repeat_at[0]) if self._repeat_at else due
             wait = wake - loop.time()
+            scheduled = self.room.next_due
+            if scheduled is not None:
+                wait = min(wait, scheduled - self.clock())
             await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.01)
