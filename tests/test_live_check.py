@@ -387,3 +387,16 @@ def test_an_over_across_the_hourly_ratchet_is_checked_without_false_flags() -> N
     t.seal()  # (its verdict is not asserted: an over outliving its key's grace shows forged
     # at the seal, on main too: positions restart with the new key's counters)
     assert not t.ben.stats["flagged_speech"]
+
+
+def test_the_adversary_bench_row_runs_and_no_injected_frame_plays_verified_only() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
+    from bench.adversary import ATTACKS, live_injection
+
+    assert live_injection in ATTACKS
+    row = live_injection(True)
+    assert row.tried > 0 and row.played == 0 and row.rejected <= row.tried
+    assert 0 < row.memory_bytes < 2_000_000  # the pending checks are bounded (MAX_PENDING)
