@@ -482,7 +482,7 @@ def live_injection(quick: bool) -> Row:
         f"{far['unflagged']} only at the seal), played = injected frames a --verified-only "
         f"listener played ({far['injected_frames_played']} by a plain one). Memory: peak of "
         f"a listener's pending live checks, CPU: per injected packet, sans-I/O, {total} "
-        f"injected packets (counters up to 200 ahead) among the speaker's own ({flags} flags)"
+        f"injected packets (counters up to 200 ahead) among the speaker's own ({flags} flag events)"
     )
     return Row(**measured)
 
