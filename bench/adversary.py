@@ -2,7 +2,8 @@
 
 Everything runs sans-I/O in one process, in virtual time, with the product's own code: a
 moderator's and a listener's :class:`~relay.core.room.Room` (and, for the internet side, a
-:class:`~relay.bridge.core.BridgeCore` with a paced SHORT_FAST radio). The attacker holds the
+:class:`~relay.bridge.core.BridgeCore` with a paced SHORT_FAST radio; for live injection, also
+whole members on the simulated channel, relay.demo.live_attack). The attacker holds the
 room key unless the row says otherwise. Per attack:
 
 * **tried**: packets the attacker sent; **rejected**: dropped or refused by the target
