@@ -1,6 +1,9 @@
 """The rooms this identity moderates or has joined, with their keys, moderators and roster.
 
-One SQLite file (rooms.db, 0600). Every change is one transaction, so a crash leaves the old
+One SQLite file (rooms.db, 0600). Room keys are stored sealed under the home's data key
+(``Keys.seal_room_key``: AES-256-GCM, unlocked with the identity), never in clear; a home
+in the old format keeps them in clear until ``relay id passphrase``. Every change is one
+transaction, so a crash leaves the old
 state or the new one, never half of each. Deleted keys are overwritten (``secure_delete``) and
 the WAL is truncated after a key is erased: a seized device should not give up the keys of a
 room its owner left, or of epochs before the last rotation.
@@ -102,6 +105,7 @@ class RoomStore:
 
     def __init__(self, home: Home) -> None:
         home.ensure()
+        self._home = home
         self.path = home.rooms_db
         self._db = connect(self.path, durable=True)
         try:
@@ -157,6 +161,7 @@ class RoomStore:
             key=random_room_key(),
             moderators=(me.public,),
         )
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
             self._check_name_free(info.name, info.room_id)
             self._insert(db, info, MODERATOR, invite_issued_at=0)
@@ -171,6 +176,7 @@ class RoomStore:
         moderators: a newer key epoch replaces the key, a newer invite the moderator list.
         Joining a room this home moderates changes nothing.
         """
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         info = invite.room
         if name is not None:
             info = RoomInfo(
@@ -243,7 +249,7 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT epoch, key FROM room_keys WHERE room_id = ? ORDER BY epoch", (room_id,)
         )
-        return {epoch: bytes(key) for epoch, key in rows}
+        return {epoch: self._open(room_id, epoch, bytes(key)) for epoch, key in rows}
 
     def roster(self, room_id: bytes, enrolled_only: bool = False) -> list[PublicIdentity]:
         self._summary(room_id)
@@ -304,6 +310,7 @@ class RoomStore:
             raise UsageError("a room key is 32 bytes")
         if not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
             raise UsageError(f"a key epoch is 0..{MAX_EPOCH}")
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
             current = self._summary(room_id).epoch
             if epoch <= current:
@@ -311,7 +318,33 @@ class RoomStore:
             self._set_key(db, room_id, epoch, key)
         self._scrub()
 
+    def seal_clear_keys(self) -> int:
+        """Seal every room key still stored in clear (a home moved from the old format) and
+        scrub the clear copies from the file and its WAL; how many were sealed."""
+        keys = self._home.unlock()
+        if keys.data_key is None:
+            return 0
+        rows = self._db.execute(
+            "SELECT room_id, epoch, key FROM room_keys WHERE length(key) = 32"
+        ).fetchall()
+        with self._tx() as db:
+            for room_id, epoch, key in rows:
+                db.execute(
+                    "UPDATE room_keys SET key = ? WHERE room_id = ? AND epoch = ?",
+                    (keys.seal_room_key(bytes(room_id), epoch, bytes(key)), room_id, epoch),
+                )
+        self._scrub()
+        self._db.execute("VACUUM")  # rewrite every page: no clear key left in free space
+        self._scrub()
+        return len(rows)
+
     # -- internals ------------------------------------------------------------------------
+
+    def _seal(self, room_id: bytes, epoch: int, key: bytes) -> bytes:
+        return self._home.unlock().seal_room_key(room_id, epoch, key)
+
+    def _open(self, room_id: bytes, epoch: int, stored: bytes) -> bytes:
+        return self._home.unlock().open_room_key(room_id, epoch, stored)
 
     def _insert(self, db: sqlite3.Connection, info: RoomInfo, role: str, invite_issued_at: int):
         db.execute(
@@ -330,7 +363,7 @@ class RoomStore:
         )
         db.execute(
             "INSERT INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
-            (info.room_id, info.epoch, info.key),
+            (info.room_id, info.epoch, self._seal(info.room_id, info.epoch, info.key)),
         )
         self._replace_moderators(db, info.room_id, info.moderators)
 
@@ -347,7 +380,7 @@ class RoomStore:
     def _set_key(self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes) -> None:
         db.execute(
             "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
-            (room_id, epoch, key),
+            (room_id, epoch, self._seal(room_id, epoch, key)),
         )
         db.execute(
             "DELETE FROM room_keys WHERE room_id = ? AND epoch != ?",
@@ -379,7 +412,7 @@ class RoomStore:
         row = self._db.execute(
             "SELECT key FROM room_keys WHERE room_id = ? AND epoch = ?", (room_id, epoch)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else self._open(room_id, epoch, bytes(row[0]))
 
     def _moderators(self, room_id: bytes) -> tuple[PublicIdentity, ...]:
         rows = self._db.execute(

@@ -1,0 +1,207 @@
+"""Keys at rest: a seized home gives up no private key and no room key without the passphrase.
+
+Every check reads the raw bytes of every file under the home (SQLite WAL and shared memory
+included, while a connection is still open so the WAL is there to read).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from relay.cli import options
+from relay.cli.main import cli
+from relay.core.identity import Identity
+from relay.core.invite import decode_invite, encode_invite
+from relay.errors import UsageError
+from relay.store import keystore
+from relay.store.home import Home
+from relay.store.rooms import RoomStore
+
+PASS = "tests: a passphrase"
+
+
+def raw_bytes(home: Path) -> bytes:
+    """Every byte of every file under the home."""
+    return b"".join(p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file())
+
+
+def secrets_of(home: Home) -> list[bytes]:
+    """The private keys, the data key and the room keys this home holds (unlocked)."""
+    keys = home.unlock()
+    raw = keys.identity.private_bytes()
+    found = [raw[:32], raw[32:]]
+    if keys.data_key is not None:
+        found.append(keys.data_key)
+    if home.rooms_db.exists():
+        with RoomStore(home) as rooms:
+            for summary in rooms.list():
+                found += rooms.keys(summary.room_id).values()
+    return found
+
+
+def assert_nothing_in_clear(home_path: Path, secrets: list[bytes]) -> None:
+    raw = raw_bytes(home_path)
+    for secret in secrets:
+        assert len(secret) == 32
+        assert secret not in raw
+        assert secret.hex().encode() not in raw
+
+
+def run(*args: str, env: dict[str, str | None] | None = None, input: str | None = None):
+    base: dict[str, str | None] = {"RELAY_HOME": None, "RELAY_PASSPHRASE": None}
+    return CliRunner().invoke(cli, list(args), env={**base, **(env or {})}, input=input)
+
+
+def one_line_exit_2(result, match: str) -> None:
+    assert result.exit_code == 2, (result.output, result.exception)
+    prompts = ("Passphrase:", "New ", "Repeat ")
+    lines = [ln for ln in result.stderr.strip().splitlines() if not ln.startswith(prompts)]
+    assert len(lines) == 1 and lines[0].startswith("relay: error:"), result.stderr
+    assert match in lines[0]
+
+
+# --------------------------------------------------------------------- the library
+def test_no_file_holds_a_private_or_room_key_in_clear(tmp_path):
+    """Identity, data key, the room keys of a created and a joined room and a rotated key:
+    none of them in any file of the home, WAL included, while the databases are open."""
+    home = Home(tmp_path / "h", passphrase=lambda: PASS)
+    me = home.init_identity(passphrase=PASS)
+    other = Identity.generate()
+    with RoomStore(home) as rooms:
+        mine = rooms.create("market", "SHORT_FAST", "1600", me)
+        # A room someone else moderates, joined by an invite sealed to us.
+        other_home = Home(tmp_path / "o")
+        other_home.init_identity()
+        with RoomStore(other_home) as o:
+            room = o.create("night", "SHORT_FAST", "1600", other)
+            text = encode_invite(room, other, me.public, 100)
+        rooms.join(decode_invite(text, me), me=me.public)
+        old_key = rooms.get("night").key
+        new_key = os.urandom(32)
+        rooms.set_key(room.room_id, 1, new_key)
+        assert (tmp_path / "h" / "rooms.db-wal").exists()  # the WAL is there to search
+        secrets = [*secrets_of(home), mine.key, old_key, new_key]
+        assert_nothing_in_clear(tmp_path / "h", secrets)
+        assert rooms.get("night").key == new_key and rooms.get("market").key == mine.key
+    assert_nothing_in_clear(tmp_path / "h", secrets)
+    assert keystore.is_protected((tmp_path / "h" / "identity.key").read_bytes())
+
+
+def test_wrong_passphrase_opens_nothing(tmp_path, monkeypatch):
+    Home(tmp_path).init_identity(passphrase=PASS)
+    with pytest.raises(UsageError, match=r"^wrong passphrase$"):
+        Home(tmp_path, passphrase=lambda: PASS + "x").identity()
+    monkeypatch.delenv("RELAY_PASSPHRASE", raising=False)
+    with pytest.raises(UsageError, match="locked with a passphrase"):
+        Home(tmp_path).identity()  # the library's default source is the environment
+
+
+def test_changing_the_passphrase_keeps_the_rooms(tmp_path):
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    me = home.init_identity(passphrase=PASS)
+    with RoomStore(home) as rooms:
+        info = rooms.create("market", "SHORT_FAST", "1600", me)
+    home.set_passphrase("a new one")
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        Home(tmp_path, passphrase=lambda: PASS).identity()
+    again = Home(tmp_path, passphrase=lambda: "a new one")
+    assert again.identity().public == me.public
+    with RoomStore(again) as rooms:
+        assert rooms.get("market").key == info.key
+
+
+def test_a_home_from_an_older_relay_keeps_working_and_moves_to_the_locked_format(tmp_path):
+    """64 raw bytes of identity and a clear room key: still opens (with a note saying how to
+    lock it); `set_passphrase` seals both and the clear copies are gone from the files."""
+    me = Identity.generate()
+    (tmp_path / "identity.key").write_bytes(me.private_bytes())
+    os.chmod(tmp_path / "identity.key", 0o600)
+    notes: list[str] = []
+    old = Home(tmp_path, notice=notes.append)
+    with RoomStore(old) as rooms:
+        info = rooms.create("market", "SHORT_FAST", "1600", me)
+    assert notes and "relay id passphrase" in notes[0]
+    assert info.key in raw_bytes(tmp_path)  # the old format, as it was
+    old.set_passphrase(PASS)
+    locked = Home(tmp_path, passphrase=lambda: PASS)
+    assert locked.identity().public == me.public
+    with RoomStore(locked) as rooms:
+        assert rooms.get("market").key == info.key
+    assert_nothing_in_clear(tmp_path, [*secrets_of(locked), info.key])
+
+
+def test_a_hostile_identity_file_cannot_ask_for_gigabytes(tmp_path):
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    home.init_identity(passphrase=PASS)
+    blob = bytearray(home.identity_path.read_bytes())
+    start = len(keystore.MAGIC) + 1
+    blob[start : start + 4] = (1 << 30).to_bytes(4, "big")  # a TiB of memory
+    home.identity_path.write_bytes(bytes(blob))
+    with pytest.raises(UsageError, match="impossible passphrase settings"):
+        Home(tmp_path, passphrase=lambda: PASS).identity()
+
+
+# --------------------------------------------------------------------- the command line
+def test_id_init_asks_twice_hidden_and_every_command_unlocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(options, "interactive", lambda: True)
+    home = str(tmp_path / "me")
+    made = run("id", "init", "--home", home, input="s3cret words\ns3cret words\n")
+    assert made.exit_code == 0, made.output
+    assert "s3cret" not in made.output  # hidden: nothing echoed
+    assert keystore.is_protected((tmp_path / "me" / "identity.key").read_bytes())
+    shown = run("id", "show", "--home", home, input="s3cret words\n")
+    assert shown.exit_code == 0 and "relayid1:" in shown.stdout
+    one_line_exit_2(run("id", "show", "--home", home, input="nope\n"), "wrong passphrase")
+    differ = run("id", "init", "--home", str(tmp_path / "b"), input="one\ntwo\n")
+    one_line_exit_2(differ, "differ")
+
+
+def test_scripts_give_the_passphrase_by_file_or_environment(tmp_path):
+    home = str(tmp_path / "me")
+    secret = tmp_path / "pass.txt"
+    secret.write_text("from a file\n")
+    assert run("id", "init", "--home", home, "--passphrase-file", str(secret)).exit_code == 0
+    created = run("room", "create", "market", "--home", home, "--passphrase-file", str(secret))
+    assert created.exit_code == 0, created.output
+    assert run("room", "invite", "market", "--home", home, env={
+        "RELAY_PASSPHRASE": "from a file"}).exit_code == 0  # fmt: skip
+    one_line_exit_2(
+        run("room", "invite", "market", "--home", home, env={"RELAY_PASSPHRASE": "wrong"}),
+        "wrong passphrase",
+    )
+    one_line_exit_2(run("room", "invite", "market", "--home", home), "--passphrase-file")
+    assert run("room", "list", "--home", home).exit_code == 0  # no keys needed, none asked
+
+
+def test_no_passphrase_is_said_plainly_and_no_terminal_is_refused(tmp_path):
+    home = tmp_path / "gw"
+    one_line_exit_2(run("id", "init", "--home", str(home)), "--no-passphrase")
+    assert not home.exists() or not (home / "identity.key").exists()
+    made = run("id", "init", "--home", str(home), "--no-passphrase")
+    assert made.exit_code == 0
+    assert "UNENCRYPTED" in made.stderr and "--no-passphrase" in made.stderr
+    assert not keystore.is_protected((home / "identity.key").read_bytes())
+    assert run("id", "show", "--home", str(home)).exit_code == 0  # no prompt, no env
+
+
+def test_id_passphrase_locks_an_unlocked_home_and_changes_it(tmp_path):
+    home = str(tmp_path / "gw")
+    run("id", "init", "--home", home, "--no-passphrase")
+    assert run("room", "create", "market", "--home", home).exit_code == 0
+    new = run("id", "passphrase", "--home", home, env={"RELAY_NEW_PASSPHRASE": "first"})
+    assert new.exit_code == 0, new.output
+    one_line_exit_2(run("id", "show", "--home", home), "locked with a passphrase")
+    changed = run(
+        "id", "passphrase", "--home", home,
+        env={"RELAY_PASSPHRASE": "first", "RELAY_NEW_PASSPHRASE": "second"},
+    )  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    one_line_exit_2(
+        run("id", "show", "--home", home, env={"RELAY_PASSPHRASE": "first"}), "wrong passphrase"
+    )
+    h = Home(home, passphrase=lambda: "second")
+    assert_nothing_in_clear(Path(home), secrets_of(h))
