@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "repeat": "relay.cli.bridge:repeat_cmd",
     "room": "relay.cli.room:room_group",
     "talk": "relay.cli.talk:talk_cmd",
+    "wipe": "relay.cli.wipe:wipe_cmd",
 }
 
 
