@@ -22,9 +22,24 @@ Binary layout, version 1 (integers big-endian)::
           + the room key sealed to the recipient's X25519 key (32 + 16 tag)
     64    Ed25519 signature by moderators[inviter] over SIGN_DOMAIN + everything above
 
+An invite made ``--for`` a member is version 2, sealed whole, so that nothing in it (room
+name, preset, moderators' keys, recipient, issue time) shows to whoever sees the text::
+
+    1     version = 2
+    32    ephemeral X25519 key
+    n+16  sealed to the recipient's X25519 key (relay.core.sealed, AES-256-CCM): the inner
+          invite, i.e. the version 1 layout above with flags bit 1 ("for one member": the
+          key part is the recipient's Ed25519 key (32) + the room key (32)), its signature,
+          and zero padding to a multiple of 64 bytes (the name's length does not show)
+
+Only what opening needs stays outside: the version and the ephemeral key. The recipient
+finds out the invite is theirs by opening it; the signature inside covers the recipient's
+key, so a member cannot re-seal their invite to someone else. Version 1 sealed invites (the
+key alone sealed, everything else in clear) are still read, no longer made.
+
 Text form: ``relay1:`` + base64url without padding. 117 bytes + name + preset + 64 per
-moderator (+ 80 sealed): for one moderator, a room "market" on SHORT_FAST is 270 characters in
-the clear (QR version 10-L) and 377 sealed (13-L).
+moderator: for one moderator, a room "market" on SHORT_FAST is 270 characters in the clear
+(QR version 10-L) and 407 sealed whole (version 2; 14-L).
 
 A valid signature proves only that *some* key listed as moderator made the invite: anyone can
 make a room. Members compare the moderator fingerprint out loud, and a room already joined
@@ -46,10 +61,14 @@ from relay.radio.profiles import preset as lookup_preset
 from relay.voice.modes import mode_by_index, mode_by_name
 
 VERSION = 1
+VERSION_SEALED = 2
 TEXT_PREFIX = "relay1:"
 SIGN_DOMAIN = b"relay/invite/v1\x00"
 SEAL_CONTEXT = b"relay/invite/v1"
-FLAG_SEALED = 0x01
+SEAL_CONTEXT_V2 = b"relay/invite/v2 sealed whole"
+FLAG_SEALED = 0x01  # version 1: the room key alone sealed
+FLAG_FOR = 0x02  # inside a version 2 invite: recipient's key + room key
+PAD_TO = 64
 ROOM_ID_LEN = 8
 KEY_LEN = 32
 SIG_LEN = 64
@@ -175,13 +194,14 @@ def encode_invite(
     if recipient is None:
         parts.append(info.key)
     else:
-        context = _seal_context(
-            info.room_id, info.epoch, recipient.signing_key, inviter.public.signing_key
-        )
-        ephemeral, sealed = seal_for(recipient.agreement_key, info.key, context=context)
-        parts += [recipient.signing_key, ephemeral, sealed]
+        parts[0] = bytes([VERSION, FLAG_FOR])
+        parts += [recipient.signing_key, info.key]
     body = b"".join(parts)
     blob = body + inviter.sign(SIGN_DOMAIN + body)
+    if recipient is not None:
+        blob += bytes(-len(blob) % PAD_TO)
+        ephemeral, sealed = seal_for(recipient.agreement_key, blob, context=SEAL_CONTEXT_V2)
+        blob = bytes([VERSION_SEALED]) + ephemeral + sealed
     return TEXT_PREFIX + base64.urlsafe_b64encode(blob).decode("ascii").rstrip("=")
 
 
@@ -236,18 +256,52 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     blob = _text_to_bytes(text)
     if not blob:
         raise UsageError("invite is empty")
+    if blob[0] == VERSION_SEALED:
+        return _decode_sealed_whole(blob, me)
     if blob[0] != VERSION:
         raise UsageError(
-            f"invite version {blob[0]} is not supported (this relay reads version {VERSION}); "
-            "is one of you running an older relay?"
+            f"invite version {blob[0]} is not supported (this relay reads versions "
+            f"{VERSION} and {VERSION_SEALED}); is one of you running an older relay?"
         )
+    return _decode_inner(blob, me, inner=False)
+
+
+def _decode_sealed_whole(blob: bytes, me: Identity | None) -> Invite:
+    if me is None:
+        raise UsageError(
+            "this invite is sealed for one member; create your identity with `relay id init` "
+            "and give the moderator your public id (relay id show)"
+        )
+    if len(blob) < 1 + 32 + 16 + _MIN_LEN:
+        raise UsageError("invite is cut short; copy all of it")
+    try:
+        inner = open_sealed(me, blob[1:33], blob[33:], SEAL_CONTEXT_V2)
+    except PeerError:
+        raise UsageError(
+            "this invite does not open with your identity: it was made for someone else (or "
+            "an older identity of yours), or it is damaged; ask for one made --for your "
+            "public id (relay id show)"
+        ) from None
+    if len(inner) % PAD_TO or not inner or inner[0] != VERSION:
+        raise UsageError("invite is not usable: its sealed content is malformed")
+    return _decode_inner(inner, me, inner=True)
+
+
+def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
+    """A version 1 layout: a whole invite, or the content of a version 2 one (``inner``:
+    the key part is recipient + key, and zero padding follows the signature)."""
     if len(blob) < _MIN_LEN:
         raise UsageError("invite is cut short; copy all of it")
+    if inner:
+        end = _inner_end(blob)
+        if any(blob[end:]):
+            raise UsageError("invite is not usable: its sealed content is malformed")
+        blob = blob[:end]
     body, signature = blob[:-SIG_LEN], blob[-SIG_LEN:]
     r = _Reader(body)
     r.take(1, "version")
     flags = r.byte("flags")
-    if flags & ~FLAG_SEALED:
+    if flags != (FLAG_FOR if inner else flags & FLAG_SEALED):
         raise UsageError("invite uses features this relay does not know (unknown flags)")
     room_id = r.take(ROOM_ID_LEN, "room id")
     raw_name = r.prefixed("room name", 1, MAX_NAME_BYTES)
@@ -263,7 +317,8 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     if inviter >= count:
         raise UsageError("invite names an inviter who is not among its moderators")
     sealed = bool(flags & FLAG_SEALED)
-    key_part = r.take(_SEALED_KEY_LEN if sealed else KEY_LEN, "room key")
+    key_len = _SEALED_KEY_LEN if sealed else 2 * KEY_LEN if inner else KEY_LEN
+    key_part = r.take(key_len, "room key")
     if r.pos != len(body):
         raise UsageError("invite has extra bytes at the end (damaged?)")
 
@@ -275,6 +330,14 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     recipient: PublicIdentity | None = None
     if sealed:
         key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me)
+    elif inner:
+        assert me is not None
+        if key_part[:32] != me.public.signing_key:
+            raise UsageError(
+                "this invite was made for someone else; ask the moderator for an invite made "
+                "--for your public id (relay id show)"
+            )
+        key, recipient = key_part[32:], me.public
     else:
         key = key_part
     mode = mode_by_index(mode_index)
@@ -290,6 +353,22 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     except UsageError as exc:
         raise UsageError(f"invite is not usable: {exc}") from None
     return Invite(info, issued_at, inviter, recipient)
+
+
+def _inner_end(blob: bytes) -> int:
+    """Where the signature of a padded inner invite ends: walk the length-prefixed fields."""
+    pos = 2 + ROOM_ID_LEN
+    for _ in range(2):  # name, preset
+        if pos >= len(blob):
+            raise UsageError("invite is not usable: its sealed content is malformed")
+        pos += 1 + blob[pos]
+    pos += 1 + 2 + 4  # mode, epoch, issued at
+    if pos >= len(blob):
+        raise UsageError("invite is not usable: its sealed content is malformed")
+    pos += 1 + PUBLIC_LEN * blob[pos] + 1 + 2 * KEY_LEN + SIG_LEN
+    if pos > len(blob):
+        raise UsageError("invite is not usable: its sealed content is malformed")
+    return pos
 
 
 def _open_key(
