@@ -116,6 +116,22 @@ class ClipStore:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def forget_room(self, room_id: bytes) -> int:
+        """Erase every row of a room in every table (a room left): overwritten, and the WAL
+        truncated. How many rows went."""
+        gone = 0
+        with self._tx() as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                columns = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+                if "room_id" in columns:
+                    gone += db.execute(
+                        f'DELETE FROM "{table}" WHERE room_id = ?', (room_id,)
+                    ).rowcount
+        with _disk(self.path):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
+
     # ------------------------------------------------------------------ outbox
     def add_outgoing(self, room_id: bytes, offer: Offer, data: bytes) -> OutgoingClip:
         """Store a new message before any of it is sent."""

@@ -120,6 +120,36 @@ class CounterStore:
             raise UsageError(f"cannot reserve send counters in {self.path}: {exc}") from None
         return start
 
+    def forget(self, prefixes: list[str]) -> int:
+        """Erase the counters whose names start with one of ``prefixes`` (a room left)
+        without ever letting a nonce come back: the floor every counter starts from is
+        raised to the highest erased one first, in the same transaction. The file then
+        keeps a number, not which room keys it counted for. How many rows went."""
+        self._db.execute("PRAGMA secure_delete=ON")
+        gone = 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            floor = int(self._meta("floor") or 0)
+            for prefix in prefixes:
+                rows = self._db.execute(
+                    "SELECT name, next FROM counters WHERE substr(name, 1, ?) = ?",
+                    (len(prefix), prefix),
+                ).fetchall()
+                for name, nxt in rows:
+                    floor = max(floor, nxt)
+                    self._db.execute("DELETE FROM counters WHERE name = ?", (name,))
+                    gone += 1
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('floor', ?)", (str(floor),)
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise UsageError(f"cannot update send counters in {self.path}: {exc}") from None
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
+
     def peek(self, name: str) -> int:
         """The next counter a reservation would start at (for tests and status)."""
         row = self._db.execute("SELECT next FROM counters WHERE name = ?", (name,)).fetchone()

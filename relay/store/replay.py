@@ -31,5 +31,15 @@ class ReplayStore:
             (key_id, sender, highest),
         )
 
+    def forget(self, key_ids: list[str]) -> int:
+        """Erase the marks (and with them the speakers' public keys) of these room keys:
+        overwritten, the WAL truncated. How many rows went."""
+        self._db.execute("PRAGMA secure_delete=ON")
+        gone = 0
+        for key_id in key_ids:
+            gone += self._db.execute("DELETE FROM replay WHERE key_id = ?", (key_id,)).rowcount
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
+
     def close(self) -> None:
         self._db.close()

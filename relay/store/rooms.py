@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from relay.core.crypto import random_room_key
+from relay.core.crypto import RoomKeys, random_room_key
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
 from relay.errors import UsageError
@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS moderators (
     signing_key BLOB NOT NULL,
     agreement_key BLOB NOT NULL,
     PRIMARY KEY (room_id, signing_key)
+);
+CREATE TABLE IF NOT EXISTS room_key_ids (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    key_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, key_id)
 );
 CREATE TABLE IF NOT EXISTS members (
     room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
@@ -218,12 +223,32 @@ class RoomStore:
         return self._info(info.room_id)
 
     def leave(self, ref: str) -> RoomSummary:
-        """Forget a room and erase its keys."""
+        """Forget a room and erase its keys (only rooms.db: :func:`erase_room` erases the
+        rest of the home too)."""
+        return self._leave(ref)[0]
+
+    def _leave(self, ref: str) -> tuple[RoomSummary, list[str]]:
         summary = self._summary(self._resolve(ref))
+        key_ids = self.key_ids(summary.room_id)
         with self._tx() as db:
             db.execute("DELETE FROM rooms WHERE room_id = ?", (summary.room_id,))
         self._scrub()
-        return summary
+        self._db.execute("VACUUM")  # the name, ids and keys out of every free page
+        self._scrub()
+        return summary, key_ids
+
+    def key_ids(self, room_id: bytes) -> list[str]:
+        """The public names (``RoomKeys.key_id``) of every key this room has had here:
+        what replay marks and send counters are filed under."""
+        rows = self._db.execute(
+            "SELECT key_id FROM room_key_ids WHERE room_id = ?", (room_id,)
+        ).fetchall()
+        ids = {r[0] for r in rows}
+        if not ids:  # a room stored by an older relay: its current key at least
+            key = self._key(room_id, self._summary(room_id).epoch)
+            if key is not None:
+                ids.add(RoomKeys(key).key_id)
+        return sorted(ids)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -365,6 +390,7 @@ class RoomStore:
             "INSERT INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
             (info.room_id, info.epoch, self._seal(info.room_id, info.epoch, info.key)),
         )
+        _note_key_id(db, info.room_id, info.key)
         self._replace_moderators(db, info.room_id, info.moderators)
 
     def _replace_moderators(
@@ -382,6 +408,7 @@ class RoomStore:
             "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
             (room_id, epoch, self._seal(room_id, epoch, key)),
         )
+        _note_key_id(db, room_id, key)
         db.execute(
             "DELETE FROM room_keys WHERE room_id = ? AND epoch != ?",
             (room_id, epoch),
@@ -455,6 +482,44 @@ class RoomStore:
         if not names:
             hint = " (there are no rooms here yet: relay room create or relay room join)"
         raise UsageError(f"no room {ref!r} here{hint}; see `relay room list`")
+
+
+def _note_key_id(db: sqlite3.Connection, room_id: bytes, key: bytes) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO room_key_ids (room_id, key_id) VALUES (?, ?)",
+        (room_id, RoomKeys(key).key_id),
+    )
+
+
+def erase_room(home: Home, ref: str) -> RoomSummary:
+    """Leave a room and erase everything of it from the home: its keys, moderators and
+    roster (rooms.db), the replay marks and with them the speakers' public keys
+    (replay.db), its voice messages (clips.db), and the send counters of its keys
+    (counters.db: the floor rises first, so no nonce can come back if it is joined again).
+    """
+    from relay.store.clips import ClipStore
+    from relay.store.counters import CounterStore
+    from relay.store.replay import ReplayStore
+
+    with RoomStore(home) as rooms:
+        summary, key_ids = rooms._leave(ref)
+    if home.replay_db.exists():
+        replay = ReplayStore(home.replay_db)
+        try:
+            replay.forget(key_ids)
+        finally:
+            replay.close()
+    if home.counters_db.exists():
+        counters = CounterStore(home.counters_db)
+        try:
+            counters.forget([f"{k}:" for k in key_ids])
+        finally:
+            counters.close()
+    clips_db = home.path / "clips.db"
+    if clips_db.exists():
+        with ClipStore(clips_db) as clips:
+            clips.forget_room(summary.room_id)
+    return summary
 
 
 def _new_room_id() -> bytes:
