@@ -109,3 +109,59 @@ def test_arbitrary_bytes_are_refused_and_counted(blob, as_ham):
         blob = bytes([(wire.VERSION << 6) | (wire.PacketType.HAM << 3)]) + blob
     event = rx.receive(blob, 0.0)  # never raises: refused and counted
     assert isinstance(event, HamRejected) and sum(rx.rejected.values()) == 1
+
+
+# --------------------------------------------------------------------- on a link
+def test_a_ham_over_on_a_shared_channel_beside_encrypted_traffic():
+    """A ham operator and an encrypted member share one simulated channel: the ham listener
+    plays the operator's whole over, verified, and refuses (counts) the encrypted packets."""
+    import asyncio
+
+    from relay.links.url import open_link
+    from relay.runtime.clock import run
+    from relay.runtime.ham import ham_frames_per_packet, ham_listen, ham_over, ham_send
+
+    frames = [bytes([i % 251]) * MODE.bytes_per_frame for i in range(60)]
+    key = os.urandom(32)
+    crypto = Sender(RoomKeys(key), Identity.generate().identity, MemoryCounters())
+
+    async def main():
+        url = "sim://hamnet?preset=SHORT_FAST&node="
+        talk, member, ear = (open_link(url + n) for n in ("op", "member", "ear"))
+        async with talk, member, ear:
+            fpp = ham_frames_per_packet(MODE, "N0CALL", talk.mtu, 10)
+            listening = asyncio.create_task(ham_listen(ear, HamReceiver("net"), 30.0))
+            await ham_send(talk, ham_over(sender(), MODE, frames, fpp))
+            for i in range(3):
+                await member.send(crypto.voice(MODE, i, FRAMES, 0.0))
+            return await listening, fpp
+
+    heard, fpp = run(main())
+    assert fpp == 10
+    assert [f for _, f in sorted(heard.frames["N0CALL"])] == frames
+    assert heard.overs_ended["N0CALL"] == 1 and heard.rejected["replay"] == 1  # 2nd end copy
+    assert heard.rejected["encrypted"] == 3
+
+
+def test_the_command_line_warns_that_it_identifies_the_operator(tmp_path):
+    from click.testing import CliRunner
+
+    from relay.cli.main import cli
+    from relay.demo.voice import bundled_sample
+
+    home = str(tmp_path / "op")
+    env = {"RELAY_HOME": None, "RELAY_PASSPHRASE": "tests"}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["id", "init", "--home", home], env=env).exit_code == 0
+    args = ["ham", "talk", "net", "--callsign", "n0call", "--link", "sim://alone", "--input",
+            str(bundled_sample("forig.wav")), "--home", home, "--json"]  # fmt: skip
+    result = runner.invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "NOTHING is encrypted" in result.stderr and "N0CALL" in result.stderr
+    assert "identifies you" in result.stderr
+    import json
+
+    doc = json.loads(result.stdout)
+    assert doc["encrypted"] is False and doc["overhead_bytes_per_voice_packet"] == 80
+    bad = runner.invoke(cli, [*args[:3], "--callsign", "nope", *args[5:]], env=env)
+    assert bad.exit_code == 2 and "not a callsign" in bad.stderr

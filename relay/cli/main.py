@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "devices": "relay.cli.devices:devices_cmd",
     "emulate": "relay.cli.emulate:emulate_group",
     "ether": "relay.cli.ether:ether_cmd",
+    "ham": "relay.cli.ham:ham_group",
     "id": "relay.cli.identity:id_group",
     "link": "relay.cli.link:link_group",
     "listen": "relay.cli.talk:listen_cmd",
