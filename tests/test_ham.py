@@ -165,3 +165,36 @@ def test_the_command_line_warns_that_it_identifies_the_operator(tmp_path):
     assert doc["encrypted"] is False and doc["overhead_bytes_per_voice_packet"] == 80
     bad = runner.invoke(cli, [*args[:3], "--callsign", "nope", *args[5:]], env=env)
     assert bad.exit_code == 2 and "not a callsign" in bad.stderr
+
+
+def test_a_bridge_puts_only_ham_packets_on_an_amateur_band_link():
+    """Cross-band: an encrypted island, an amateur-band link and MQTT. Encrypted packets
+    never go onto the ham link (counted); ham packets go everywhere; encrypted packets heard
+    on the ham band are not carried off it (counted)."""
+    from relay.bridge.core import BridgeCore, LinkKind
+
+    core = BridgeCore(1)
+    core.add_link("lora", LinkKind.RADIO)
+    core.add_link("2m", LinkKind.RADIO, ham=True)
+    core.add_link("mqtt", LinkKind.MQTT)
+    crypto = Sender(RoomKeys(os.urandom(32)), OP.identity, MemoryCounters())
+    enc = core.receive("lora", crypto.voice(MODE, 0, FRAMES, 0.0), 0.0)
+    assert [s.link for s in enc.sends] == ["mqtt"]
+    assert core.stats.dropped["encrypted_to_ham_link"] == 1
+    ham = core.receive("lora", sender().voice(MODE, 0, FRAMES), 0.0)
+    assert sorted(s.link for s in ham.sends) == ["2m", "mqtt"]
+    heard_on_2m = core.receive("2m", crypto.voice(MODE, 1, FRAMES, 0.0), 0.0)
+    assert heard_on_2m.sends == [] and heard_on_2m.dropped == "encrypted_on_ham_link"
+    with pytest.raises(UsageError, match="amateur"):
+        core.add_link("mqtt2", LinkKind.MQTT, ham=True)
+
+
+def test_repeat_with_a_ham_link_says_so():
+    from click.testing import CliRunner
+
+    from relay.cli.main import cli
+
+    args = ["repeat", "--link", "sim://hl_a", "--ham-link", "sim://hl_b", "--duration", "0.2"]
+    result = CliRunner().invoke(cli, [*args, "--json"], env={"RELAY_HOME": None})
+    assert result.exit_code == 0, result.output
+    assert "--ham-link" in result.stderr and "callsign" in result.stderr

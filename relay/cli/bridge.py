@@ -36,8 +36,26 @@ _common = [
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON."),
     click.option("--verbose", "-v", is_flag=True, help="Log refused overs and link trouble."),
+    click.option(
+        "--ham-link",
+        "ham_links",
+        multiple=True,
+        metavar="URL",
+        help="A radio link on an amateur band: only signed ham packets (`relay ham`) go on "
+        "it, encrypted ones are refused and counted. Give the driver your callsign too "
+        "(kiss: ?callsign=N0CALL-1).",
+    ),
     home_option,
 ]
+
+
+def _ham_warning(ham_links) -> None:
+    if ham_links:
+        click.echo(
+            "relay: warning: --ham-link: only signed, unencrypted ham packets go on "
+            f"{', '.join(ham_links)}; each carries its operator's callsign, readable by anyone",
+            err=True,
+        )
 
 
 def _common_options(func):
@@ -55,7 +73,7 @@ def _common_options(func):
     help="A radio link to repeat between (two or more); one alone: store and forward on it.",
 )
 @_common_options
-def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
+def repeat_cmd(links, duty_cycle, duration, as_json, verbose, ham_links, home):
     """Repeat room packets between radio links (cross-band: hear on one, send on another).
 
     The repeater needs no room key: it forwards sealed packets, each at most once per link,
@@ -74,8 +92,10 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
       relay repeat --link kiss+tcp://127.0.0.1:8001 --link meshtastic:///dev/ttyUSB0
       relay repeat --link at:///dev/ttyUSB0 --link at:///dev/ttyUSB1 --duty-cycle 0.01
     """
+    links = (*links, *ham_links)
     if not links:
         raise UsageError("relay repeat needs a --link URL (two to repeat between radios)")
+    _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
             raise UsageError(f"{url}: MQTT is for `relay bridge --mqtt`, not repeat")
@@ -94,6 +114,7 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
         "repeat",
         repeat=len(links) == 1,
         home=home,
+        ham_links=frozenset(ham_links),
     )
 
 
@@ -121,7 +142,17 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
 )
 @_common_options
 def bridge_cmd(
-    links, mqtt_url, rooms, gateway_id, hop_limit, duty_cycle, duration, as_json, verbose, home
+    links,
+    mqtt_url,
+    rooms,
+    gateway_id,
+    hop_limit,
+    duty_cycle,
+    duration,
+    as_json,
+    verbose,
+    ham_links,
+    home,
 ):
     """Bridge radio links to an MQTT broker, where other bridges and internet-only members
     (talk/listen --link mqtt://...) meet.
@@ -136,8 +167,10 @@ def bridge_cmd(
       relay bridge --link kiss+tcp://127.0.0.1:8001 --mqtt mqtts://user:pw@broker.example
       relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room 3f --duty-cycle 0.01
     """
+    links = (*links, *ham_links)
     if not links:
         raise UsageError("relay bridge needs a --link URL (the radio to bridge)")
+    _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
             raise UsageError(f"--link {url}: give radio links to --link and the broker to --mqtt")
@@ -155,6 +188,7 @@ def bridge_cmd(
         gateway_id,
         hop_limit,
         home=home,
+        ham_links=frozenset(ham_links),
     )
 
 
@@ -183,6 +217,7 @@ def _run(
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
     home: object = None,
+    ham_links: frozenset[str] = frozenset(),
 ) -> None:
     if len(set(urls)) != len(urls):
         raise UsageError("the same link URL is given twice")
@@ -199,7 +234,17 @@ def _run(
     logger.propagate = False
     try:
         stats = asyncio.run(
-            _main(urls, duty_cycle, duration, hints, gateway_id, hop_limit, repeat, identity)
+            _main(
+                urls,
+                duty_cycle,
+                duration,
+                hints,
+                gateway_id,
+                hop_limit,
+                repeat,
+                identity,
+                ham_links,
+            )
         )
     finally:
         logger.removeHandler(handler)
@@ -220,6 +265,7 @@ async def _main(
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
     identity: Identity | None = None,
+    ham_links: frozenset[str] = frozenset(),
 ) -> dict:
     opened: list[Link] = []
     try:
@@ -227,7 +273,7 @@ async def _main(
             opened.append(open_link(url))
         bridge = Bridge(
             [
-                BridgeLink(url, link, link_kind(url), repeat)
+                BridgeLink(url, link, link_kind(url), repeat, url in ham_links)
                 for url, link in zip(urls, opened, strict=True)
             ],
             duty_cycle=duty_cycle,
