@@ -198,3 +198,12 @@ def test_repeat_with_a_ham_link_says_so():
     result = CliRunner().invoke(cli, [*args, "--json"], env={"RELAY_HOME": None})
     assert result.exit_code == 0, result.output
     assert "--ham-link" in result.stderr and "callsign" in result.stderr
+
+
+def test_a_flood_of_minted_stations_is_bounded():
+    from relay.core.ham import MAX_STATIONS
+
+    rx = HamReceiver("net")
+    for i in range(MAX_STATIONS + 5):
+        rx.receive(sender(f"N{i}CALL", Identity.generate()).intro(), 0.0)
+    assert len(rx.stations) == MAX_STATIONS and rx.rejected["too_many_stations"] == 5

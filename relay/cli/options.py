@@ -107,7 +107,11 @@ def interactive() -> bool:
 
 def read_passphrase_file(path: Path) -> str:
     """A passphrase from a file: its first line, without the line break."""
+    import os
+
     try:
+        if os.stat(path).st_mode & 0o077:
+            note(f"{path} can be read by other users; a passphrase file should be 0600")
         with open(path, encoding="utf-8") as f:
             line = f.readline(4096)
     except (OSError, UnicodeDecodeError) as exc:

@@ -52,6 +52,7 @@ HAM_DOMAIN = b"relay/ham/v1\x00"
 SIGNATURE_LEN = 64
 KEY_LEN = 32
 COUNTER_BLOCK = 256
+MAX_STATIONS = 256  # callsigns a listener binds; intros beyond are refused (a flood of keys)
 _CALLSIGN = re.compile(r"[A-Z0-9/-]{3,10}")
 
 
@@ -282,6 +283,8 @@ class HamReceiver:
         if not verify(key, signature, HAM_DOMAIN + signed):
             raise PacketError("forged", "ham packet signature does not verify")
         if peer is None:
+            if len(self._by_key) >= MAX_STATIONS:
+                raise PacketError("too_many_stations", "no room for another station here")
             peer = _Peer(key, callsign, ReplayWindow())
         return peer
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from relay.clip.wire import Ack, Offer, digest
 from relay.errors import PacketError, UsageError
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -128,8 +128,7 @@ class ClipStore:
                     gone += db.execute(
                         f'DELETE FROM "{table}" WHERE room_id = ?', (room_id,)
                     ).rowcount
-        with _disk(self.path):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        vacuum(self._conn)
         return gone
 
     # ------------------------------------------------------------------ outbox

@@ -25,7 +25,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.errors import UsageError
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class CounterStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._db = connect(path, durable=True)
+        self._db.execute("PRAGMA secure_delete=ON")  # names carry room key ids: zero them
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL)"
         )
@@ -125,7 +126,6 @@ class CounterStore:
         without ever letting a nonce come back: the floor every counter starts from is
         raised to the highest erased one first, in the same transaction. The file then
         keeps a number, not which room keys it counted for. How many rows went."""
-        self._db.execute("PRAGMA secure_delete=ON")
         gone = 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -147,7 +147,7 @@ class CounterStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise UsageError(f"cannot update send counters in {self.path}: {exc}") from None
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        vacuum(self._db)
         return gone
 
     def peek(self, name: str) -> int:

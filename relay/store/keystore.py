@@ -78,8 +78,9 @@ class KdfParams:
     lanes: int = ARGON_LANES
 
     def check(self) -> None:
-        # A hostile file must not make us allocate gigabytes or spin for hours.
-        if not (8 * self.lanes <= self.memory_kib <= 1 << 21 and 1 <= self.passes <= 16):
+        # A hostile file must not make us allocate gigabytes or spin for hours: at most
+        # 256 MiB (4x the default) and 16 passes.
+        if not (8 * self.lanes <= self.memory_kib <= 1 << 18 and 1 <= self.passes <= 16):
             raise UsageError("the identity file has impossible passphrase settings (damaged?)")
         if not 1 <= self.lanes <= 16:
             raise UsageError("the identity file has impossible passphrase settings (damaged?)")

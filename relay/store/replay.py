@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 
 
 class ReplayStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._db = connect(path, durable=False)
+        # Marks name speakers (their public keys): what is replaced or erased is zeroed.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replay (key_id TEXT NOT NULL, sender BLOB NOT NULL, "
             "highest INTEGER NOT NULL, PRIMARY KEY (key_id, sender))"
@@ -34,11 +36,10 @@ class ReplayStore:
     def forget(self, key_ids: list[str]) -> int:
         """Erase the marks (and with them the speakers' public keys) of these room keys:
         overwritten, the WAL truncated. How many rows went."""
-        self._db.execute("PRAGMA secure_delete=ON")
         gone = 0
         for key_id in key_ids:
             gone += self._db.execute("DELETE FROM replay WHERE key_id = ?", (key_id,)).rowcount
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        vacuum(self._db)
         return gone
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from relay.core.crypto import RoomKeys, random_room_key
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
 from relay.errors import UsageError
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 from relay.store.home import Home
 
 MODERATOR = "moderator"
@@ -232,9 +232,7 @@ class RoomStore:
         key_ids = self.key_ids(summary.room_id)
         with self._tx() as db:
             db.execute("DELETE FROM rooms WHERE room_id = ?", (summary.room_id,))
-        self._scrub()
-        self._db.execute("VACUUM")  # the name, ids and keys out of every free page
-        self._scrub()
+        vacuum(self._db)  # the name, ids and keys out of every free page
         return summary, key_ids
 
     def key_ids(self, room_id: bytes) -> list[str]:
@@ -358,9 +356,7 @@ class RoomStore:
                     "UPDATE room_keys SET key = ? WHERE room_id = ? AND epoch = ?",
                     (keys.seal_room_key(bytes(room_id), epoch, bytes(key)), room_id, epoch),
                 )
-        self._scrub()
-        self._db.execute("VACUUM")  # rewrite every page: no clear key left in free space
-        self._scrub()
+        vacuum(self._db)  # rewrite every page: no clear key left in free space
         return len(rows)
 
     # -- internals ------------------------------------------------------------------------
