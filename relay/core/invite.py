@@ -39,7 +39,7 @@ key alone sealed, everything else in clear) are still read, no longer made.
 
 Text form: ``relay1:`` + base64url without padding. 117 bytes + name + preset + 64 per
 moderator: for one moderator, a room "market" on SHORT_FAST is 270 characters in the clear
-(QR version 10-L) and 407 sealed whole (version 2; 14-L).
+(QR version 10-L) and 414 sealed whole (version 2; 14-L).
 
 A valid signature proves only that *some* key listed as moderator made the invite: anyone can
 make a room. Members compare the moderator fingerprint out loud, and a room already joined
