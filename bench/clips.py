@@ -27,7 +27,7 @@ from pathlib import Path
 from relay.clip.message import PIECE_OVERHEAD, choose_mode, max_piece_size
 from relay.core.identity import Identity
 from relay.core.room import Room
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.clip import ClipNode
 from relay.runtime.clock import run

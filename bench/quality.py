@@ -14,7 +14,11 @@ default), and interpolate + FEC with each candidate redundant mode. Loss: indepe
 average). DTX: conversation-like audio (samples joined by 0.5-3 s pauses), airtime with and
 without DTX, STOI on the speech parts.
 
-Run: python -m bench.quality [--quick] [--json] [--plot bench/quality.png] [--mode 1600]
+Run: python -m bench.quality [--quick] [--json] [--out bench/quality.json]
+     [--plot bench/quality.png] [--mode 1600]
+
+The results are printed and saved as JSON (``--out``) before anything is drawn: the plot needs
+matplotlib (``pip install 'relay[bench]'``), and without it the run ends with a one-line note.
 """
 
 from __future__ import annotations
@@ -416,51 +420,84 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def can_plot() -> bool:
+    """Whether matplotlib imports (it is the optional ``bench`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save(result: dict, path: Path) -> None:
+    """Write the results as JSON, first thing after measuring: minutes of work are not lost
+    to whatever fails afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def print_summary(result: dict) -> None:
+    print_table(result)
+    if "dtx" in result:
+        d = result["dtx"]["summary"]
+        print(
+            f"DTX on {d['audio_seconds']} s of conversation ({d['speech_fraction']:.0%} "
+            f"speech): airtime saved {d['airtime_saved']['mean']:.1%} "
+            f"(range {d['airtime_saved']['min']:.1%}..{d['airtime_saved']['max']:.1%}); "
+            "speech STOI continuous -> DTX: "
+            + ", ".join(
+                f"{loss}% loss {d['continuous_speech_stoi_' + loss]:.3f}"
+                f" -> {d['dtx_speech_stoi_' + loss]:.3f}"
+                for loss in (k.removeprefix("stoi_delta_") for k in d)
+                if "continuous_speech_stoi_" + loss in d
+            )
+        )
+    print(f"results: {result['results']}  ({result['seconds']} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--quick", action="store_true", help="3 files, 2 seeds, 2 DTX conversations (about 25 s)"
     )
+    ap.add_argument(
+        "--tiny", action="store_true", help="1 file, 1 seed, no loss, no DTX: a smoke run (s)"
+    )
     ap.add_argument("--mode", default="1600")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--plot", default=str(Path(__file__).resolve().parent / "quality.png"))
+    here = Path(__file__).resolve().parent
+    ap.add_argument("--out", default=str(here / "quality.json"), help="results as JSON")
+    ap.add_argument("--plot", default=str(here / "quality.png"), help="'' for no plot")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--no-dtx", action="store_true", help="skip the DTX section")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     mode = mode_by_name(args.mode)
     files = speech_files()
-    if args.quick:
+    if args.quick or args.tiny:
         files = [f for f in files if f.stem in ("hts1", "hts2", "cross")] or files[:3]
-    seeds = 2 if args.quick else args.seeds
+    if args.tiny:
+        files = files[:1]
+    seeds = 2 if args.quick else 1 if args.tiny else args.seeds
     t0 = time.perf_counter()
-    result = loss_table(mode, files, seeds, LOSSES)
-    if not args.no_dtx:
+    result = loss_table(mode, files, seeds, ("0",) if args.tiny else LOSSES)
+    if not (args.no_dtx or args.tiny):
         result["dtx"] = dtx_section(mode, speech_files(), seeds=2 if args.quick else 5)
     result["files"] = [f.name for f in files]
     result["seeds"] = seeds
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    plot(result, Path(args.plot))
-    result["plot"] = args.plot
+    drawing = bool(args.plot) and can_plot()
+    result["plot"] = args.plot if drawing else None
+    result["results"] = args.out
+    save(result, Path(args.out))
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), flush=True)
     else:
-        print_table(result)
-        if "dtx" in result:
-            d = result["dtx"]["summary"]
-            print(
-                f"DTX on {d['audio_seconds']} s of conversation ({d['speech_fraction']:.0%} "
-                f"speech): airtime saved {d['airtime_saved']['mean']:.1%} "
-                f"(range {d['airtime_saved']['min']:.1%}..{d['airtime_saved']['max']:.1%}); "
-                "speech STOI continuous -> DTX: "
-                + ", ".join(
-                    f"{loss}% loss {d['continuous_speech_stoi_' + loss]:.3f}"
-                    f" -> {d['dtx_speech_stoi_' + loss]:.3f}"
-                    for loss in (k.removeprefix("stoi_delta_") for k in d)
-                    if "continuous_speech_stoi_" + loss in d
-                )
-            )
-        print(f"plot: {args.plot}  ({result['seconds']} s)")
+        print_summary(result)
+    if drawing:
+        plot(result, Path(args.plot))
+    elif args.plot:
+        print("no plot: matplotlib is not installed (pip install 'relay[bench]')", file=sys.stderr)
     return 0
 
 

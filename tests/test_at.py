@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from relay.emulate.at import Emulator
 from relay.errors import LinkError, PeerError, UsageError
-from relay.links import at as atmod
-from relay.links.atcodec import (
+from relay.links.at import link as atmod
+from relay.links.at.codec import (
     SYNC,
     FrameDecoder,
     Junk,
@@ -23,7 +23,7 @@ from relay.links.atcodec import (
     encode_payload,
     frame,
 )
-from relay.links.atprofile import profile, profiles
+from relay.links.at.profile import profile, profiles
 from relay.links.url import open_link
 from relay.radio.lora import LoRaParams
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.errors import FramingError, UsageError
-from relay.links.ax25 import Address, UIFrame, decode_ui, encode_ui
+from relay.links.kiss.ax25 import Address, UIFrame, decode_ui, encode_ui
 
 calls = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=6)
 addresses = st.builds(Address, calls, st.integers(0, 15))

@@ -30,7 +30,7 @@ from relay.core.wire import Header, PacketType
 from relay.demo.voice import bundled_sample
 from relay.errors import UsageError
 from relay.links.base import Link
-from relay.links.sim import clear_registry, ethers
+from relay.links.sim.channel import clear_registry, ethers
 from relay.links.url import open_link
 from relay.runtime.bridge import RECV_BACKOFF_MIN, Bridge, BridgeLink, link_kind
 from relay.runtime.clock import run

@@ -22,7 +22,7 @@ from relay.clip.sender import ClipSender
 from relay.clip.wire import POLL, Ack, Offer, Piece, parse
 from relay.core.identity import Identity
 from relay.errors import UsageError
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.bridge import Bridge, BridgeLink
 from relay.runtime.clock import run

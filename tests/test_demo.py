@@ -10,7 +10,7 @@ import pytest
 from relay.core import Receiver, RoomKeys, Sender, random_room_key
 from relay.demo.voice import DemoSettings, bundled_sample, run_demo
 from relay.errors import UsageError
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.clock import run
 from relay.runtime.voice import Listener, talk

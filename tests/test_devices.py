@@ -1,13 +1,13 @@
-"""`relay devices` and the hardware catalog in relay/hw/."""
+"""`relay devices` and the hardware catalog in hw/."""
 
 import json
-from importlib import resources
 
 from click.testing import CliRunner
 
+from relay import shipped
 from relay.cli.main import cli
 from relay.links import devices
-from relay.links.atprofile import profiles
+from relay.links.at.profile import profiles
 
 
 def test_usb_ids_name_the_likely_boards() -> None:
@@ -46,7 +46,7 @@ def test_catalog_is_consistent_with_the_drivers() -> None:
 
 
 def test_hw_files_ship_with_the_package() -> None:
-    hw = resources.files("relay.hw")
+    hw = shipped.folder("hw")
     assert "ID_MM_DEVICE_IGNORE" in hw.joinpath("udev/99-relay.rules").read_text()
     assert "M0" in hw.joinpath("WIRING.md").read_text()
 

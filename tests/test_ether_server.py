@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from relay.errors import LinkError, UsageError
-from relay.links.ether_client import RemoteSimLink, open_remote
-from relay.links.ether_server import EtherServer
-from relay.links.framing import MAGIC, Data, Hello, encode
-from relay.links.sim import Ether, clear_registry, remote_address
+from relay.links.sim.channel import Ether, clear_registry, remote_address
+from relay.links.sim.client import RemoteSimLink, open_remote
+from relay.links.sim.codec import MAGIC, Data, Hello, encode
+from relay.links.sim.server import EtherServer
 from relay.links.url import open_link
 from relay.radio.profiles import preset
 

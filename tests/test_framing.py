@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import FramingError, UsageError
-from relay.links.framing import (
+from relay.links.sim.codec import (
     ETHER_TO_NODE,
     MAGIC,
     MAX_DATAGRAM,

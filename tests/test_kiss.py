@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import UsageError
-from relay.links.kiss import (
+from relay.links.kiss.codec import (
     FEND,
     FESC,
     TFEND,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.links.kiss_link import KissLink
+from relay.links.kiss.link import KissLink
 from relay.links.url import open_link
 
 DIREWOLF = shutil.which("direwolf")

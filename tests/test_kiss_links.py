@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from relay.errors import LinkError, UsageError
-from relay.links.kiss import Command, Decoder, Frame, command_frame, data_frame
-from relay.links.kiss_link import KissLink
+from relay.links.kiss.codec import Command, Decoder, Frame, command_frame, data_frame
+from relay.links.kiss.link import KissLink
 from relay.links.url import open_link
 
 PKT = [bytes([i]) * 40 for i in range(1, 60)]  # relay-sized datagrams, easy to tell apart
@@ -146,7 +146,7 @@ def test_tcp_garbage_is_skipped_and_counted() -> None:
 
 def test_ax25_link_drops_frames_that_are_not_ui() -> None:
     async def main() -> None:
-        from relay.links.ax25 import Address, encode_ui
+        from relay.links.kiss.ax25 import Address, encode_ui
 
         tnc = FakeTnc()
         await tnc.start()
@@ -427,8 +427,8 @@ def test_tcp_restart_under_a_continuous_stream() -> None:
 
 
 def test_a_driver_surprise_on_open_is_a_link_error_not_a_hang() -> None:
-    from relay.links.kiss_link import Transport
-    from relay.links.kiss_options import parse_options
+    from relay.links.kiss.link import Transport
+    from relay.links.kiss.options import parse_options
 
     class Broken(Transport):
         name = "broken"

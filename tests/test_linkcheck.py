@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from relay.cli.main import cli
 from relay.emulate.at import Emulator
-from relay.links import at as atmod
-from relay.links.atprofile import profile
-from relay.links.sim import clear_registry
+from relay.links.at import link as atmod
+from relay.links.at.profile import profile
+from relay.links.sim.channel import clear_registry
 from relay.radio.lora import LoRaParams
 from relay.runtime.linkcheck import check, classify, percentile, probe
 

@@ -24,7 +24,7 @@ from relay.core.identity import Identity
 from relay.core.room import Room, RoomEvent, Voice
 from relay.core.wire import PacketType, split
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.clock import run
 from relay.runtime.room import LivePackets, RoomNode

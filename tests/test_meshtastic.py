@@ -32,7 +32,7 @@ from relay.emulate.meshtastic import EmulatorThread
 from relay.emulate.meshtastic_air import Identity, decode_air, encode_air
 from relay.emulate.meshtastic_stream import StreamDecoder, frame
 from relay.errors import LinkError, UsageError
-from relay.links.meshtastic import MeshtasticLink, parse_url
+from relay.links.meshtastic.link import MeshtasticLink, parse_url
 from relay.links.url import open_link
 from relay.radio.profiles import preset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -52,3 +53,18 @@ def test_a_tiny_table_over_the_real_path():
     assert 0.8 < lossless < 0.95
     assert table["silence"]["10"]["stoi"] < lossless
     assert result["bytes_per_second"]["interp+fec700C"] > result["bytes_per_second"]["plain"]
+
+
+def test_results_are_saved_and_printed_when_matplotlib_is_missing(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    assert quality.main(["--tiny", "--out", str(out), "--plot", str(png)]) == 0
+    saved = json.loads(out.read_text())
+    assert 0.8 < saved["table"]["interpolate"]["0"]["stoi"] < 0.95
+    assert saved["plot"] is None and not png.exists()
+    printed = capsys.readouterr()
+    assert "interpolate" in printed.out and str(out) in printed.out
+    note = "no plot: matplotlib is not installed (pip install 'relay[bench]')"
+    assert printed.err.strip() == note

@@ -166,8 +166,8 @@ def test_room_over_meshtastic(tmp_path: Path, listener: str) -> None:
 @pytest.mark.parametrize("name", ["rak3172", "e22"])
 def test_room_over_at_modules(tmp_path: Path, name: str) -> None:
     from relay.emulate.at import Emulator
-    from relay.links import at as atmod
-    from relay.links.atprofile import profile
+    from relay.links.at import link as atmod
+    from relay.links.at.profile import profile
     from relay.radio.lora import LoRaParams
 
     p = profile(name)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import DutyCycleExceeded, LinkError, UsageError
-from relay.links.sim import (
+from relay.links.sim.channel import (
     _KEYS,
     Ether,
     GilbertElliott,
@@ -494,7 +494,7 @@ def test_parse_url_only_ever_raises_usage_error(pairs: list[tuple[str, str]]) ->
 
 
 def test_listen_before_talk_avoids_a_collision() -> None:
-    from relay.links.sim import Ether
+    from relay.links.sim.channel import Ether
     from relay.radio.profiles import preset
     from relay.runtime.clock import run
 
@@ -518,7 +518,7 @@ def test_listen_before_talk_avoids_a_collision() -> None:
 
 
 def test_lbt_url_option() -> None:
-    from relay.links.sim import parse_url
+    from relay.links.sim.channel import parse_url
 
     assert parse_url("sim://x?lbt=on")[1]["lbt"] is True
     with pytest.raises(UsageError, match="lbt"):

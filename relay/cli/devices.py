@@ -15,7 +15,7 @@ def devices_cmd(as_json: bool) -> None:
     """List serial ports with their USB ids and the likely radio behind each.
 
     A USB id names the USB-serial chip (CP2102, CH340...), not the board, so each port gets
-    a ranked list of guesses from relay's catalog (relay/hw/devices.toml) with the link URL
+    a ranked list of guesses from relay's catalog (hw/devices.toml) with the link URL
     to try. `relay link check URL URL` then tells whether it works.
     """
     ports = list_devices()
@@ -32,4 +32,4 @@ def devices_cmd(as_json: bool) -> None:
         for guess in port.guesses:
             click.echo(f"    maybe {guess.device}" + (f": {guess.url}" if guess.url else ""))
         if not port.guesses:
-            click.echo("    not in relay's catalog (relay/hw/devices.toml)")
+            click.echo("    not in relay's catalog (hw/devices.toml)")

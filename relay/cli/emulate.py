@@ -8,18 +8,15 @@ nothing else changes. Emulators run until Ctrl-C (or ``--duration``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
-import logging
-import signal
-import sys
 
 import click
 
+from relay.cli.foreground import log_to_stderr, run_until_stopped
 from relay.errors import UsageError
 
 # name -> "module:attribute" of a click command living in another file.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"at": "relay.cli.emulate_at:at_cmd"}
 
 
 class _EmulateGroup(click.Group):
@@ -43,26 +40,6 @@ def emulate_group() -> None:
     links without hardware: the emulated radios share one simulated LoRa channel with real
     airtime, loss and collisions.
     """
-
-
-async def run_until_stopped(duration: float | None) -> None:
-    """Wait for Ctrl-C / SIGTERM, or ``duration`` seconds."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), duration)
-
-
-def log_to_stderr(name: str, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("relay emulate: %(message)s"))
-    log = logging.getLogger(name)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO if verbose else logging.WARNING)
-    log.propagate = False
 
 
 @emulate_group.command("meshtastic")
@@ -141,8 +118,3 @@ def meshtastic_cmd(
         asyncio.run(serve())
     except OSError as exc:
         raise UsageError(f"cannot serve the emulated nodes: {exc}") from None
-
-
-from relay.cli.emulate_at import at_cmd  # noqa: E402 - the AT subcommand lives in its own file
-
-emulate_group.add_command(at_cmd)

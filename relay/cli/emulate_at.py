@@ -11,7 +11,7 @@ from relay.errors import UsageError
 
 @click.command("at")
 @click.option("--profile", "profile_name", required=True, help="rylr998, rylr896, rak3172, "
-              "wio-e5, e22 or e220 (relay/firmware_profiles/at.toml).")  # fmt: skip
+              "wio-e5, e22 or e220 (firmware_profiles/at.toml).")  # fmt: skip
 @click.option("--pty", "use_pty", is_flag=True, help="Serve each module on a pseudo-terminal "
               "(the only transport: real modules are serial devices).")  # fmt: skip
 @click.option("--count", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -41,9 +41,9 @@ def at_cmd(
       relay emulate at --profile e22 --pty --link /tmp/e22-
     then: relay link check URL0 URL1 with two of the printed URLs
     """
-    from relay.cli.emulate import log_to_stderr, run_until_stopped
+    from relay.cli.foreground import log_to_stderr, run_until_stopped
     from relay.emulate.at import Emulator
-    from relay.links.atprofile import profile as at_profile
+    from relay.links.at.profile import profile as at_profile
     from relay.radio.lora import LoRaParams
     from relay.radio.profiles import preset as meshtastic_preset
 

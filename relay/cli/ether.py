@@ -11,8 +11,8 @@ import sys
 import click
 
 from relay.cli.options import radio_options, resolve_radio
-from relay.links.ether_server import DEFAULT_HOST, DEFAULT_PORT, EtherServer
-from relay.links.sim import DUTY_POLICIES, Ether
+from relay.links.sim.channel import DUTY_POLICIES, Ether
+from relay.links.sim.server import DEFAULT_HOST, DEFAULT_PORT, EtherServer
 
 
 @click.command("ether")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from relay.links.base import Link
-from relay.links.sim import remote_address
+from relay.links.sim.channel import remote_address
 from relay.links.url import open_link
 from relay.runtime.clock import run
 from relay.runtime.linkcheck import CheckReport, check
@@ -54,7 +54,7 @@ def _in_process(url: str) -> bool:
 
 async def _open(url: str) -> Link:
     if remote_address(url) is not None:
-        from relay.links.ether_client import open_remote
+        from relay.links.sim.client import open_remote
 
         return await open_remote(url)
     return open_link(url)

@@ -26,7 +26,7 @@ from relay.core.room import Room
 from relay.core.wire import FEC_PAIRS, ControlKind
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
 from relay.errors import UsageError
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run
 from relay.runtime.room import RoomNode

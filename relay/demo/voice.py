@@ -21,7 +21,7 @@ import numpy as np
 from relay.core import Receiver, RoomKeys, Sender, random_room_key
 from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
 from relay.errors import UsageError
-from relay.links.sim import Ether
+from relay.links.sim.channel import Ether
 from relay.plan import evaluate, fec_advised, fec_cost, plan
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run

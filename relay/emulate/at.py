@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.emulate.pty import PtyPort
-from relay.links.atcodec import decode_payload
-from relay.links.atprofile import ATProfile
-from relay.links.sim import Ether, SimLink
+from relay.links.at.codec import decode_payload
+from relay.links.at.profile import ATProfile
+from relay.links.sim.channel import Ether, SimLink
 from relay.radio.lora import LoRaParams
 from relay.radio.profiles import RadioProfile
 

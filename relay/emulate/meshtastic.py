@@ -37,7 +37,7 @@ from relay.emulate.meshtastic_air import (
 from relay.emulate.meshtastic_stream import STALE, StreamCounters, StreamDecoder, frame
 from relay.emulate.pty import PtyPort
 from relay.errors import UsageError
-from relay.links.sim import Ether, SimLink
+from relay.links.sim.channel import Ether, SimLink
 from relay.radio.profiles import preset as lookup_preset
 
 log = logging.getLogger(__name__)

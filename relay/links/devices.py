@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import tomllib
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from typing import Any
+
+from relay import shipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +51,8 @@ class Port:
 
 @functools.cache
 def catalog() -> dict[str, Any]:
-    """The parsed ``relay/hw/devices.toml``."""
-    text = resources.files("relay.hw").joinpath("devices.toml").read_text("utf-8")
+    """The parsed ``hw/devices.toml``."""
+    text = shipped.read_text("hw", "devices.toml")
     return tomllib.loads(text)
 
 

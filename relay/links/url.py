@@ -13,12 +13,12 @@ from relay.errors import UsageError
 from relay.links.base import Link
 
 SCHEMES: dict[str, str] = {
-    "sim": "relay.links.sim",
-    "at": "relay.links.at",
-    "meshtastic": "relay.links.meshtastic",
-    "meshtastic+tcp": "relay.links.meshtastic",
-    "kiss": "relay.links.kiss_serial",
-    "kiss+tcp": "relay.links.kiss_tcp",
+    "sim": "relay.links.sim.url",
+    "at": "relay.links.at.link",
+    "meshtastic": "relay.links.meshtastic.link",
+    "meshtastic+tcp": "relay.links.meshtastic.link",
+    "kiss": "relay.links.kiss.serial",
+    "kiss+tcp": "relay.links.kiss.tcp",
     "mqtt": "relay.links.mqtt",
     "mqtts": "relay.links.mqtt",
 }

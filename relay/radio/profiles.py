@@ -1,7 +1,7 @@
 """Radio profiles: a LoRa setting plus what the firmware around it costs.
 
 The numbers (Meshtastic presets, MTUs, header overheads, regional duty cycles) are data in
-``relay/firmware_profiles/*.toml``; this module only loads and validates them, so a new
+``firmware_profiles/*.toml``; this module only loads and validates them, so a new
 firmware or region is a TOML edit, not a code change.
 """
 
@@ -11,13 +11,11 @@ import dataclasses
 import functools
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from relay import shipped
 from relay.errors import UsageError
 from relay.radio.lora import MAX_PAYLOAD, LoRaParams
-
-_PACKAGE = "relay.firmware_profiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +61,7 @@ class Region:
 
 @functools.cache
 def _load(filename: str) -> dict[str, Any]:
-    text = resources.files(_PACKAGE).joinpath(filename).read_text(encoding="utf-8")
+    text = shipped.read_text("firmware_profiles", filename)
     return tomllib.loads(text)
 
 

@@ -30,7 +30,7 @@ from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.demo.voice import choose_frames_per_packet
 from relay.errors import LinkError, UsageError
 from relay.links.base import Link
-from relay.links.sim import remote_address
+from relay.links.sim.channel import remote_address
 from relay.links.url import open_link
 from relay.radio.profiles import RadioProfile, preset
 from relay.runtime.room import EventHook, RoomNode
@@ -47,7 +47,7 @@ CLOSE_TIMEOUT = 2.0
 async def open_link_async(url: str) -> Link:
     """Open ``url`` from inside a running loop (an ether in another process without blocking)."""
     if remote_address(url) is not None:
-        from relay.links.ether_client import open_remote
+        from relay.links.sim.client import open_remote
 
         return await open_remote(url)
     return open_link(url)

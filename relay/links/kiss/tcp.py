@@ -1,7 +1,7 @@
 """``kiss+tcp://HOST:PORT``: a KISS TNC behind a TCP socket (direwolf's KISSPORT, 8001).
 
 Example: ``kiss+tcp://127.0.0.1:8001?callsign=N0CALL-1&txdelay=100``; the options are in
-:mod:`relay.links.kiss_options`. TCP keepalive is on, so a TNC host that vanishes without
+:mod:`relay.links.kiss.options`. TCP keepalive is on, so a TNC host that vanishes without
 closing the connection is noticed too.
 """
 
@@ -13,8 +13,8 @@ import socket
 from urllib.parse import urlsplit
 
 from relay.errors import UsageError
-from relay.links.kiss_link import KissLink, Transport
-from relay.links.kiss_options import COMMON_KEYS, parse_options, query
+from relay.links.kiss.link import KissLink, Transport
+from relay.links.kiss.options import COMMON_KEYS, parse_options, query
 
 DEFAULT_PORT = 8001  # direwolf's KISSPORT
 CONNECT_TIMEOUT = 3.0

@@ -12,9 +12,9 @@ import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
+from relay import shipped
 from relay.errors import UsageError
 from relay.radio.lora import MAX_PAYLOAD, LoRaParams
 
@@ -272,7 +272,7 @@ def build(name: str, raw: dict[str, Any]) -> ATProfile:
 @functools.cache
 def profiles() -> dict[str, ATProfile]:
     """Every AT profile shipped in ``firmware_profiles/at.toml``, by name."""
-    text = resources.files("relay.firmware_profiles").joinpath("at.toml").read_text("utf-8")
+    text = shipped.read_text("firmware_profiles", "at.toml")
     doc = tomllib.loads(text)
     return {name: build(name, raw) for name, raw in doc.get("profiles", {}).items()}
 

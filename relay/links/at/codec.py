@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from relay.errors import FramingError, UsageError
-from relay.links.atprofile import FRAME_OVERHEAD, ATProfile
+from relay.links.at.profile import FRAME_OVERHEAD, ATProfile
 
 SYNC = b"\xc5\x3a"
 DEFAULT_MAX_LINE = 1024

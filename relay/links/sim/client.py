@@ -1,7 +1,7 @@
 """A radio node on a shared ether in another process: ``sim://127.0.0.1:7300``.
 
 :class:`RemoteSimLink` is a :class:`~relay.links.base.Link` whose channel is hosted by
-``relay ether`` (:mod:`relay.links.ether_server`). It behaves like an in-process
+``relay ether`` (:mod:`relay.links.sim.server`). It behaves like an in-process
 :class:`~relay.links.sim.SimLink`: the MTU and ``airtime()`` come from the ether's WELCOME,
 ``send`` returns once the ether has queued the datagram (waiting while the node's transmit
 queue is full, raising what the ether raised: UsageError, DutyCycleExceeded, LinkError),
@@ -31,7 +31,8 @@ from collections import deque
 
 from relay.errors import DutyCycleExceeded, FramingError, LinkError, UsageError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
-from relay.links.framing import (
+from relay.links.sim.channel import GilbertElliott, LossModel, parse_url, remote_address
+from relay.links.sim.codec import (
     ETHER_TO_NODE,
     PROTOCOL_VERSION,
     Ack,
@@ -48,7 +49,6 @@ from relay.links.framing import (
     Welcome,
     encode,
 )
-from relay.links.sim import GilbertElliott, LossModel, parse_url, remote_address
 
 CONNECT_TIMEOUT = 3.0
 _READ_SIZE = 4096

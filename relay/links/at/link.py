@@ -29,13 +29,13 @@ from collections import deque
 from urllib.parse import parse_qsl, urlsplit
 
 from relay.errors import LinkError, UsageError
-from relay.links.atcodec import Event, FrameDecoder, Junk, Line, LineParser, Packet, frame
-from relay.links.atcodec import encode_payload as _encode
-from relay.links.atprofile import ATProfile, Settings
-from relay.links.atprofile import profile as _profile
+from relay.links.at.codec import Event, FrameDecoder, Junk, Line, LineParser, Packet, frame
+from relay.links.at.codec import encode_payload as _encode
+from relay.links.at.profile import ATProfile, Settings
+from relay.links.at.profile import profile as _profile
 from relay.links.base import Datagram, Inbox, Link, LinkStats
 
-log = logging.getLogger("relay.links.at")
+log = logging.getLogger("relay.links.at.link")
 
 DEFAULT_QUEUE = 32
 RX_QUEUE = 256
@@ -528,7 +528,7 @@ def parse_url(url: str) -> tuple[str, ATProfile, Settings, dict[str, int]]:
             raise UsageError(f"at:// option {key!r} given twice")
         raw[key] = value.strip()
     if not raw.get("profile"):
-        from relay.links.atprofile import profiles
+        from relay.links.at.profile import profiles
 
         raise UsageError(f"at:// needs ?profile=NAME (known: {', '.join(profiles())})")
     prof = _profile(raw.pop("profile"))

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from relay.errors import UsageError
-from relay.links import ax25
-from relay.links.kiss import Command
-from relay.links.kiss_profile import Modem, kiss_profile
+from relay.links.kiss import ax25
+from relay.links.kiss.codec import Command
+from relay.links.kiss.profile import Modem, kiss_profile
 
 COMMON_KEYS = (
     "port",

@@ -35,7 +35,7 @@ from typing import Any
 
 from relay.errors import LinkError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
-from relay.links.meshtastic_url import MTU, MeshtasticOptions, library, parse_url
+from relay.links.meshtastic.url import MTU, MeshtasticOptions, library, parse_url
 from relay.links.threads import Worker, in_thread
 from relay.radio.profiles import RadioProfile, firmware_default, preset
 

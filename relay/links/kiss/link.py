@@ -1,6 +1,6 @@
 """A Link to a KISS TNC over any byte stream, surviving the stream going away.
 
-The transports (:mod:`relay.links.kiss_tcp`, :mod:`relay.links.kiss_serial`) only open, read,
+The transports (:mod:`relay.links.kiss.tcp`, :mod:`relay.links.kiss.serial`) only open, read,
 write and close bytes; everything else is here, once:
 
 * **Connect.** The first ``send``/``recv``/``connect`` opens the stream; if the TNC cannot be
@@ -29,11 +29,11 @@ import asyncio
 import logging
 
 from relay.errors import FramingError, LinkError, UsageError
-from relay.links import ax25
 from relay.links.base import Datagram
-from relay.links.kiss import Command, Decoder, command_frame, data_frame
-from relay.links.kiss_options import KissOptions
-from relay.links.kiss_profile import kiss_profile
+from relay.links.kiss import ax25
+from relay.links.kiss.codec import Command, Decoder, command_frame, data_frame
+from relay.links.kiss.options import KissOptions
+from relay.links.kiss.profile import kiss_profile
 from relay.links.stream import ReconnectingLink
 
 log = logging.getLogger(__name__)

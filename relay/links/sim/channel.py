@@ -750,13 +750,9 @@ def open_url(url: str) -> Link:
     naming a channel that exists joins it; it may repeat the channel's options but not
     contradict them.
 
-    ``sim://HOST:PORT?node=alice`` (a port) joins the channel served by ``relay ether`` in
-    another process instead: see :mod:`relay.links.ether_client`.
+    ``sim://HOST:PORT`` (a port) names a channel in another process: :mod:`relay.links.sim.url`
+    sends those to :mod:`relay.links.sim.client` instead.
     """
-    if remote_address(url) is not None:
-        from relay.links.ether_client import open_url as open_remote_url
-
-        return open_remote_url(url)
     name, opts, node = parse_url(url)
     ether = _ETHERS.get(name)
     if ether is None:

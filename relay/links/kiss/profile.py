@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from relay import shipped
 from relay.errors import UsageError
 
 
@@ -28,7 +28,7 @@ class Modem:
 
 @dataclass(frozen=True, slots=True)
 class KissProfile:
-    """TNC facts shared by every KISS link (see ``relay/firmware_profiles/kiss.toml``)."""
+    """TNC facts shared by every KISS link (see ``firmware_profiles/kiss.toml``)."""
 
     mtu: int
     min_frame: int
@@ -55,7 +55,7 @@ class KissProfile:
 @functools.cache
 def kiss_profile() -> KissProfile:
     """The profile shipped with the package."""
-    text = resources.files("relay.firmware_profiles").joinpath("kiss.toml").read_text("utf-8")
+    text = shipped.read_text("firmware_profiles", "kiss.toml")
     doc: dict[str, Any] = tomllib.loads(text)
     modems = {
         str(name): Modem(

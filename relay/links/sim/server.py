@@ -2,7 +2,7 @@
 
 :class:`EtherServer` hosts one :class:`relay.links.sim.Ether` on the real-time event loop and
 lets radio nodes in other processes (terminals, test harnesses) join it over TCP. Every
-connection is one node: after the HELLO/WELCOME handshake (:mod:`relay.links.framing`) the
+connection is one node: after the HELLO/WELCOME handshake (:mod:`relay.links.sim.codec`) the
 server attaches a :class:`~relay.links.sim.SimLink` for it and pumps frames both ways:
 
 * DATA from the node -> ``link.send()``, answered by ACK (or NACK with the reason) once the
@@ -26,7 +26,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 from relay.errors import DutyCycleExceeded, FramingError, LinkError, UsageError
-from relay.links.framing import (
+from relay.links.sim.channel import Ether, GilbertElliott, SimLink
+from relay.links.sim.codec import (
     NODE_TO_ETHER,
     PROTOCOL_VERSION,
     Ack,
@@ -43,7 +44,6 @@ from relay.links.framing import (
     Welcome,
     encode,
 )
-from relay.links.sim import Ether, GilbertElliott, SimLink
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7300

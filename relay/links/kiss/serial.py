@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from relay.errors import UsageError
-from relay.links.kiss_link import KissLink, Transport
-from relay.links.kiss_options import COMMON_KEYS, parse_options, query
+from relay.links.kiss.link import KissLink, Transport
+from relay.links.kiss.options import COMMON_KEYS, parse_options, query
 
 DEFAULT_BAUD = 9600
 _POLL_S = 0.05  # how long the reader thread blocks before looking at the stop flag
