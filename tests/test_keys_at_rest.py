@@ -19,7 +19,7 @@ from relay.core.invite import decode_invite, encode_invite
 from relay.errors import UsageError
 from relay.store import keystore
 from relay.store.home import Home
-from relay.store.rooms import RoomStore
+from relay.store.rooms import RoomStore, set_home_passphrase
 
 PASS = "tests: a passphrase"
 
@@ -126,7 +126,7 @@ def test_a_home_from_an_older_relay_keeps_working_and_moves_to_the_locked_format
         info = rooms.create("market", "SHORT_FAST", "1600", me)
     assert notes and "relay id passphrase" in notes[0]
     assert info.key in raw_bytes(tmp_path)  # the old format, as it was
-    old.set_passphrase(PASS)
+    set_home_passphrase(old, PASS)
     locked = Home(tmp_path, passphrase=lambda: PASS)
     assert locked.identity().public == me.public
     with RoomStore(locked) as rooms:

@@ -136,10 +136,12 @@ def passphrase_cmd(home, new_passphrase_file, remove) -> None:
       relay id passphrase --new-passphrase-file new.txt    a script
       relay id passphrase --remove                         keys in clear (gateways)
     """
+    from relay.store.rooms import set_home_passphrase
+
     h = resolve_home(home)
     h.unlock()
     if remove:
-        h.set_passphrase(None)
+        set_home_passphrase(h, None)
         click.echo(f"relay: warning: your keys are now stored UNENCRYPTED in {h.path}", err=True)
         return
     new = new_passphrase(
@@ -147,7 +149,7 @@ def passphrase_cmd(home, new_passphrase_file, remove) -> None:
         "passphrase",
         f"use --new-passphrase-file FILE or set {NEW_ENV}",
     )
-    h.set_passphrase(new)
+    set_home_passphrase(h, new)
     click.echo(f"your keys in {h.path} are locked with the new passphrase")
 
 

@@ -183,8 +183,9 @@ class Home:
     def set_passphrase(self, passphrase: str | None) -> Keys:
         """Lock the keys under a new passphrase (None: store them unprotected).
 
-        A home in the old format gets a data key and its room keys are sealed under it (in
-        rooms.db, the clear copies overwritten). A duress passphrase already set is kept.
+        A home in the old format gets a data key; ``relay.store.rooms.set_home_passphrase``
+        also seals its room keys under it (the clear copies overwritten). A duress
+        passphrase already set is kept.
         """
         keys = self.unlock()
         if passphrase is not None:
@@ -196,15 +197,10 @@ class Home:
         data_key = keys.data_key or keystore.new_data_key()
         blob = keystore.pack(keys.identity, data_key, passphrase, duress=duress)
         # A crash after this write leaves clear room keys beside a data key: still readable,
-        # and sealed by the next run of this command.
+        # and sealed by the next run of `relay id passphrase`.
         self._write_private(self.identity_path, blob, replace=True)
         self._keys = Keys(keys.identity, data_key, protected=passphrase is not None)
         self._secret = passphrase
-        if self.rooms_db.exists():
-            from relay.store.rooms import RoomStore
-
-            with RoomStore(self) as rooms:
-                rooms.seal_clear_keys()
         return self._keys
 
     def set_duress(self, duress: str | None) -> None:

@@ -487,6 +487,16 @@ def _note_key_id(db: sqlite3.Connection, room_id: bytes, key: bytes) -> None:
     )
 
 
+def set_home_passphrase(home: Home, passphrase: str | None) -> int:
+    """Lock the home's keys under ``passphrase`` (None: unprotected), and seal under the data
+    key any room key still in clear (a home from an older relay); how many were sealed."""
+    home.set_passphrase(passphrase)
+    if not home.rooms_db.exists():
+        return 0
+    with RoomStore(home) as rooms:
+        return rooms.seal_clear_keys()
+
+
 def erase_room(home: Home, ref: str) -> RoomSummary:
     """Leave a room and erase everything of it from the home: its keys, moderators and
     roster (rooms.db), the replay marks and with them the speakers' public keys
