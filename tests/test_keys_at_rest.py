@@ -205,3 +205,29 @@ def test_id_passphrase_locks_an_unlocked_home_and_changes_it(tmp_path):
     )
     h = Home(home, passphrase=lambda: "second")
     assert_nothing_in_clear(Path(home), secrets_of(h))
+
+
+def test_voice_messages_are_sealed_at_rest(tmp_path):
+    """The speech of the outbox, of received pieces and of the inbox is not in the file;
+    it reads back whole, and a blob moved to another row does not open."""
+    from relay.clip.wire import Offer
+    from relay.runtime.clip import clip_store
+
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    home.init_identity(passphrase=PASS)
+    room, sender = os.urandom(8), os.urandom(32)
+    speech = [os.urandom(40) for _ in range(3)]
+    offers = [Offer(os.urandom(4), 2, 10, 40, 20, 1) for _ in range(3)]
+    with clip_store(home) as clips:
+        clips.add_outgoing(room, offers[0], speech[0])
+        clips.save_piece(room, sender, offers[1].msg_id, 0, speech[1][:20])
+        clips.complete(room, sender, offers[2], speech[2])
+        raw = raw_bytes(tmp_path)
+        for s in (speech[0], speech[1][:20], speech[2]):
+            assert s not in raw and s[:16] not in raw
+        assert clips.outgoing(room, offers[0].msg_id).data == speech[0]
+        assert clips.partials(room)[0][3] == {0: speech[1][:20]}
+        assert clips.inbox(room)[0].data == speech[2]
+        clips._conn.execute("UPDATE inbox SET room_id = ?", (os.urandom(8),))
+        with pytest.raises(UsageError, match="does not open"):
+            clips.inbox()

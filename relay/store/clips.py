@@ -10,6 +10,10 @@ Every step of a transfer is committed (``synchronous=FULL``) before it is acted 
   to ``inbox`` in one transaction, unique by (room, sender, message id), so nothing is ever
   stored or shown twice, and its pieces go away in the same transaction.
 
+The speech itself (outbox streams, received pieces, inbox messages) is sealed under the
+home's data key when the store is given a sealer (``clip_store(home)`` does): a seized,
+locked device holds the records (who, when, how long) but not what was said.
+
 A full disk (``database or disk is full``) becomes one clear :class:`UsageError`.
 """
 
@@ -25,6 +29,7 @@ from pathlib import Path
 from relay.clip.wire import Ack, Offer, digest
 from relay.errors import PacketError, UsageError
 from relay.store.db import connect, vacuum
+from relay.store.keystore import Sealer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -87,8 +92,9 @@ def _disk(path: Path) -> Iterator[None]:
 class ClipStore:
     """The outbox and inbox of one home (``clips.db``, 0600, WAL, fsync on commit)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, sealer: Sealer | None = None) -> None:
         self.path = Path(path)
+        self._sealer = sealer
         self._conn = connect(self.path)
         # What is erased (a delivered message's speech) is overwritten, not just unlinked.
         self._conn.execute("PRAGMA secure_delete=ON")
@@ -131,6 +137,13 @@ class ClipStore:
         vacuum(self._conn)
         return gone
 
+    def _seal(self, data: bytes, *where: bytes) -> bytes:
+        return data if self._sealer is None else self._sealer.seal(data, b"|".join(where))
+
+    def _open(self, blob: bytes, *where: bytes) -> bytes:
+        blob = bytes(blob)
+        return blob if self._sealer is None else self._sealer.open(blob, b"|".join(where))
+
     # ------------------------------------------------------------------ outbox
     def add_outgoing(self, room_id: bytes, offer: Offer, data: bytes) -> OutgoingClip:
         """Store a new message before any of it is sent."""
@@ -139,7 +152,14 @@ class ClipStore:
             c.execute(
                 "INSERT INTO outbox (room_id, msg_id, offer, data, data_digest, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (room_id, offer.msg_id, offer.pack(), data, digest(data), now),
+                (
+                    room_id,
+                    offer.msg_id,
+                    offer.pack(),
+                    self._seal(data, b"out", room_id, offer.msg_id),
+                    digest(data),
+                    now,
+                ),
             )
         return OutgoingClip(room_id, offer, data, now, "sending", {})
 
@@ -168,7 +188,8 @@ class ClipStore:
                     (room_id, msg_id),
                 )
             }
-        return OutgoingClip(room_id, Offer.parse(row[0]), row[1], row[2], row[3], acks)
+        data = self._open(row[1], b"out", room_id, msg_id)
+        return OutgoingClip(room_id, Offer.parse(row[0]), data, row[2], row[3], acks)
 
     def pending(self, room_id: bytes) -> list[OutgoingClip]:
         """Messages still being delivered, oldest first."""
@@ -219,7 +240,13 @@ class ClipStore:
             c.execute(
                 "INSERT OR IGNORE INTO inbox_pieces (room_id, sender, msg_id, idx, data) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (room_id, sender, msg_id, index, data),
+                (
+                    room_id,
+                    sender,
+                    msg_id,
+                    index,
+                    self._seal(data, b"piece", room_id, sender, msg_id, b"%d" % index),
+                ),
             )
 
     def drop_partial(self, room_id: bytes, sender: bytes, msg_id: bytes) -> None:
@@ -240,7 +267,15 @@ class ClipStore:
                 "INSERT OR IGNORE INTO inbox "
                 "(room_id, sender, msg_id, offer, data, received, sender_name) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (room_id, sender, offer.msg_id, offer.pack(), data, time.time(), sender_name),
+                (
+                    room_id,
+                    sender,
+                    offer.msg_id,
+                    offer.pack(),
+                    self._seal(data, b"in", room_id, sender, offer.msg_id),
+                    time.time(),
+                    sender_name,
+                ),
             )
             for table in ("inbox_pieces", "inbox_offers"):
                 c.execute(
@@ -260,7 +295,8 @@ class ClipStore:
             for sender, msg_id, idx, data in self._conn.execute(
                 "SELECT sender, msg_id, idx, data FROM inbox_pieces WHERE room_id = ?", (room_id,)
             ):
-                out.setdefault((sender, msg_id), (None, {}))[1][idx] = data
+                piece = self._open(data, b"piece", room_id, sender, msg_id, b"%d" % idx)
+                out.setdefault((sender, msg_id), (None, {}))[1][idx] = piece
         return [(s, m, o, p) for (s, m), (o, p) in out.items()]
 
     def inbox(self, room_id: bytes | None = None) -> list[InboxClip]:
@@ -276,8 +312,9 @@ class ClipStore:
         with _disk(self.path):
             rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         out = []
-        for room, sender, raw, data, received, name in rows:
+        for room, sender, raw, blob, received, name in rows:
             offer = Offer.parse(raw)
+            data = self._open(blob, b"in", room, sender, offer.msg_id)
             out.append(InboxClip(offer.msg_id.hex(), room, sender, offer, data, received, name))
         return out
 

@@ -115,6 +115,10 @@ class Keys:
         nonce = os.urandom(NONCE_LEN)
         return nonce + AESGCM(self.data_key).encrypt(nonce, key, _room_ad(room_id, epoch))
 
+    def sealer(self, label: bytes) -> Sealer | None:
+        """A :class:`Sealer` for one kind of blob; None for a home in the old format."""
+        return None if self.data_key is None else Sealer(self.data_key, label)
+
     def open_room_key(self, room_id: bytes, epoch: int, stored: bytes) -> bytes:
         if len(stored) == ROOM_KEY_LEN:
             return stored  # old format, or a home being moved to the new one
@@ -127,6 +131,46 @@ class Keys:
         except InvalidTag:
             raise UsageError(
                 "a room key in rooms.db does not open with this identity's data key (was the "
+                "identity replaced, or the file damaged?)"
+            ) from None
+
+
+class Sealer:
+    """Seals blobs at rest (voice-message speech) under a key derived from the data key.
+
+    Stored form: MAGIC + 12-byte nonce + AES-256-GCM ciphertext and tag; ``ad`` binds each
+    blob to its place (room, message, piece), so blobs cannot be swapped between rows."""
+
+    MAGIC = b"rlys"
+    OVERHEAD = len(MAGIC) + NONCE_LEN + TAG_LEN
+
+    def __init__(self, data_key: bytes, label: bytes) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        key = HKDF(hashes.SHA256(), 32, salt=b"relay/at-rest/v1", info=label).derive(data_key)
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "Sealer()"
+
+    def seal(self, data: bytes, ad: bytes) -> bytes:
+        if not data:
+            return data  # an erased blob stays empty
+        nonce = os.urandom(NONCE_LEN)
+        return self.MAGIC + nonce + self._aead.encrypt(nonce, bytes(data), ad)
+
+    def open(self, blob: bytes, ad: bytes) -> bytes:
+        """The data; a blob stored before sealing existed is returned as it is."""
+        blob = bytes(blob)
+        if not blob.startswith(self.MAGIC) or len(blob) < self.OVERHEAD:
+            return blob
+        nonce = blob[len(self.MAGIC) : len(self.MAGIC) + NONCE_LEN]
+        try:
+            return self._aead.decrypt(nonce, blob[len(self.MAGIC) + NONCE_LEN :], ad)
+        except InvalidTag:
+            raise UsageError(
+                "a stored voice message does not open with this identity's data key (was the "
                 "identity replaced, or the file damaged?)"
             ) from None
 
