@@ -231,3 +231,27 @@ def test_voice_messages_are_sealed_at_rest(tmp_path):
         clips._conn.execute("UPDATE inbox SET room_id = ?", (os.urandom(8),))
         with pytest.raises(UsageError, match="does not open"):
             clips.inbox()
+
+
+def test_replay_marks_do_not_name_the_speakers_at_rest(tmp_path):
+    """Whom the owner heard, in which room: neither the speaker's key nor the room key's id
+    is in the file; marks read back, and an older relay's clear marks are still honoured."""
+    from relay.store.replay import REPLAY_LABEL, ReplayStore
+
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    home.init_identity(passphrase=PASS)
+    sealer = home.unlock().sealer(REPLAY_LABEL)
+    speakers = [os.urandom(32) for _ in range(3)]
+    ReplayStore(home.replay_db).save("00112233aabbccdd", speakers[2], 9)  # an older relay's
+    marks = ReplayStore(home.replay_db, sealer)
+    marks.save("00112233aabbccdd", speakers[0], 5)
+    marks.save("00112233aabbccdd", speakers[0], 7)  # one row per speaker: it moves
+    marks.save("00112233aabbccdd", speakers[1], 3)
+    raw = raw_bytes(tmp_path)
+    assert speakers[0] not in raw and speakers[1] not in raw
+    assert b"00112233aabbccdd" in raw  # only in the older relay's row
+    got = ReplayStore(home.replay_db, sealer).load("00112233aabbccdd")
+    assert got == {speakers[0]: 7, speakers[1]: 3, speakers[2]: 9}
+    assert marks.forget(["00112233aabbccdd"]) == 3
+    raw = raw_bytes(tmp_path)
+    assert speakers[2] not in raw and b"00112233aabbccdd" not in raw

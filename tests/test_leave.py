@@ -11,7 +11,7 @@ from relay.core.crypto import RoomKeys
 from relay.store.clips import ClipStore
 from relay.store.counters import CounterStore
 from relay.store.home import Home
-from relay.store.replay import ReplayStore
+from relay.store.replay import REPLAY_LABEL, ReplayStore
 from relay.store.rooms import RoomStore
 
 PASS = "tests: leaving"
@@ -39,9 +39,11 @@ def test_leave_erases_every_trace_of_the_room(tmp_path):
         now_key = rooms.get("secret meeting").key
     ids = [RoomKeys(k).key_id for k in (first_key, now_key)]
     kept_id = RoomKeys(kept.key).key_id
-    replay = ReplayStore(home.replay_db)
-    for key_id in [*ids, kept_id]:
+    sealer = home.unlock().sealer(REPLAY_LABEL)
+    replay = ReplayStore(home.replay_db, sealer)
+    for key_id in [ids[1], kept_id]:
         replay.save(key_id, speaker, 41)
+    ReplayStore(home.replay_db).save(ids[0], speaker, 40)  # a mark from an older relay
     counters = CounterStore(home.counters_db)
     spent = counters.reserve(f"{ids[1]}:me", 5000, 1 << 24) + 5000
     counters.reserve(f"{kept_id}:me", 10, 1 << 24)
@@ -74,8 +76,9 @@ def test_leave_erases_every_trace_of_the_room(tmp_path):
     for trace in traces:
         assert trace not in raw, trace
     # The other room's marks still name the speaker: that room was not left.
-    assert ReplayStore(home.replay_db).load(kept_id) == {speaker: 41}
-    assert ReplayStore(home.replay_db).load(ids[1]) == {}
+    assert ReplayStore(home.replay_db, sealer).load(kept_id) == {speaker: 41}
+    assert ReplayStore(home.replay_db, sealer).load(ids[1]) == {}
+    assert ReplayStore(home.replay_db, sealer).load(ids[0]) == {}
     with RoomStore(Home(home_dir, passphrase=lambda: PASS)) as rooms:
         assert [r.name for r in rooms.list()] == ["market"]
     # Joining the left room again with the same key never reuses a counter.

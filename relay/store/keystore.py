@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from relay.core.identity import Identity
@@ -148,8 +148,28 @@ class Sealer:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-        key = HKDF(hashes.SHA256(), 32, salt=b"relay/at-rest/v1", info=label).derive(data_key)
-        self._aead = AESGCM(key)
+        key = HKDF(hashes.SHA256(), 96, salt=b"relay/at-rest/v1", info=label).derive(data_key)
+        self._aead = AESGCM(key[:32])
+        self._siv = AESSIV(key[32:96])  # deterministic: for values that are looked up
+        self._siv_key_for_names = hashlib.sha256(b"relay/names" + key[32:96]).digest()
+
+    def name(self, value: str) -> str:
+        """A stable pseudonym for a lookup key (HMAC-SHA256, hex): equal in, equal out."""
+        return hmac.new(self._siv_key_for_names, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def seal_fixed(self, data: bytes, ad: bytes) -> bytes:
+        """Deterministic sealing (AES-SIV): the same data gives the same blob, so it can be a
+        primary key; it shows only whether two stored values are equal."""
+        return self._siv.encrypt(bytes(data), [ad])
+
+    def open_fixed(self, blob: bytes, ad: bytes) -> bytes:
+        try:
+            return self._siv.decrypt(bytes(blob), [ad])
+        except InvalidTag:
+            raise UsageError(
+                "a stored value does not open with this identity's data key (was the identity "
+                "replaced, or the file damaged?)"
+            ) from None
 
     def __repr__(self) -> str:
         return "Sealer()"

@@ -505,12 +505,12 @@ def erase_room(home: Home, ref: str) -> RoomSummary:
     """
     from relay.store.clips import ClipStore
     from relay.store.counters import CounterStore
-    from relay.store.replay import ReplayStore
+    from relay.store.replay import REPLAY_LABEL, ReplayStore
 
     with RoomStore(home) as rooms:
         summary, key_ids = rooms._leave(ref)
     if home.replay_db.exists():
-        replay = ReplayStore(home.replay_db)
+        replay = ReplayStore(home.replay_db, home.unlock().sealer(REPLAY_LABEL))
         try:
             replay.forget(key_ids)
         finally:
