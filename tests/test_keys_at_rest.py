@@ -174,7 +174,10 @@ def test_scripts_give_the_passphrase_by_file_or_environment(tmp_path):
         "wrong passphrase",
     )
     one_line_exit_2(run("room", "invite", "market", "--home", home), "--passphrase-file")
-    assert run("room", "list", "--home", home).exit_code == 0  # no keys needed, none asked
+    # Even the list of rooms needs it: names are sealed too.
+    one_line_exit_2(run("room", "list", "--home", home), "--passphrase-file")
+    listed = run("room", "list", "--home", home, env={"RELAY_PASSPHRASE": "from a file"})
+    assert listed.exit_code == 0 and "market" in listed.stdout
 
 
 def test_no_passphrase_is_said_plainly_and_no_terminal_is_refused(tmp_path):
@@ -255,3 +258,34 @@ def test_replay_marks_do_not_name_the_speakers_at_rest(tmp_path):
     assert marks.forget(["00112233aabbccdd"]) == 3
     raw = raw_bytes(tmp_path)
     assert speakers[2] not in raw and b"00112233aabbccdd" not in raw
+
+
+def test_room_names_and_members_are_sealed_at_rest(tmp_path):
+    """Whom the owner talks with: room names, moderators' and members' keys and display
+    names are not in the file; everything reads back; an older relay's rows are sealed by
+    `relay id passphrase`."""
+    me = Identity.generate()
+    (tmp_path / "identity.key").write_bytes(me.private_bytes())  # an older relay's home
+    os.chmod(tmp_path / "identity.key", 0o600)
+    old = Home(tmp_path)
+    ann, bob, co = (Identity.generate().public for _ in range(3))
+    with RoomStore(old) as rooms:
+        first = rooms.create("night shift", "SHORT_FAST", "1600", me)
+        rooms.enroll(first.room_id, ann, display_name="Ann from the bakery")
+    set_home_passphrase(old, PASS)
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    with RoomStore(home) as rooms:
+        second = rooms.create("market", "SHORT_FAST", "1600", me)
+        rooms.enroll(second.room_id, bob)
+        rooms.add_moderator(second.room_id, co)
+        raw = raw_bytes(tmp_path)
+        people = [p for x in (me.public, ann, bob, co) for p in (x.signing_key, x.agreement_key)]
+        for clear in [b"night shift", b"market", b"Ann from the bakery", *people]:
+            assert clear not in raw, clear
+        assert [r.name for r in rooms.list()] == ["market", "night shift"]
+        assert rooms.get("Night Shift").room_id == first.room_id  # case-folded lookup
+        assert rooms.roster(first.room_id) == [ann] and rooms.roster(second.room_id) == [bob]
+        assert rooms.get("market").moderators == (me.public, co)
+        assert rooms.remove_member(second.room_id, bob.signing_key)
+        with pytest.raises(UsageError, match="already a room called"):
+            rooms.create("market", "SHORT_FAST", "1600", me)

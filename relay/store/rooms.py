@@ -1,8 +1,11 @@
 """The rooms this identity moderates or has joined, with their keys, moderators and roster.
 
 One SQLite file (rooms.db, 0600). Room keys are stored sealed under the home's data key
-(``Keys.seal_room_key``: AES-256-GCM, unlocked with the identity), never in clear; a home
-in the old format keeps them in clear until ``relay id passphrase``. Every change is one
+(``Keys.seal_room_key``: AES-256-GCM, unlocked with the identity), never in clear; so are
+the room names and the moderators' and members' public keys and display names (AES-SIV,
+deterministic, so names stay unique and keys stay the rows' keys: the file shows only how
+many rooms and members there are). A home in the old format keeps them in clear until
+``relay id passphrase``. Every change is one
 transaction, so a crash leaves the old
 state or the new one, never half of each. Deleted keys are overwritten (``secure_delete``) and
 the WAL is truncated after a key is erased: a seized device should not give up the keys of a
@@ -31,6 +34,9 @@ from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, Ro
 from relay.errors import UsageError
 from relay.store.db import connect, vacuum
 from relay.store.home import Home
+from relay.store.keystore import Sealer
+
+ROOMS_LABEL = b"rooms"
 
 MODERATOR = "moderator"
 MEMBER = "member"
@@ -111,6 +117,7 @@ class RoomStore:
     def __init__(self, home: Home) -> None:
         home.ensure()
         self._home = home
+        self._names: Sealer | bool | None = None  # the sealer for names and keys, once asked
         self.path = home.rooms_db
         self._db = connect(self.path, durable=True)
         try:
@@ -262,9 +269,9 @@ class RoomStore:
 
     def list(self) -> list[RoomSummary]:
         rows = self._db.execute(
-            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms ORDER BY name"
-        )
-        return [RoomSummary(bytes(r[0]), *r[1:]) for r in rows]
+            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms"
+        ).fetchall()
+        return sorted((self._summary_of(r) for r in rows), key=lambda r: r.name)
 
     def keys(self, room_id: bytes) -> dict[int, bytes]:
         """Every key kept for the room by epoch (only the current one: older ones are erased)."""
@@ -279,8 +286,8 @@ class RoomStore:
         sql = "SELECT signing_key, agreement_key FROM members WHERE room_id = ?"
         if enrolled_only:
             sql += " AND enrolled = 1"
-        rows = self._db.execute(sql + " ORDER BY rowid", (room_id,))
-        return [PublicIdentity(bytes(s), bytes(a)) for s, a in rows]
+        rows = self._db.execute(sql + " ORDER BY rowid", (room_id,)).fetchall()
+        return [self._public(room_id, s, a, b"member") for s, a in rows]
 
     # -- moderation -----------------------------------------------------------------------
 
@@ -288,6 +295,13 @@ class RoomStore:
         self, room_id: bytes, public: PublicIdentity, display_name: str | None = None
     ) -> None:
         """Put a member on the roster with their X25519 key (learned from an --for invite)."""
+        signing = self._pk(room_id, public.signing_key, b"members")
+        agreement = self._pk(room_id, public.agreement_key, b"membera")
+        shown = None
+        if display_name is not None and self._sealer is not None:
+            shown = self._sealer.seal(display_name.encode("utf-8"), b"display" + room_id)
+        elif display_name is not None:
+            shown = display_name
         with self._tx() as db:
             self._require(room_id)
             db.execute(
@@ -295,18 +309,20 @@ class RoomStore:
                 " VALUES (?, ?, ?, ?, 1) ON CONFLICT(room_id, signing_key) DO UPDATE SET "
                 "agreement_key = excluded.agreement_key, enrolled = 1, "
                 "display_name = coalesce(excluded.display_name, display_name)",
-                (room_id, public.signing_key, public.agreement_key, display_name),
+                (room_id, signing, agreement, shown),
             )
 
     def remove_member(self, room_id: bytes, signing_key: bytes) -> bool:
         """Take a member off the roster; True if they were on it."""
         with self._tx() as db:
             self._require(room_id)
-            cur = db.execute(
-                "DELETE FROM members WHERE room_id = ? AND signing_key = ?",
-                (room_id, signing_key),
-            )
-        return cur.rowcount > 0
+            gone = 0
+            for stored in self._pks(room_id, signing_key, b"members"):
+                gone += db.execute(
+                    "DELETE FROM members WHERE room_id = ? AND signing_key = ?",
+                    (room_id, stored),
+                ).rowcount
+        return gone > 0
 
     def add_moderator(self, room_id: bytes, public: PublicIdentity) -> None:
         with self._tx() as db:
@@ -319,7 +335,12 @@ class RoomStore:
             db.execute(
                 "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
                 "VALUES (?, ?, ?, ?)",
-                (room_id, len(mods), public.signing_key, public.agreement_key),
+                (
+                    room_id,
+                    len(mods),
+                    self._pk(room_id, public.signing_key, b"mods"),
+                    self._pk(room_id, public.agreement_key, b"moda"),
+                ),
             )
 
     def set_key(self, room_id: bytes, epoch: int, key: bytes) -> None:
@@ -350,16 +371,97 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT room_id, epoch, key FROM room_keys WHERE length(key) = 32"
         ).fetchall()
+        names = self._db.execute(
+            "SELECT room_id, name FROM rooms WHERE typeof(name) = 'text'"
+        ).fetchall()
+        people = {
+            table: self._db.execute(
+                f"SELECT room_id, signing_key, agreement_key FROM {table} "
+                "WHERE length(signing_key) = 32"
+            ).fetchall()
+            for table in ("moderators", "members")
+        }
         with self._tx() as db:
             for room_id, epoch, key in rows:
                 db.execute(
                     "UPDATE room_keys SET key = ? WHERE room_id = ? AND epoch = ?",
                     (keys.seal_room_key(bytes(room_id), epoch, bytes(key)), room_id, epoch),
                 )
+            for room_id, name in names:
+                db.execute("UPDATE rooms SET name = ? WHERE room_id = ?", (self._nm(name), room_id))
+            for table, what in (("moderators", b"mod"), ("members", b"member")):
+                for room_id, sk, ak in people[table]:
+                    rid = bytes(room_id)
+                    db.execute(
+                        f"UPDATE {table} SET signing_key = ?, agreement_key = ? "
+                        "WHERE room_id = ? AND signing_key = ?",
+                        (
+                            self._pk(rid, bytes(sk), what + b"s"),
+                            self._pk(rid, bytes(ak), what + b"a"),
+                            room_id,
+                            sk,
+                        ),
+                    )
+            shown = db.execute(
+                "SELECT rowid, room_id, display_name FROM members "
+                "WHERE typeof(display_name) = 'text'"
+            ).fetchall()
+            for rowid, room_id, name in shown:
+                sealed = keys.sealer(ROOMS_LABEL).seal(name.encode(), b"display" + room_id)
+                db.execute("UPDATE members SET display_name = ? WHERE rowid = ?", (sealed, rowid))
         vacuum(self._db)  # rewrite every page: no clear key left in free space
         return len(rows)
 
     # -- internals ------------------------------------------------------------------------
+
+    @property
+    def _sealer(self) -> Sealer | None:
+        if self._names is None:
+            self._names = self._home.unlock().sealer(ROOMS_LABEL) or False
+        return self._names or None
+
+    def _nm(self, name: str) -> str | bytes:
+        """A room name as stored (sealed, or as it is in a home of the old format)."""
+        sealer = self._sealer
+        return name if sealer is None else sealer.seal_fixed(name.encode("utf-8"), b"name")
+
+    def _names_of(self, name: str) -> tuple[str | bytes, ...]:
+        """Every stored form a name may have (a clear row of the old format too)."""
+        stored = self._nm(name)
+        return (name,) if stored == name else (stored, name)
+
+    def _unnm(self, stored: str | bytes) -> str:
+        if isinstance(stored, str):
+            return stored
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open_fixed(stored, b"name").decode("utf-8")
+
+    def _pk(self, room_id: bytes, key: bytes, what: bytes) -> bytes:
+        sealer = self._sealer
+        return key if sealer is None else sealer.seal_fixed(key, what + room_id)
+
+    def _pks(self, room_id: bytes, key: bytes, what: bytes) -> tuple[bytes, ...]:
+        stored = self._pk(room_id, key, what)
+        return (key,) if stored == key else (stored, key)
+
+    def _unpk(self, room_id: bytes, stored: bytes, what: bytes) -> bytes:
+        stored = bytes(stored)
+        if len(stored) == 32:
+            return stored  # the old format
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open_fixed(stored, what + room_id)
+
+    def _public(self, room_id: bytes, s: bytes, a: bytes, what: bytes) -> PublicIdentity:
+        return PublicIdentity(
+            self._unpk(room_id, s, what + b"s"), self._unpk(room_id, a, what + b"a")
+        )
+
+    def _summary_of(self, row: tuple) -> RoomSummary:
+        return RoomSummary(bytes(row[0]), self._unnm(row[1]), *row[2:])
 
     def _seal(self, room_id: bytes, epoch: int, key: bytes) -> bytes:
         return self._home.unlock().seal_room_key(room_id, epoch, key)
@@ -373,7 +475,7 @@ class RoomStore:
             "invite_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 info.room_id,
-                info.name,
+                self._nm(info.name),
                 role,
                 info.preset,
                 info.mode,
@@ -396,7 +498,15 @@ class RoomStore:
         db.executemany(
             "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
             "VALUES (?, ?, ?, ?)",
-            [(room_id, i, m.signing_key, m.agreement_key) for i, m in enumerate(mods)],
+            [
+                (
+                    room_id,
+                    i,
+                    self._pk(room_id, m.signing_key, b"mods"),
+                    self._pk(room_id, m.agreement_key, b"moda"),
+                )
+                for i, m in enumerate(mods)
+            ],
         )
 
     def _set_key(self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes) -> None:
@@ -412,7 +522,10 @@ class RoomStore:
         db.execute("UPDATE rooms SET epoch = ? WHERE room_id = ?", (epoch, room_id))
 
     def _check_name_free(self, name: str, room_id: bytes, hint: str = "") -> None:
-        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (name,)).fetchone()
+        for stored in self._names_of(name):
+            row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (stored,)).fetchone()
+            if row is not None:
+                break
         if row is not None and bytes(row[0]) != room_id:
             raise UsageError(
                 f"there is already a room called {name!r} here; {hint or 'choose another name'}"
@@ -429,7 +542,7 @@ class RoomStore:
         ).fetchone()
         if row is None:
             raise UsageError(f"no room with id {bytes(room_id).hex()} here")
-        return RoomSummary(bytes(row[0]), *row[1:])
+        return self._summary_of(row)
 
     def _key(self, room_id: bytes, epoch: int) -> bytes | None:
         row = self._db.execute(
@@ -441,8 +554,8 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT signing_key, agreement_key FROM moderators WHERE room_id = ? ORDER BY position",
             (room_id,),
-        )
-        return tuple(PublicIdentity(bytes(s), bytes(a)) for s, a in rows)
+        ).fetchall()
+        return tuple(self._public(room_id, s, a, b"mod") for s, a in rows)
 
     def _info(self, room_id: bytes) -> RoomInfo:
         s = self._summary(room_id)
@@ -455,10 +568,12 @@ class RoomStore:
 
     def _resolve(self, ref: str) -> bytes:
         ref = ref.strip()
-        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (ref,)).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        names = [name for (name,) in self._db.execute("SELECT name FROM rooms")]
+        for stored in self._names_of(ref):
+            row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (stored,)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+        rows = self._db.execute("SELECT name FROM rooms").fetchall()
+        names = [self._unnm(name) for (name,) in rows]
         folded = [n for n in names if n.casefold() == ref.casefold()]
         if len(folded) == 1:
             return self._resolve(folded[0])
