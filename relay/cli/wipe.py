@@ -42,3 +42,8 @@ def wipe_cmd(home, yes) -> None:
         f"wiped {h.path}: {done.files} files ({done.bytes} bytes) overwritten and removed "
         f"in {took:.2f} s"
     )
+    if done.skipped:
+        click.echo(
+            f"relay: warning: {done.skipped} files could not be overwritten (removed only)",
+            err=True,
+        )

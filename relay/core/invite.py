@@ -30,7 +30,8 @@ name, preset, moderators' keys, recipient, issue time) shows to whoever sees the
     n+16  sealed to the recipient's X25519 key (relay.core.sealed, AES-256-CCM): the inner
           invite, i.e. the version 1 layout above with flags bit 1 ("for one member": the
           key part is the recipient's Ed25519 key (32) + the room key (32)), its signature,
-          and zero padding to a multiple of 64 bytes (the name's length does not show)
+          and zero padding to a multiple of 64 bytes (the name's length shows only to
+          64 bytes; the number of moderators, 64 bytes each, does show)
 
 Only what opening needs stays outside: the version and the ephemeral key. The recipient
 finds out the invite is theirs by opening it; the signature inside covers the recipient's

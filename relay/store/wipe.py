@@ -31,6 +31,7 @@ _CHUNK = 1 << 20
 class WipeResult:
     files: int
     bytes: int
+    skipped: int = 0  # files that could not be overwritten (removed all the same)
 
 
 def looks_like_home(path: Path) -> bool:
@@ -75,7 +76,7 @@ def wipe_home(path: str | os.PathLike[str]) -> WipeResult:
         return WipeResult(0, 0)
     if not looks_like_home(root):
         raise UsageError(f"refusing to wipe {root}: it does not look like a relay home")
-    files = total = 0
+    files = total = skipped = 0
     # Bottom-up, never following links: every file is overwritten before any is removed
     # from a directory, so an interruption leaves nothing readable behind.
     walk = list(os.walk(root, topdown=False, followlinks=False))
@@ -84,13 +85,17 @@ def wipe_home(path: str | os.PathLike[str]) -> WipeResult:
             p = os.path.join(directory, name)
             if os.path.islink(p):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 try:
                     total += overwrite(p)
                 except PermissionError:  # someone made it read-only: ours to change
-                    os.chmod(p, 0o600)
+                    os.chmod(p, 0o600, follow_symlinks=False)
                     total += overwrite(p)
                 files += 1
+            except FileNotFoundError:
+                continue
+            except OSError:  # swapped for a link or a device meanwhile: removed, not written
+                skipped += 1
     for directory, dirs, names in walk:
         for name in names:
             with contextlib.suppress(FileNotFoundError):
@@ -105,7 +110,7 @@ def wipe_home(path: str | os.PathLike[str]) -> WipeResult:
     with contextlib.suppress(OSError):
         os.rmdir(root)
     _sync_dir(root.parent)
-    return WipeResult(files, total)
+    return WipeResult(files, total, skipped)
 
 
 def _sync_dir(path: Path) -> None:
