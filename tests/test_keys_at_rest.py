@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from relay.cli import options
 from relay.cli.main import cli
+from relay.core.crypto import RoomKeys
 from relay.core.identity import Identity
 from relay.core.invite import decode_invite, encode_invite
 from relay.errors import UsageError
@@ -280,7 +281,8 @@ def test_room_names_and_members_are_sealed_at_rest(tmp_path):
         rooms.add_moderator(second.room_id, co)
         raw = raw_bytes(tmp_path)
         people = [p for x in (me.public, ann, bob, co) for p in (x.signing_key, x.agreement_key)]
-        for clear in [b"night shift", b"market", b"Ann from the bakery", *people]:
+        key_ids = [RoomKeys(r.key).key_id.encode() for r in (first, second)]
+        for clear in [b"night shift", b"market", b"Ann from the bakery", *people, *key_ids]:
             assert clear not in raw, clear
         assert [r.name for r in rooms.list()] == ["market", "night shift"]
         assert rooms.get("Night Shift").room_id == first.room_id  # case-folded lookup

@@ -248,7 +248,7 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT key_id FROM room_key_ids WHERE room_id = ?", (room_id,)
         ).fetchall()
-        ids = {r[0] for r in rows}
+        ids = {self._open_key_id(room_id, r[0]) for r in rows}
         if not ids:  # a room stored by an older relay: its current key at least
             key = self._key(room_id, self._summary(room_id).epoch)
             if key is not None:
@@ -463,6 +463,29 @@ class RoomStore:
     def _summary_of(self, row: tuple) -> RoomSummary:
         return RoomSummary(bytes(row[0]), self._unnm(row[1]), *row[2:])
 
+    def _note_key_id(self, db: sqlite3.Connection, room_id: bytes, key: bytes) -> None:
+        """Remember the key's public id (sealed: it would link this home to the room for
+        anyone who later holds the key) so leaving erases what is filed under it."""
+        key_id = RoomKeys(key).key_id
+        known = self._db.execute(
+            "SELECT key_id FROM room_key_ids WHERE room_id = ?", (room_id,)
+        ).fetchall()
+        if any(self._open_key_id(room_id, k) == key_id for (k,) in known):
+            return
+        sealer = self._sealer
+        stored = key_id if sealer is None else sealer.seal(key_id.encode(), b"keyid" + room_id)
+        db.execute(
+            "INSERT OR IGNORE INTO room_key_ids (room_id, key_id) VALUES (?, ?)", (room_id, stored)
+        )
+
+    def _open_key_id(self, room_id: bytes, stored: str | bytes) -> str:
+        if isinstance(stored, str):
+            return stored
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open(stored, b"keyid" + room_id).decode()
+
     def _seal(self, room_id: bytes, epoch: int, key: bytes) -> bytes:
         return self._home.unlock().seal_room_key(room_id, epoch, key)
 
@@ -488,7 +511,7 @@ class RoomStore:
             "INSERT INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
             (info.room_id, info.epoch, self._seal(info.room_id, info.epoch, info.key)),
         )
-        _note_key_id(db, info.room_id, info.key)
+        self._note_key_id(db, info.room_id, info.key)
         self._replace_moderators(db, info.room_id, info.moderators)
 
     def _replace_moderators(
@@ -514,7 +537,7 @@ class RoomStore:
             "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
             (room_id, epoch, self._seal(room_id, epoch, key)),
         )
-        _note_key_id(db, room_id, key)
+        self._note_key_id(db, room_id, key)
         db.execute(
             "DELETE FROM room_keys WHERE room_id = ? AND epoch != ?",
             (room_id, epoch),
@@ -593,13 +616,6 @@ class RoomStore:
         if not names:
             hint = " (there are no rooms here yet: relay room create or relay room join)"
         raise UsageError(f"no room {ref!r} here{hint}; see `relay room list`")
-
-
-def _note_key_id(db: sqlite3.Connection, room_id: bytes, key: bytes) -> None:
-    db.execute(
-        "INSERT OR IGNORE INTO room_key_ids (room_id, key_id) VALUES (?, ?)",
-        (room_id, RoomKeys(key).key_id),
-    )
 
 
 def set_home_passphrase(home: Home, passphrase: str | None) -> int:
