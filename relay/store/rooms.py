@@ -406,8 +406,16 @@ class RoomStore:
                 "SELECT rowid, room_id, display_name FROM members "
                 "WHERE typeof(display_name) = 'text'"
             ).fetchall()
+            ids = db.execute(
+                "SELECT rowid, room_id, key_id FROM room_key_ids WHERE typeof(key_id) = 'text'"
+            ).fetchall()
+            sealer = keys.sealer(ROOMS_LABEL)
+            assert sealer is not None
+            for rowid, room_id, key_id in ids:
+                sealed = sealer.seal(key_id.encode(), b"keyid" + room_id)
+                db.execute("UPDATE room_key_ids SET key_id = ? WHERE rowid = ?", (sealed, rowid))
             for rowid, room_id, name in shown:
-                sealed = keys.sealer(ROOMS_LABEL).seal(name.encode(), b"display" + room_id)
+                sealed = sealer.seal(name.encode(), b"display" + room_id)
                 db.execute("UPDATE members SET display_name = ? WHERE rowid = ?", (sealed, rowid))
         vacuum(self._db)  # rewrite every page: no clear key left in free space
         return len(rows)
