@@ -8,6 +8,7 @@ be stopped and restarted on the same port (fault tests). The ``mosquitto`` fixtu
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,15 +26,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+
+
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    """``users`` (name -> password): logins only, made with ``mosquitto_passwd`` the way
+    the README's example makes them."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, users: dict[str, str] | None = None
+    ) -> None:
         assert MOSQUITTO is not None
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if users:
+            assert MOSQUITTO_PASSWD is not None
+            passwd = workdir / "passwd"
+            for i, (name, password) in enumerate(users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run(
+                    [MOSQUITTO_PASSWD, *create, "-b", str(passwd), name, password], check=True
+                )
+            access = f"allow_anonymous false\npassword_file {passwd}\n"
+            if os.geteuid() == 0:  # as root, mosquitto would drop to its own user, which
+                access += "user root\n"  # cannot read a file in a private temp dir
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "set_tcp_nodelay true\n"
+            f"listener {self.port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n"
         )
         self.logfile = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None

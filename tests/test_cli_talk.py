@@ -96,6 +96,9 @@ def test_a_room_across_processes(homes, tmp_path, quality) -> None:
         assert heard["stopped"] == "overs" and heard["overs_verified"] == 1
         (over,) = heard["overs"]
         assert over["speaker"] == homes["ana_fp"] and over["verdict"] == "verified"
+        # DTX pauses are comfort noise, not concealment: nothing was lost on this channel.
+        assert over["frames_concealed"] == 0, over
+        assert over["frames_comfort"] == 40 - said["frames_sent"], (over, said)
         assert heard["out"] == str(wav)
         seconds = soundfile.info(str(wav)).duration
         assert abs(seconds - 1.6) < 0.1 and heard["audio_seconds"] == pytest.approx(seconds)
@@ -182,6 +185,18 @@ def test_demo_room_json() -> None:
     assert r["forged_moderation_rejected"] > 0 and r["floor_violations_dropped"] > 0
     assert r["latency_ms"]["p50"] < 300
     assert 0 < r["channel_occupancy"] < 1 and r["airtime_seconds"] > 0
+
+
+def test_demo_room_on_a_slow_link_never_hears_more_overs_than_were_spoken() -> None:
+    """LONG_FAST with DTX: a packet after a pause arrived 6 s after the frame before it and
+    the listener's playout split the over in two ("4 of 3"); Playout's idle limit now
+    follows the link (relay.runtime.room.quiet_limit). And hands raised the moment the
+    floor came free reached the moderator after its grant from the queue, queued those
+    speakers again, and the stale grants kept the last over from the floor (3 of 4 spoken):
+    wait_for_floor now gives the moderator's grant a round trip first."""
+    r = json.loads(ok("demo", "room", "--preset", "LONG_FAST", "--listeners", "2", "--json").stdout)
+    assert r["dtx"] and r["overs"] == 4  # 3 speakers, then one more after the removal
+    assert r["overs_delivered"] == r["overs"] == r["overs_verified"], r
 
 
 def test_demo_room_mistakes_and_plain_demo_unchanged(tmp_path) -> None:
@@ -370,3 +385,128 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
 
     ana_id, _, marks = run(scenario(), virtual=True)
     assert ana_id in marks and marks[ana_id] >= 0
+
+
+def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM while a speaker is mid-over: the listener writes what it
+    heard of the over to --out and reports it as cut short (before: the whole over was lost)."""
+    long_speech = tmp_path / "long.wav"
+    soundfile.write(str(long_speech), np.tile(read_audio(SAMPLE), 5), 8000)  # 8 s
+    ether = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    procs: list[subprocess.Popen] = []
+    try:
+        line = ether.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"nodes join with (sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
+        mod = relay_proc(
+            "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "30",
+            "--duration", "40", "--home", homes["mod"], out=tmp_path / "mod",
+        )  # fmt: skip
+        listeners = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            listeners[sig] = relay_proc(
+                "listen", "market", "--link", f"{url}?node=l{int(sig)}", "--json",
+                "--out", str(tmp_path / f"heard{int(sig)}.wav"), "--duration", "40",
+                "--home", homes["ben"], out=tmp_path / f"l{int(sig)}",
+            )  # fmt: skip
+        procs += [mod, *listeners.values()]
+        wait_for_text(tmp_path / "mod.err", "moderating 'market'")
+        for sig in listeners:
+            wait_for_text(tmp_path / f"l{int(sig)}.err", "listening to 'market'")
+        talk = relay_proc(
+            "talk", "market", "--link", f"{url}?node=ana", "--input", str(long_speech),
+            "--no-dtx", "--timeout", "20", "--home", homes["ana"], out=tmp_path / "ana",
+        )  # fmt: skip
+        procs.append(talk)
+        wait_for_text(tmp_path / "mod.out", "granted the floor to")
+        time.sleep(2.5)  # about 2 s of the 8 s over have been heard
+        for sig, proc in listeners.items():
+            proc.send_signal(sig)
+        for sig, proc in listeners.items():
+            assert proc.wait(timeout=10) == 0, (tmp_path / f"l{int(sig)}.err").read_text()
+            report = json.loads((tmp_path / f"l{int(sig)}.out").read_text())
+            assert report["stopped"] == "interrupted"
+            (over,) = report["overs"]
+            assert over["cut_short"] and not over["complete"] and over["verdict"] == "unsigned"
+            assert over["speaker"] == homes["ana_fp"]
+            assert 1.0 <= over["seconds"] <= 5.0, over
+            assert over["frames_concealed"] == 0, over
+            wav = tmp_path / f"heard{int(sig)}.wav"
+            assert report["out"] == str(wav)
+            assert soundfile.info(str(wav)).duration == pytest.approx(report["audio_seconds"])
+            assert report["audio_seconds"] >= 1.0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        ether.terminate()
+        ether.communicate(timeout=5)
+
+
+def _dead_port() -> int:
+    from mosquitto import free_port
+
+    return free_port()  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("link", "match", "code"),
+    [
+        (lambda: f"kiss+tcp://127.0.0.1:{_dead_port()}", "no KISS TNC at 127.0.0.1", 1),
+        (lambda: f"mqtt://127.0.0.1:{_dead_port()}", "cannot reach the MQTT broker", 1),
+        (lambda: "mqtts://127.0.0.1:8883?ca=/no/such/ca.pem", "ca=/no/such/ca.pem", 2),
+        (lambda: "sim://127.0.0.1:notaport", "port must be a number", 2),
+    ],
+    ids=["dead-kiss", "dead-mqtt", "missing-ca", "sim-typo"],
+)
+def test_listen_on_a_link_that_cannot_work_says_why_and_fails(homes, link, match, code) -> None:
+    """Before: "heard 0 overs" and exit 0. Now one line naming the problem: 1 when the
+    other end cannot be reached, 2 when the user's settings are wrong."""
+    refused(
+        "listen", "market", "--link", link(), "--duration", "5", "--home", homes["ben"],
+        match=match, code=code,
+    )  # fmt: skip
+
+
+def test_listen_with_a_wrong_mqtt_password_is_refused(homes, tmp_path) -> None:
+    from mosquitto import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, users={"ben": "right-password"})
+    broker.start()
+    try:
+        base = f"127.0.0.1:{broker.port}"
+        for url in (f"mqtt://ben:wrong-password@{base}", f"mqtt://{base}"):
+            refused(
+                "listen", "market", "--link", url, "--duration", "5", "--home", homes["ben"],
+                match="refused the login", code=2,
+            )  # fmt: skip
+            again = invoke("listen", "market", "--link", url, "--home", homes["ben"])
+            assert "wrong-password" not in again.output + again.stderr + repr(again.exception)
+        result = invoke(
+            "listen", "market", "--link", f"mqtt://ben:right-password@{base}",
+            "--duration", "0.5", "--json", "--home", homes["ben"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "right-password" not in result.output + result.stderr
+    finally:
+        broker.stop()
+
+
+def test_listen_on_a_meshtastic_node_that_never_answers_fails(homes, monkeypatch) -> None:
+    """A node that cannot be reached (nothing on the port, an unplugged radio) gets
+    LINK_UP_TIMEOUT seconds; then the reason and exit code 1, not a silent room."""
+    pytest.importorskip("meshtastic")
+    import relay.runtime.member as member
+
+    monkeypatch.setattr(member, "LINK_UP_TIMEOUT", 1.0)
+    url = f"meshtastic+tcp://127.0.0.1:{_dead_port()}"
+    result = invoke("listen", "market", "--link", url, "--duration", "5", "--home", homes["ben"])
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no connection to the node after 1 s: cannot reach the node" in last, last
+    assert "Traceback" not in result.stderr

@@ -259,3 +259,23 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
                 p.wait()
         ether.terminate()
         ether.communicate(timeout=5)
+
+
+def test_reading_commands_create_no_state(tmp_path) -> None:
+    """`clip inbox` (and the other commands that only read) leave a missing home missing,
+    and a home without messages without a message database."""
+    nowhere = tmp_path / "nowhere"
+    refused("clip", "inbox", "market", "--home", str(nowhere), match="no room 'market'")
+    refused("clip", "play", "ab12", "--out", str(tmp_path / "x.wav"), "--home", str(nowhere),
+            match="inbox is empty")  # fmt: skip
+    refused("clip", "delete", "ab12", "--home", str(nowhere), match="inbox is empty")
+    ok("room", "list", "--home", str(nowhere))
+    assert not nowhere.exists()
+    home = tmp_path / "home"
+    ok("id", "init", "--home", str(home))
+    ok("room", "create", "market", "--home", str(home))
+    before = sorted(p.name for p in home.iterdir())
+    listed = json.loads(ok("clip", "inbox", "market", "--json", "--home", str(home)).stdout)
+    assert listed == {"room": "market", "messages": [], "outbox_pending": 0}
+    ok("id", "show", "--home", str(home))
+    assert sorted(p.name for p in home.iterdir()) == before  # no clips.db appeared

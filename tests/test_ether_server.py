@@ -256,6 +256,12 @@ def test_url_grammar() -> None:
     assert remote_address("sim://?preset=SHORT_FAST") is None
     with pytest.raises(UsageError, match="port"):
         remote_address("sim://127.0.0.1:99999")
+    # a typo for an ether is an error, never a silent empty channel in this process
+    for typo in ("sim://127.0.0.1:notaport", "sim://localhost:", "sim://room:7300x"):
+        with pytest.raises(UsageError, match="port"):
+            remote_address(typo)
+        with pytest.raises(UsageError, match="port"):
+            open_link(typo)
     clear_registry()
     link = open_link("sim://room?node=a")  # no port: still the in-process channel
     assert type(link).__name__ == "SimLink"

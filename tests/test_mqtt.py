@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import pytest
 
@@ -196,9 +197,12 @@ def test_bad_urls(url: str, match: str) -> None:
         open_link(url)
 
 
-def test_url_parts_and_password_is_never_shown() -> None:
-    link = open_url("mqtts://alice:s%40cret@broker.example?ca=/etc/ca.pem&room=3f,A0&prefix=x/y")
-    assert link.tls and link.port == 8883 and link.ca == "/etc/ca.pem"
+def test_url_parts_and_password_is_never_shown(tmp_path) -> None:
+    ca = ssl.get_default_verify_paths().cafile
+    if ca is None:
+        pytest.skip("no system CA bundle to stand in for a broker's CA")
+    link = open_url(f"mqtts://alice:s%40cret@broker.example?ca={ca}&room=3f,A0&prefix=x/y")
+    assert link.tls and link.port == 8883 and link.ca == ca
     assert link.username == "alice" and link._password == "s@cret"
     assert "cret" not in link.url and "cret" not in repr(link)
     assert link.url.startswith("mqtts://alice:***@broker.example")
@@ -208,6 +212,12 @@ def test_url_parts_and_password_is_never_shown() -> None:
     plain = open_url("mqtt://127.0.0.1")
     assert plain.port == 1883 and not plain.tls and plain.topics() == ["relay/v2/+"]
     assert redact("mqtt://u:p@h:1") == "mqtt://u:***@h:1"
+    # A CA file that is missing or is not a CA bundle is the user's to fix, said at once.
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    for bad in ("/no/such/ca.pem", str(not_pem)):
+        with pytest.raises(UsageError, match="cannot use it as a CA bundle"):
+            open_url(f"mqtts://broker.example?ca={bad}")
 
 
 def test_batch_format_round_trip_and_splitting() -> None:

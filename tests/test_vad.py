@@ -154,3 +154,38 @@ def test_dtx_overs_verify_in_rooms_and_faked_skips_are_forged():
         out += listener.receive(packet, net2.now)
     (ended,) = _of(out, OverEnded)
     assert ended.verdict == "forged"
+
+
+def test_an_over_ending_in_a_pause_keeps_the_pause_and_counts_no_loss():
+    """The over ends in silence: its last frame is still sent (a keep-alive), so the seal
+    counts the whole over, listeners play the pause to its end as comfort noise, and no
+    frame of it is counted as concealed (before: the pause was cut, or counted as loss)."""
+    from test_room import MODE, Net, _grant
+
+    speech = read_audio(SAMPLE)
+    pause = np.random.default_rng(2).normal(0, 20, int(1.9 * 8000)).astype(np.int16)
+    over = encode_over(np.concatenate([speech, pause]), M1600, dtx=True)
+    assert over.dtx and over.positions[-1] == over.total - 1
+    assert over.positions[-2] < over.total - 10  # a pause before the closing frame
+    # The plain path: played to the end, the pause is comfort noise, nothing concealed.
+    _, packets, receiver, ident = _dtx_over(np.concatenate([speech, pause]))
+    playout = Playout()
+    for t, packet in packets:
+        playout.voice(receiver.receive(packet, 1e9 + t), t)
+    playout.end(ident, over.total)
+    heard = playout.overs[-1]
+    assert len(heard.audio()) == over.total * M1600.samples_per_frame
+    assert heard.frames_concealed == 0 and heard.frames_comfort == over.total - len(over.frames)
+    # The room path: the seal covers every position, the trailing pause included.
+    assert MODE is M1600
+    net = Net(speakers=1, listeners=1)
+    speaker = net.speakers[0]
+    _grant(net, speaker)
+    ended = []
+    for first, batch, _ in batches(over.frames, 5, None, over.positions):
+        net.send(speaker.voice(MODE, first, list(batch), net.now), speaker)
+        net.now += 0.2
+    for packet in speaker.end_over(net.now):
+        for events in net.send(packet, speaker).values():
+            ended += [e for e in events if isinstance(e, OverEnded)]
+    assert ended and all(e.frames == over.total and e.verdict == "verified" for e in ended)

@@ -8,17 +8,28 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import click
 
 from relay.bridge.core import DEFAULT_HOP_LIMIT, LinkKind
 from relay.cli.options import home_option, resolve_home
+from relay.core.crypto import RoomKeys
 from relay.core.identity import Identity
 from relay.errors import UsageError
 from relay.links.base import Link
-from relay.links.url import open_link
-from relay.runtime.bridge import Bridge, BridgeLink, link_kind, stats_line
+from relay.links.url import open_link, redact
+from relay.runtime.bridge import (
+    Bridge,
+    BridgeLink,
+    RoomFilter,
+    follow_rooms,
+    link_kind,
+    stats_line,
+)
+from relay.store.home import Home
+from relay.store.rooms import find_room
 
 _common = [
     click.option(
@@ -53,7 +64,8 @@ def _ham_warning(ham_links) -> None:
     if ham_links:
         click.echo(
             "relay: warning: --ham-link: only signed, unencrypted ham packets go on "
-            f"{', '.join(ham_links)}; each carries its operator's callsign, readable by anyone",
+            f"{', '.join(redact(u) for u in ham_links)}; each carries its operator's "
+            "callsign, readable by anyone",
             err=True,
         )
 
@@ -98,13 +110,7 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, ham_links, home):
     _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
-            raise UsageError(f"{url}: MQTT is for `relay bridge --mqtt`, not repeat")
-    if len(links) == 1:
-        click.echo(
-            "relay repeat: store and forward on one channel: every packet goes out twice "
-            "(see `relay plan`, column +relay)",
-            err=True,
-        )
+            raise UsageError(f"{redact(url)}: MQTT is for `relay bridge --mqtt`, not repeat")
     _run(
         list(links),
         duty_cycle,
@@ -120,13 +126,22 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, ham_links, home):
 
 @click.command("bridge")
 @click.option("--link", "links", multiple=True, metavar="URL", help="The radio link(s) to bridge.")
-@click.option("--mqtt", "mqtt_url", required=True, metavar="URL", help="mqtt://HOST:PORT")
+@click.option(
+    "--mqtt",
+    "mqtt_url",
+    required=True,
+    metavar="URL",
+    help="The broker: mqtt://[USER:PASS@]HOST[:PORT] or mqtts://...?ca=FILE (the password is "
+    "never shown).",
+)
 @click.option(
     "--room",
     "rooms",
     multiple=True,
-    metavar="HINT",
-    help="Carry only this room hint (2 hex digits; repeatable). Default: every room.",
+    metavar="ROOM",
+    help="Carry only this room: its name in --home (the bridge follows its hint as it "
+    "rotates hourly; the key is used for nothing else), or room hints of 2 hex digits "
+    "(3f,a0). Repeatable. Default: every room.",
 )
 @click.option(
     "--gateway-id",
@@ -165,7 +180,8 @@ def bridge_cmd(
       relay bridge --link sim://island_a --mqtt mqtt://127.0.0.1:1883
       relay bridge --link sim://island_a --mqtt 'mqtt://10.0.0.2?qos=0&linger=20'
       relay bridge --link kiss+tcp://127.0.0.1:8001 --mqtt mqtts://user:pw@broker.example
-      relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room 3f --duty-cycle 0.01
+      relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room market --duty-cycle 0.01
+      relay bridge --link sim://island_a --mqtt mqtt://10.0.0.2 --room 3f,a0     (raw hints)
     """
     links = (*links, *ham_links)
     if not links:
@@ -173,10 +189,12 @@ def bridge_cmd(
     _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
-            raise UsageError(f"--link {url}: give radio links to --link and the broker to --mqtt")
+            raise UsageError(
+                f"--link {redact(url)}: give radio links to --link and the broker to --mqtt"
+            )
     if link_kind(mqtt_url) is not LinkKind.MQTT:
-        raise UsageError(f"--mqtt {mqtt_url!r} must be an mqtt:// or mqtts:// URL")
-    hints = _parse_hints(rooms)
+        raise UsageError(f"--mqtt {redact(mqtt_url)!r} must be an mqtt:// or mqtts:// URL")
+    room_filter = _parse_rooms(rooms, resolve_home(home))
     _run(
         [*links, mqtt_url],
         duty_cycle,
@@ -184,7 +202,7 @@ def bridge_cmd(
         as_json,
         verbose,
         "bridge",
-        hints,
+        room_filter,
         gateway_id,
         hop_limit,
         home=home,
@@ -192,17 +210,27 @@ def bridge_cmd(
     )
 
 
-def _parse_hints(rooms: Sequence[str]) -> frozenset[int] | None:
+def _parse_rooms(rooms: Sequence[str], home: Home) -> RoomFilter | None:
+    """``--room`` values: hints (``3f,a0``) or names of rooms the home knows."""
     if not rooms:
         return None
-    hints = set()
+    hints: set[int] = set()
+    keys: list[RoomKeys] = []
+    names: list[str] = []
     for text in rooms:
-        for part in text.split(","):
-            part = part.strip().lower()
-            if len(part) != 2 or any(c not in "0123456789abcdef" for c in part):
-                raise UsageError(f"--room {part!r} must be a room hint of 2 hex digits (e.g. 3f)")
-            hints.add(int(part, 16))
-    return frozenset(hints)
+        parts = [p.strip().lower() for p in text.split(",")]
+        if all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+            hints.update(int(p, 16) for p in parts)
+            continue
+        try:
+            info = find_room(home, text)
+        except UsageError as exc:
+            raise UsageError(
+                f"--room {text!r}: not a room hint of 2 hex digits (e.g. 3f), and {exc}"
+            ) from None
+        keys.append(RoomKeys(info.key))
+        names.append(info.name)
+    return RoomFilter(hints, keys, names=names)
 
 
 def _run(
@@ -212,7 +240,7 @@ def _run(
     as_json: bool,
     verbose: bool,
     what: str,
-    hints: frozenset[int] | None = None,
+    rooms: RoomFilter | None = None,
     gateway_id: int | None = None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
@@ -238,7 +266,7 @@ def _run(
                 urls,
                 duty_cycle,
                 duration,
-                hints,
+                rooms,
                 gateway_id,
                 hop_limit,
                 repeat,
@@ -256,25 +284,47 @@ def _run(
         click.echo(f"relay {what}: {stats_line(stats)}")
 
 
+def _start_line(
+    names: list[str], repeat: bool, rooms: RoomFilter | None, duration: float | None
+) -> str:
+    """What the process does, said once at the start (link URLs are already redacted)."""
+    radios = [n for n in names if link_kind(n) is LinkKind.RADIO]
+    brokers = [n for n in names if link_kind(n) is LinkKind.MQTT]
+    if brokers:
+        line = f"relay bridge: bridging {' and '.join(radios)} to the broker {brokers[0]}"
+        line += f", {rooms.describe()}" if rooms is not None else ", every room"
+    elif repeat:
+        line = (
+            f"relay repeat: store and forward on {names[0]}: every packet goes out twice "
+            "(see `relay plan`, column +relay)"
+        )
+    else:
+        line = f"relay repeat: repeating between {' and '.join(names)}"
+    until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
+    return f"{line}; running {until}"
+
+
 async def _main(
     urls: list[str],
     duty_cycle: float,
     duration: float | None,
-    hints: frozenset[int] | None,
+    rooms: RoomFilter | None,
     gateway_id: int | None,
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
     identity: Identity | None = None,
     ham_links: frozenset[str] = frozenset(),
 ) -> dict:
+    # Links are named by their redacted URLs: names show in stats, JSON keys and logs.
+    names = [redact(url) for url in urls]
     opened: list[Link] = []
     try:
         for url in urls:
             opened.append(open_link(url))
         bridge = Bridge(
             [
-                BridgeLink(url, link, link_kind(url), repeat, url in ham_links)
-                for url, link in zip(urls, opened, strict=True)
+                BridgeLink(name, link, link_kind(url), repeat, url in ham_links)
+                for name, url, link in zip(names, urls, opened, strict=True)
             ],
             duty_cycle=duty_cycle,
             gateway_id=gateway_id,
@@ -286,25 +336,35 @@ async def _main(
             with contextlib.suppress(Exception):
                 await link.close()
         raise
-    if hints is not None:
-        for link in opened:
-            set_rooms = getattr(link, "set_rooms", None)
-            if set_rooms is not None:
-                await set_rooms(hints)
-    for url, link in zip(urls, opened, strict=True):
-        connect = getattr(link, "connect", None)
-        if link_kind(url) is LinkKind.MQTT and connect is not None:
-            try:
+    following = None
+    try:
+        if rooms is not None:  # the first hints are set before connecting, then they follow
+            first = rooms.hints(time.time())
+            for link in opened:
+                set_rooms = getattr(link, "set_rooms", None)
+                if set_rooms is not None:
+                    await set_rooms(first)
+            following = asyncio.ensure_future(follow_rooms(opened, rooms))
+        for url, link in zip(urls, opened, strict=True):
+            connect = getattr(link, "connect", None)
+            if link_kind(url) is LinkKind.MQTT and connect is not None:
                 await connect()  # an unreachable broker is one clear line, not a silent bridge
-            except BaseException:
-                for each in opened:
-                    with contextlib.suppress(Exception):
-                        await each.close()
-                raise
+    except BaseException:
+        if following is not None:
+            following.cancel()
+        for each in opened:
+            with contextlib.suppress(Exception):
+                await each.close()
+        raise
+    click.echo(_start_line(names, repeat, rooms, duration), err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    await bridge.run(stop, duration)
+    try:
+        await bridge.run(stop, duration)
+    finally:
+        if following is not None:
+            following.cancel()
     return bridge.stats()

@@ -44,10 +44,9 @@ def _on_signals(stop: asyncio.Event) -> None:
 
 
 def _room_id(home: Home, room_ref: str) -> tuple[bytes, str]:
-    from relay.store.rooms import RoomStore
+    from relay.store.rooms import find_room
 
-    with RoomStore(home) as rooms:
-        info = rooms.get(room_ref)
+    info = find_room(home, room_ref)  # reads only: creates no home or database
     return info.room_id, info.name
 
 
@@ -318,14 +317,16 @@ def inbox_cmd(room, home, as_json) -> None:
     Example:
       relay clip inbox market --json
     """
-    from relay.runtime.clip import clip_store, offer_seconds
+    from relay.runtime.clip import CLIPS_DB, clip_store, offer_seconds
     from relay.voice.modes import mode_by_index
 
     h = resolve_home(home)
     room_id, name = _room_id(h, room)
-    with clip_store(h) as store:
-        clips = store.inbox(room_id)
-        pending = len(store.pending(room_id))
+    clips, pending = [], 0
+    if (h.path / CLIPS_DB).exists():  # listing creates nothing
+        with clip_store(h) as store:
+            clips = store.inbox(room_id)
+            pending = len(store.pending(room_id))
     rows = [
         {
             "id": c.id,

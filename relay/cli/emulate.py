@@ -59,8 +59,10 @@ def emulate_group() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="TCP address to listen on.")
 @click.option("--preset", default="LONG_FAST", show_default=True, help="Modem preset of the mesh.")
-@click.option("--nodes", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="How many fake nodes (TCP ports or ptys) share the mesh.")  # fmt: skip
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of packets the mesh loses between nodes, 0..1.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the loss draws.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--verbose", "-v", is_flag=True, help="Log clients and skipped junk.")

@@ -14,14 +14,16 @@ from relay.errors import UsageError
               "wio-e5, e22 or e220 (firmware_profiles/at.toml).")  # fmt: skip
 @click.option("--pty", "use_pty", is_flag=True, help="Serve each module on a pseudo-terminal "
               "(the only transport: real modules are serial devices).")  # fmt: skip
-@click.option("--count", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--count", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="How many modules (ptys) share the simulated LoRa channel.")  # fmt: skip
 @click.option("--link", "link_prefix", metavar="PREFIX",
               help="Also make symlinks PREFIX0, PREFIX1, ... that follow a replug.")  # fmt: skip
 @click.option("--preset", help="Channel LoRa setting from a Meshtastic preset (SHORT_FAST...).")
 @click.option("--sf", type=int, help="Channel spreading factor (default: the profile's).")
 @click.option("--bw", type=float, help="Channel bandwidth in kHz (with --sf).")
 @click.option("--cr", type=int, help="Channel coding rate 5-8 meaning 4/5..4/8 (with --sf).")
-@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of packets the channel loses between modules, 0..1.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the loss draws.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--verbose", "-v", is_flag=True, help="Log configuration mismatches and junk.")

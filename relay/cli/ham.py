@@ -43,7 +43,13 @@ def _mode(name: str):
 @click.argument("room")
 @click.option("--callsign", "--ham", "callsign", required=True, help="Your callsign, e.g. N0CALL.")
 @click.option("--link", "url", required=True, metavar="URL", help="The radio link to talk on.")
-@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The speech to send (any audio file libsndfile reads).",
+)
 @click.option("--mode", default="1600", show_default=True, help="Codec2 mode.")
 @click.option(
     "--frames",
@@ -114,7 +120,13 @@ def talk_cmd(room, callsign, url, input_path, mode, frames, home, as_json) -> No
 @click.argument("room")
 @click.option("--link", "url", required=True, metavar="URL", help="The radio link to listen on.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), help="Write what is heard.")
-@click.option("--duration", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds to listen.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 def listen_cmd(room, url, out_path, duration, as_json) -> None:
     """Listen to the ham room ROOM: only signed ham packets play, each with its callsign.

@@ -24,7 +24,8 @@ def link_group() -> None:
 @link_group.command("check")
 @click.argument("url_a")
 @click.argument("url_b")
-@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="How many probes to send from A to B.")  # fmt: skip
 @click.option("--size", type=int, help="Probe size in bytes (default 48, or the MTU if smaller).")
 @click.option("--interval", type=click.FloatRange(min=0), help="Seconds between probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

@@ -452,7 +452,10 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, home, as_json) -> 
     speaker's fingerprint (short hex if they never introduced themselves) and the verdict —
     verified (the speaker's signature covers every word played), partial (some frames lost,
     nothing contradicted), forged (words the speaker did not say) or unsigned (the seal
-    never came). Runs until --overs, --duration or Ctrl-C.
+    never came). Runs until --overs, --duration, Ctrl-C or SIGTERM; an over still being
+    spoken then is kept (written to --out, reported as cut short). A link that cannot be
+    reached (a dead TNC or broker port) is an error at the start, exit code 1; a refused
+    MQTT login or a missing CA file, exit code 2.
 
     \b
     Examples:
@@ -497,9 +500,11 @@ def _over_line(m, over: Over) -> dict[str, Any]:
         "verdict": over.verdict or "unsigned",
         "seconds": round(frames * over.mode.frame_seconds, 3),
         "frames": frames,
-        "frames_concealed": over.frames_missing,
+        "frames_concealed": over.frames_concealed,
+        "frames_comfort": over.frames_comfort,
         "frames_late": over.frames_late,
         "mode": over.mode.name,
+        "complete": over.complete,
     }
 
 
@@ -523,9 +528,11 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
         deadline = None if duration is None else loop.time() + duration
         lines: list[dict[str, Any]] = []
         stopped = "interrupted"
-        while True:
+
+        def take_new(cut: bool = False) -> None:
             for over in playout.overs[len(lines) :]:
                 line = _over_line(m, over)
+                line["cut_short"] = cut
                 lines.append(line)
                 if not as_json:
                     click.echo(
@@ -535,7 +542,11 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
                             if line["frames_concealed"]
                             else ""
                         )
+                        + ("  (cut short: stopped mid-over)" if cut else "")
                     )
+
+        while True:
+            take_new()
             if overs is not None and len(lines) >= overs:
                 stopped = "overs"
                 break
@@ -549,6 +560,9 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
                 break
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - loop.time()))
             await playout.wait_overs(len(lines) + 1, wait)
+        if stopped != "overs":  # stopped mid-over: keep what was heard of it
+            playout.close_all()
+            take_new(cut=True)
         dropped = dict(m.node.log.dropped)
         notices = list(m.node.log.notices)
         link_url = m.link.url

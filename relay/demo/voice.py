@@ -168,11 +168,7 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
         "fits_live": fits_live,
         "frames_sent": len(frames),
         "frames_skipped": encoded.total - len(frames),
-        "frames_concealed": (
-            over.frames_missing - over.frames_comfort  # lost primaries (FEC copies included)
-            if over
-            else encoded.total
-        ),
+        "frames_concealed": over.frames_concealed if over else encoded.total,
         "frames_from_fec": over.frames_redundant if over else 0,
         "fec": fec,
         "dtx": settings.dtx,

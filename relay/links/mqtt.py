@@ -94,14 +94,15 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relay.bridge.envelope import ENVELOPE_HEADER_LEN, ENVELOPE_VERSION
 from relay.core.crypto import HINT_EPOCH_SECONDS, hint_epoch
 from relay.core.wire import MAX_PACKET_LEN
-from relay.errors import LinkError, PacketError, UsageError
+from relay.errors import LinkError, PacketError, RelayError, UsageError
 from relay.links.base import Datagram
 from relay.links.stream import ReconnectingLink
+from relay.links.url import redact
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ MAX_INFLIGHT = 256  # QoS 1 messages paho keeps unacknowledged at once
 READ_CHUNK = 16384  # bytes read from the broker's socket at once (see _BufferedSocket)
 RESUME_WINDOW = 5.0  # publishes this soon after a reconnect are counted as at risk
 _RC_BAD_PROTOCOL = (1, 132)  # CONNACK: 3.1.1 "unacceptable protocol", 5 "unsupported version"
+# CONNACK: 3.1.1 "bad user name or password", "not authorised"; 5 the same two
+_RC_REFUSED_LOGIN = (4, 5, 134, 135)
 _KEYS = ("room", "prefix", "client", "queue", "qos", "linger", "ca")
 
 _BATCH_HEAD = struct.Struct(">BI")
@@ -443,6 +446,18 @@ class MqttLink(ReconnectingLink):
             f"(e.g. `mosquitto -p {self.port}` or `relay broker --port {self.port}`)"
         )
 
+    def _first_failure(self, exc: BaseException) -> RelayError:
+        """A refused login is the user's to fix (exit 2), not an unreachable broker."""
+        rc = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+        if rc in _RC_REFUSED_LOGIN:
+            who = f"user {self.username!r}" if self.username else "anonymous clients"
+            return UsageError(
+                f"the MQTT broker at {self.host}:{self.port} refused the login of {who} "
+                f"({'not authorised' if rc in (5, 135) else 'bad user name or password'}): "
+                "check USER:PASSWORD@ in the URL"
+            )
+        return super()._first_failure(exc)
+
     # -- the connection
 
     async def _prepare(self, conn: object, first: asyncio.Future[None]) -> str | None:
@@ -664,19 +679,6 @@ def _buffer_reads(client: object) -> None:
         paho._sock = _BufferedSocket(sock)  # type: ignore[union-attr]
 
 
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (what logs and ``link.url`` show)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def _int_option(opts: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
     if key not in opts:
         return default
@@ -732,6 +734,12 @@ def open_url(url: str) -> MqttLink:
     ca = opts.get("ca") or None
     if ca is not None and scheme != "mqtts":
         raise UsageError("ca= needs TLS: use mqtts://")
+    if ca is not None:  # a missing or unreadable CA file is the user's to fix, said now
+        try:
+            ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(f"ca={ca}: cannot use it as a CA bundle ({why})") from None
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return MqttLink(

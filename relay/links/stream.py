@@ -18,7 +18,7 @@ import logging
 import random
 from collections import deque
 
-from relay.errors import LinkError
+from relay.errors import LinkError, RelayError
 from relay.links.base import Datagram, Inbox, Link, LinkStats
 
 
@@ -87,6 +87,11 @@ class ReconnectingLink(Link):
     @abc.abstractmethod
     async def _write_loop(self, conn: object) -> None:
         """Send the queue over ``conn`` until it fails."""
+
+    def _first_failure(self, exc: BaseException) -> RelayError:
+        """What the first connect failing raises: LinkError (the peer cannot be reached);
+        a driver may say UsageError instead when the user's settings are what is wrong."""
+        return LinkError(self._unreachable(exc))
 
     async def _prepare(self, conn: object, first: asyncio.Future[None]) -> str | None:
         """Set up a fresh connection; a reason string ends the session before it starts."""
@@ -239,7 +244,7 @@ class ReconnectingLink(Link):
                 if not isinstance(exc, self._open_errors()):
                     self._log.error("%s: %s", self.url, self.open_error, exc_info=exc)
                 if not first.done():
-                    first.set_exception(LinkError(self._unreachable(exc)))
+                    first.set_exception(self._first_failure(exc))
                     return
                 self.stats.bump("reconnect_failures")
                 self._log.info(

@@ -7,7 +7,7 @@ adding a radio family touches one line.
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from relay.errors import UsageError
 from relay.links.base import Link
@@ -36,3 +36,23 @@ def open_link(url: str) -> Link:
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
         raise UsageError(f"unknown link scheme {scheme}:// (known: {known})")
     return importlib.import_module(module).open_url(url)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``: what logs, exit lines, JSON keys and
+    ``repr`` show of a link (any scheme; only ``mqtt://`` takes credentials today)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = parts.port
+    except ValueError:  # unparseable: hide everything between '//' and '@'
+        scheme, sep, rest = url.partition("://")
+        _userinfo, at, host = rest.rpartition("@")
+        return f"{scheme}{sep}***@{host}" if at else url
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

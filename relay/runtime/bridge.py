@@ -44,8 +44,10 @@ from urllib.parse import urlsplit
 
 from relay.bridge.core import DEFAULT_HOP_LIMIT, BridgeCore, LinkKind, Notice, Send
 from relay.bridge.pacer import Pacer
+from relay.core.crypto import HINT_EPOCH_SECONDS, RoomKeys, hint_epoch
 from relay.core.identity import Identity
 from relay.core.notice import NoticeReason, RelayNotice, build_notice
+from relay.core.session import HINT_TOLERANCE
 from relay.errors import LinkError, RelayError, UsageError
 from relay.links.base import Link
 
@@ -398,6 +400,67 @@ def freeze_startup_heap() -> None:
     _heap_frozen = True
     gc.collect()
     gc.freeze()
+
+
+class RoomFilter:
+    """The room hints a bridge carries: fixed hints, plus the hints of rooms named by their
+    keys (``relay bridge --room market``), which rotate hourly.
+
+    A named room's hints are those of the hint epochs within ``tolerance`` of now, the same
+    set a member's receiver tries first, so a sender's clock a little off still gets through.
+    Only the hint key derived from the room key is used: the bridge opens nothing.
+    """
+
+    def __init__(
+        self,
+        hints: Iterable[int] = (),
+        keys: Iterable[RoomKeys] = (),
+        tolerance: int = HINT_TOLERANCE,
+        names: Iterable[str] = (),
+    ) -> None:
+        self.fixed = frozenset(hints)
+        self.keys = list(keys)
+        self.tolerance = tolerance
+        self.names = list(names)  # of the rooms whose keys these are, for people
+
+    def describe(self) -> str:
+        """What is carried, for the start line (hints are public: they are on the air)."""
+        parts = [f"room {name}" for name in self.names]
+        parts += [f"hint {h:02x}" for h in sorted(self.fixed)]
+        return ", ".join(parts)
+
+    def hints(self, now: float) -> frozenset[int]:
+        """The hints to carry at UNIX time ``now``."""
+        rotating = (k.hints_near(now, self.tolerance) for k in self.keys)
+        return self.fixed.union(*rotating)
+
+    def next_change(self, now: float) -> float | None:
+        """When the set changes next (the next hint epoch), or None if it never does."""
+        if not self.keys:
+            return None
+        return (hint_epoch(now) + 1) * HINT_EPOCH_SECONDS
+
+
+async def follow_rooms(
+    links: Iterable[Link],
+    rooms: RoomFilter,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Keep every link that filters by room (``set_rooms``) on ``rooms``' current hints,
+    changing them as the hints rotate; runs until cancelled (returns at once if fixed)."""
+    targets = [f for f in (getattr(link, "set_rooms", None) for link in links) if f is not None]
+    current: frozenset[int] | None = None
+    while True:
+        now = clock()
+        hints = rooms.hints(now)
+        if hints != current:
+            for set_rooms in targets:
+                await set_rooms(hints)
+            current = hints
+        change = rooms.next_change(now)
+        if change is None:
+            return
+        await asyncio.sleep(max(1.0, change - clock() + 1.0))
 
 
 def bump(table: dict[str, int], key: str) -> None:

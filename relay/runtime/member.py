@@ -42,6 +42,7 @@ from relay.store.rooms import MODERATOR, RoomStore
 from relay.voice.modes import CodecMode, mode_by_name
 
 CLOSE_TIMEOUT = 2.0
+LINK_UP_TIMEOUT = 15.0  # seconds a Meshtastic node may take to answer when a member starts
 
 
 async def open_link_async(url: str) -> Link:
@@ -205,6 +206,7 @@ async def open_member(
             )
         link = await open_link_async(url)
         stack.push_async_callback(_close_link, link)
+        await link_up(link)
         counters = CounterStore(home.counters_db)
         stack.callback(counters.close)
         replay = ReplayStore(home.replay_db, home.unlock().sealer(REPLAY_LABEL))
@@ -236,6 +238,19 @@ async def open_member(
         member._start()
         stack.push_async_callback(_stop, member)
         yield member
+
+
+async def link_up(link: Link, timeout: float | None = None) -> None:
+    """Wait until ``link`` reaches its radio or broker: a dead port, a refused login or an
+    unplugged node is then an error now, not a silent room. KISS and MQTT links fail at
+    their first attempt; a Meshtastic node gets ``timeout`` s (LINK_UP_TIMEOUT) to answer."""
+    connect = getattr(link, "connect", None)
+    if connect is not None:
+        await connect()
+        return
+    wait_connected = getattr(link, "wait_connected", None)
+    if wait_connected is not None:
+        await wait_connected(LINK_UP_TIMEOUT if timeout is None else timeout)
 
 
 async def _close_link(link: Link) -> None:

@@ -27,16 +27,21 @@ from relay.core.room import (
     RoomEvent,
     Voice,
 )
+from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.links.base import Link
+from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
-from relay.voice.modes import CodecMode
+from relay.voice.modes import MODES, CodecMode
 from relay.voice.over import EncodedOver, OverEncoder, SentFrame
+from relay.voice.vad import MAX_SKIP
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
 GRANT_REPEATS = 2
 BEACON_SIZE = 100  # bytes of a beacon with a floor holder and a short hand queue
+RAISE_FIRST = 1.0  # seconds before a hand that brought no grant goes up again, at least
+RAISE_MAX = 8.0  # seconds between raises at most, once backed off
 
 
 @dataclass
@@ -103,6 +108,17 @@ class LivePackets:
         return ready
 
 
+def quiet_limit(link: Link) -> float:
+    """The longest a live over on ``link`` can go without a packet: a DTX pause, then the
+    capture of a full packet (the most speech a LoRa frame holds, in any Codec2 mode: voice
+    comes from radios even where the link is MQTT with a larger MTU) and twice its airtime
+    (one more packet may be ahead of it on the channel)."""
+    size = min(link.mtu, LORA_MAX_PAYLOAD)
+    room = max(0, size - VOICE_PACKET_OVERHEAD)
+    capture = max((room // m.bytes_per_frame) * m.frame_seconds for m in MODES)
+    return MAX_SKIP + capture + 2 * link.airtime(size)
+
+
 class RoomNode:
     """Runs one :class:`Room` on one link: receives, plays, sends what the room produces."""
 
@@ -121,6 +137,11 @@ class RoomNode:
         self.link = link
         self.clock = room_clock
         self.playout = playout or Playout()
+        # An over goes quiet for a DTX pause (a keep-alive at least every MAX_SKIP s) plus
+        # the capture and airtime of its next packet; only longer silence may end it
+        # unsealed. On slow links that is more than the default (LONG_FAST: a 27-frame
+        # packet after a pause arrived 6 s after the frame before it, splitting the over).
+        self.playout.idle_timeout = max(self.playout.idle_timeout, quiet_limit(link))
         self.log = NodeLog()
         self._on_event = on_event
         self._on_key = on_key
@@ -177,23 +198,45 @@ class RoomNode:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     # ---------------------------------------------------------------- speaking
-    async def wait_for_floor(self, timeout: float, *, raise_every: float = 8.0) -> bool:
-        """Raise a hand and wait for a grant; raise it again now and then (it may be lost).
+    async def wait_for_floor(self, timeout: float, *, raise_every: float = RAISE_MAX) -> bool:
+        """Raise a hand and wait for a grant; raise it again if no grant comes (it may be lost).
 
         Hands go up only while nobody holds the floor (the break between overs, as on any
         radio net): a hand raised over a speaker takes airtime from the speaker and delays
-        its packets for every listener.
+        its packets for every listener. A hand that brings no grant goes up again after
+        twice the round trip (the hand, the grant and its repeats on the air; at least
+        ``RAISE_FIRST`` s), then after twice as long each time, up to ``raise_every``;
+        each wait is jittered by +-50 % so hands waiting for the same break spread out.
+        When the floor comes free after we raised, the moderator's grant from its queue
+        gets about that first wait before we raise again (so no stale hand queues us twice).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_raise = loop.time()
+        gap: float | None = None  # the wait before the next raise (backs off)
+        first_gap = 0.0  # the first one: twice the round trip
+        busy = False
         while not self.room.holds_floor(self.clock()):
             now = loop.time()
             if now >= deadline:
                 return False
+            if busy and self.room.floor is None and first_gap:
+                # The floor just came free: the moderator grants from its queue now, which
+                # may already hold our hand. Give that grant a round trip before raising
+                # again; a hand raised at once would reach the moderator after the grant
+                # and queue us a second time (a grant nobody uses later).
+                next_raise = max(next_raise, now + first_gap * (0.5 + self._rng.random()))
+            busy = self.room.floor is not None
             if now >= next_raise and self.room.floor is None:
-                await self.send(self.room.raise_hand(self.clock()))
-                next_raise = now + raise_every * (1 + self._rng.random())
+                hand = self.room.raise_hand(self.clock())
+                await self.send(hand)
+                if gap is None:
+                    round_trip = self.link.airtime(len(hand)) + (
+                        1 + GRANT_REPEATS
+                    ) * self.link.airtime(BEACON_SIZE)
+                    gap = first_gap = max(RAISE_FIRST, 2 * round_trip)
+                next_raise = now + gap * (0.5 + self._rng.random())
+                gap = min(2 * gap, max(raise_every, gap))
             wake = min(deadline, next_raise) if next_raise > now else deadline
             await self._changed_or(max(0.05, wake - now))
         # The grant is followed by beacons repeating it: start talking once they have left

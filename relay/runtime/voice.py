@@ -164,6 +164,11 @@ class Over:
     verdict: str | None = None  # rooms: verified | partial | forged | unsigned
 
     @property
+    def frames_concealed(self) -> int:
+        """Frames whose primary was lost (FEC copies included); DTX pauses are not loss."""
+        return self.frames_missing - self.frames_comfort
+
+    @property
     def first_position(self) -> int:
         """Frames before this one were lost before the listener heard anything of the over."""
         return min(self.play_times, default=0)
@@ -312,6 +317,12 @@ class Playout:
             stream.play(stream.buffer.pop_due(now))
             if now - stream.last_arrival > self.idle_timeout:
                 self._close(sender, None, complete=False)
+
+    def close_all(self) -> None:
+        """End every over still being spoken (the listener stops): what was heard of it is
+        kept, as an incomplete over with no verdict, instead of being lost."""
+        for sender in list(self._streams):
+            self._close(sender, None, complete=False)
 
     def _close(
         self, sender: bytes, total: int | None, *, complete: bool, verdict: str | None = None

@@ -667,5 +667,17 @@ def erase_room(home: Home, ref: str) -> RoomSummary:
     return summary
 
 
+def find_room(home: Home, ref: str) -> RoomInfo:
+    """A room of ``home`` by name or id prefix, for commands that only read: a home without
+    rooms is an error, never created (no directory, no database)."""
+    if not home.rooms_db.exists():
+        raise UsageError(
+            f"no room {ref.strip()!r} here (there are no rooms in {home.path} yet: "
+            "relay room create or relay room join); see `relay room list`"
+        )
+    with RoomStore(home) as rooms:
+        return rooms.get(ref)
+
+
 def _new_room_id() -> bytes:
     return os.urandom(ROOM_ID_LEN)

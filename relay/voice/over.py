@@ -74,6 +74,7 @@ class OverEncoder:
         self._held = np.zeros(0, dtype=np.int16)  # samples short of a whole frame
         self._pending: deque[tuple[bytes, bytes | None]] = deque()  # encoded, not yet decided
         self.total = 0  # positions decided so far (sent or skipped)
+        self._last_skipped: SentFrame | None = None  # sent after all if the over ends on it
 
     def push(self, pcm: np.ndarray) -> list[SentFrame]:
         """Frames to send for ``pcm`` (1-D int16, 8 kHz) and what came before it."""
@@ -85,13 +86,23 @@ class OverEncoder:
         return self._decided(keep)
 
     def finish(self) -> list[SentFrame]:
-        """The frames still to send: the over ends with the audio pushed so far."""
+        """The frames still to send: the over ends with the audio pushed so far.
+
+        With DTX an over that ends in a pause still ends with a frame (its last one, as a
+        keep-alive): the seal counts positions up to the last frame sent, and listeners
+        tell a pause from loss by the frame after it, so without it the pause would be cut
+        from what they hear (or counted as lost frames).
+        """
         rest, self._held = self._held, np.zeros(0, dtype=np.int16)
         self._encode(rest)
         keep = None
         if self._gate is not None:
             keep = self._gate.push(rest) + self._gate.finish()
-        return self._decided(keep)
+        out = self._decided(keep)
+        last = self._last_skipped
+        if last is not None and last[0] == self.total - 1:
+            out.append(last)
+        return out
 
     def _encode(self, pcm: np.ndarray) -> None:
         frames = self._encoder.encode(pcm)
@@ -106,6 +117,8 @@ class OverEncoder:
             frame, copy = self._pending.popleft()
             if send:
                 out.append((self.total, frame, copy))
+            else:
+                self._last_skipped = (self.total, frame, copy)
             self.total += 1
         return out
 

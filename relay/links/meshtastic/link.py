@@ -89,6 +89,7 @@ class MeshtasticLink(Link):
         self.closed = False
         self.connected = False
         self.node_num: int | None = None
+        self.last_error: str | None = None  # why the last connection attempt failed
         self._profile: RadioProfile = (
             preset(options.preset) if options.preset else firmware_default()
         )
@@ -175,7 +176,8 @@ class MeshtasticLink(Link):
                 raise LinkError(f"{self.url} is closed")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise LinkError(f"{self.url}: no connection to the node after {timeout} s")
+                why = f": {self.last_error}" if self.last_error else ""
+                raise LinkError(f"{self.url}: no connection to the node after {timeout:g} s{why}")
             await self._changed(left)
 
     # -- sending
@@ -464,6 +466,7 @@ class MeshtasticLink(Link):
                 )
             except Exception as exc:
                 self._candidate = None
+                self.last_error = f"cannot reach the node ({exc})"
                 self.stats.bump("connect_failures")
                 level = (
                     logging.WARNING if self.stats.extra["connect_failures"] == 1 else logging.DEBUG

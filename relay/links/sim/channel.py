@@ -731,10 +731,15 @@ def remote_address(url: str) -> tuple[str, int] | None:
     try:
         port = parts.port
     except ValueError:
-        if parts.netloc.rpartition(":")[2].isdigit():
-            raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}") from None
-        return None  # a channel name that happens to contain ':'
+        # A host with a port that is not a number is a typo for an ether, never a channel
+        # name: opening an empty in-process channel instead would hear nothing, silently.
+        raise UsageError(
+            f"sim:// port must be a number 1..65535, got {parts.netloc!r} "
+            "(a channel in this process is sim://NAME, without ':')"
+        ) from None
     if port is None:
+        if parts.netloc.endswith(":"):
+            raise UsageError(f"sim://{parts.netloc}: give the ether's port after ':'")
         return None
     if port == 0:
         raise UsageError(f"sim:// port must be 1..65535, got {parts.netloc!r}")
