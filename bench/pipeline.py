@@ -43,7 +43,7 @@ def pipeline(pcm: np.ndarray, mode, fpp: int, state: Path) -> float:
     store = CounterStore(state / f"c{time.perf_counter_ns()}.db")
     sender = Sender(keys, b"bench-speaker", store)
     receiver = Receiver(keys)
-    receiver.add_sender(b"bench-speaker")
+    receiver.add_sender(b"bench-speaker", sender.session)
     encoder, decoder = Encoder(mode), Decoder(mode)
     spf = mode.samples_per_frame
     n = len(pcm) // spf

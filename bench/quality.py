@@ -50,6 +50,7 @@ from relay.voice.modes import SAMPLE_RATE, CodecMode, mode_by_name
 NOW = 1_750_000_000.0
 LINK_DELAY = 0.1  # seconds from capture of a packet's last frame to its arrival
 IDENTITY = b"bench-speaker-identity"
+SESSION = bytes(8)  # one sender start: the receiver is told it (no room here)
 LOSSES: tuple[str, ...] = ("0", "5", "10", "20", "burst")
 FPP = 5  # 200 ms of 1600 per packet, like the MANIFEST figures and `relay plan` on SHORT_FAST
 
@@ -112,7 +113,7 @@ def send(
     """Seal an over as the talker does (``runtime.voice.batches`` + ``Sender.voice``);
     ``positions`` are the over positions of ``frames`` when DTX skipped some."""
     keys = RoomKeys(bytes(range(32)))
-    sender = Sender(keys, IDENTITY, MemoryCounters())
+    sender = Sender(keys, IDENTITY, MemoryCounters(), session=SESSION)
     packets = []
     air = 0
     last = -1
@@ -134,7 +135,7 @@ def receive(sent: Sent, lost: np.ndarray, conceal: str) -> np.ndarray:
     """What a listener plays: the real receiver and playout, lost packets never arrive."""
     keys = RoomKeys(bytes(range(32)))
     receiver = Receiver(keys, window=1 << 16)
-    receiver.add_sender(IDENTITY)
+    receiver.add_sender(IDENTITY, SESSION)
     playout = Playout(conceal=conceal, idle_timeout=1e9)
     mode = None
     for (arrival, packet), gone in zip(sent.packets, lost, strict=True):

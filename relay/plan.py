@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD  # header + tag bytes per packet
+from relay.errors import UsageError
 from relay.radio.profiles import RadioProfile
 from relay.voice.modes import MODES, CodecMode, mode_by_name
 
@@ -23,9 +24,61 @@ RELAY_HOPS = 1
 # mouth-to-ear under 300 ms is comfortable; a row that only just fits is a fallback.
 COMFORT_OCCUPANCY = 0.85
 COMFORT_LATENCY = 0.3
+# A room may allow more delay than a phone call (one person talks at a time): its budget.
+DEFAULT_MAX_DELAY_MS = round(MAX_LATENCY * 1000)
+MIN_MAX_DELAY_MS, MAX_MAX_DELAY_MS = 100, 10_000
+MAX_RELAY_HOPS = 3
 # FEC pays off from this much packet loss on (bench/quality.py: at 5 % random loss it lifts
 # 1600's STOI by about 0.01 and PESQ by 0.1; at 10 % by 0.03 and 0.2).
 FEC_MIN_LOSS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a room allows live voice: mouth-to-ear delay, and the repeaters that re-send it.
+
+    A moderated room, where one person talks at a time, can take a second of delay where a
+    phone call cannot: larger packets spend less airtime on LoRa preambles and headers, so
+    slower presets carry live voice. Each relay hop (a store-and-forward repeater on the same
+    channel) sends every packet again, so the channel must hold ``1 + relay_hops`` copies.
+    """
+
+    max_delay_ms: int = DEFAULT_MAX_DELAY_MS
+    relay_hops: int = RELAY_HOPS
+
+    def __post_init__(self) -> None:
+        ms, hops = self.max_delay_ms, self.relay_hops
+        if not isinstance(ms, int) or not MIN_MAX_DELAY_MS <= ms <= MAX_MAX_DELAY_MS:
+            raise UsageError(
+                f"a delay budget is {MIN_MAX_DELAY_MS}..{MAX_MAX_DELAY_MS} ms, got {ms!r}"
+            )
+        if not isinstance(hops, int) or not 0 <= hops <= MAX_RELAY_HOPS:
+            raise UsageError(f"relay hops are 0..{MAX_RELAY_HOPS}, got {hops!r}")
+
+    @property
+    def max_latency(self) -> float:
+        """Seconds: no live row may take longer, mouth to ear."""
+        return self.max_delay_ms / 1000.0
+
+    @property
+    def comfort_latency(self) -> float:
+        """Seconds: rows this quick are preferred (300 ms of the default 400, 3/4 of more)."""
+        return comfort_latency(self.max_latency)
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments :func:`plan` and :func:`evaluate` take for this budget."""
+        return {"max_latency": self.max_latency, "relay_hops": self.relay_hops}
+
+    def to_dict(self) -> dict[str, int]:
+        return {"max_delay_ms": self.max_delay_ms, "relay_hops": self.relay_hops}
+
+
+def comfort_latency(max_latency: float) -> float:
+    """The latency below which a row is comfortable, for a hard limit of ``max_latency``:
+    COMFORT_LATENCY (300 ms) for the default 400 ms, three quarters of larger budgets."""
+    if max_latency <= MAX_LATENCY:
+        return min(max_latency, COMFORT_LATENCY)
+    return max(COMFORT_LATENCY, 0.75 * max_latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +204,8 @@ class Plan:
     fec: FecCost | None = None  # FEC's cost on the best row
     loss: float | None = None  # the packet loss the user expects, if given
     use_fec: bool = False  # the planner's recommendation for that loss
+    max_latency: float = MAX_LATENCY
+    relay_hops: int = RELAY_HOPS
 
     @property
     def fits_live(self) -> bool:
@@ -169,6 +224,8 @@ class Plan:
                 "link_overhead_bytes": self.profile.link_overhead_bytes,
             },
             "duty_cycle": self.duty_cycle,
+            "max_delay_ms": round(self.max_latency * 1000),
+            "relay_hops": self.relay_hops,
             "voice_packet_overhead": self.overhead,
             "fits_live": self.fits_live,
             "best": self.best.to_dict() if self.best else None,
@@ -267,27 +324,22 @@ def plan(
         modes: tuple[CodecMode, ...] = MODES
     else:
         modes = (mode if isinstance(mode, CodecMode) else mode_by_name(mode),)
-    rows = tuple(
-        evaluate(
-            profile,
-            m,
-            fpp,
-            overhead=overhead,
-            duty_cycle=dc,
-            relay_hops=relay_hops,
-            max_occupancy=max_occupancy,
-            max_latency=max_latency,
-        )
-        for m in modes
-        for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
-    )
+    rows = _rows(profile, modes, overhead, dc, relay_hops, max_occupancy, max_latency)
     fitting = [r for r in rows if r.fits]
-    comfortable = [
-        r
-        for r in fitting
-        if r.relay_occupancy <= COMFORT_OCCUPANCY and r.latency <= COMFORT_LATENCY
-    ]
-    best = min(comfortable or fitting, key=lambda r: (-r.mode.bitrate, r.latency), default=None)
+    # A larger budget is an allowance, not a target: a row comfortable for a phone call
+    # (COMFORT_LATENCY) still wins; the budget's own comfort comes next, then anything that fits.
+    limits = (min(COMFORT_LATENCY, max_latency), comfort_latency(max_latency))
+
+    def tier(occupancy: float, latency: float) -> int:
+        if occupancy > COMFORT_OCCUPANCY:
+            return len(limits)
+        return next((i for i, lim in enumerate(limits) if latency <= lim), len(limits))
+
+    best = min(
+        fitting,
+        key=lambda r: (tier(r.relay_occupancy, r.latency), -r.mode.bitrate, r.latency),
+        default=None,
+    )
 
     def cost(row: PlanRow) -> FecCost | None:
         return fec_cost(
@@ -296,27 +348,30 @@ def plan(
 
     # The best row that still fits with FEC's extra bytes (a lossy link's choice).
     with_fec = [(r, c) for r in fitting if (c := cost(r)) is not None and c.fits]
-    easy = [
-        (r, c)
-        for r, c in with_fec
-        if c.relay_occupancy <= COMFORT_OCCUPANCY and r.latency <= COMFORT_LATENCY
-    ]
     fec_best = min(
-        easy or with_fec, key=lambda rc: (-rc[0].mode.bitrate, rc[0].latency), default=None
+        with_fec,
+        key=lambda rc: (
+            tier(rc[1].relay_occupancy, rc[0].latency),
+            -rc[0].mode.bitrate,
+            rc[0].latency,
+        ),
+        default=None,
     )
     if loss is not None and loss >= FEC_MIN_LOSS and fec_best is not None:
         best = fec_best[0]
     fec = cost(best) if best is not None else None
     use_fec = fec_advised(fec, loss)
     advice = _advice(profile, rows, best, dc, overhead, relay_hops, max_occupancy, max_latency)
+    if best is None:
+        advice += _budget_hint(profile, modes, dc, overhead, relay_hops, max_occupancy, max_latency)
     if best is not None:
-        advice += " " + _fec_advice(fec, loss, use_fec)
+        advice += " " + _fec_advice(fec, loss, use_fec, relay_hops)
         if fec_best is not None and not use_fec and (fec is None or not fec.fits):
             r, c = fec_best
             advice += (
                 f" On a link that loses {FEC_MIN_LOSS:.0%} or more: Codec2 {r.mode.name}, "
                 f"{r.frames_per_packet} frames per packet, --fec ({c.datagram_bytes} B packets, "
-                f"{c.relay_occupancy:.0%} of the channel with a relay hop)."
+                f"{c.relay_occupancy:.0%} of the channel {_with_hops(relay_hops)})."
             )
     return Plan(
         profile=profile,
@@ -328,16 +383,90 @@ def plan(
         fec=fec,
         loss=loss,
         use_fec=use_fec,
+        max_latency=max_latency,
+        relay_hops=relay_hops,
     )
 
 
-def _fec_advice(fec: FecCost | None, loss: float | None, use_fec: bool) -> str:
+def _rows(
+    profile: RadioProfile,
+    modes: tuple[CodecMode, ...],
+    overhead: int,
+    duty_cycle: float,
+    relay_hops: int,
+    max_occupancy: float,
+    max_latency: float,
+) -> tuple[PlanRow, ...]:
+    """Every (mode, frames per packet) row of ``modes`` that one datagram can carry."""
+    return tuple(
+        evaluate(
+            profile,
+            m,
+            fpp,
+            overhead=overhead,
+            duty_cycle=duty_cycle,
+            relay_hops=relay_hops,
+            max_occupancy=max_occupancy,
+            max_latency=max_latency,
+        )
+        for m in modes
+        for fpp in range(1, max_frames_per_packet(profile, m, overhead) + 1)
+    )
+
+
+ROOM_DELAYS_MS = (1000, 1500)  # what a moderated room can allow: the advice when nothing fits
+
+
+def _budget_hint(
+    profile: RadioProfile,
+    modes: tuple[CodecMode, ...],
+    duty_cycle: float,
+    overhead: int,
+    relay_hops: int,
+    max_occupancy: float,
+    max_latency: float,
+) -> str:
+    """When nothing fits: the smallest step (about 1 s of delay, then no repeater, then 1.5 s)
+    that would, as advice."""
+    steps = [
+        (ms, hops)
+        for ms in dict.fromkeys(max(d, round(max_latency * 1000)) for d in ROOM_DELAYS_MS)
+        for hops in dict.fromkeys((relay_hops, 0))
+        if (ms, hops) != (round(max_latency * 1000), relay_hops)
+    ]
+    for ms, hops in steps:
+        for m in modes:
+            rows = _rows(profile, (m,), overhead, duty_cycle, hops, max_occupancy, ms / 1000)
+            fitting = [r for r in rows if r.fits]
+            if fitting:
+                r = min(fitting, key=lambda r: r.latency)
+                ms = min(ms, max(ROOM_DELAYS_MS[0], math.ceil(r.latency * 10) * 100))
+                return (
+                    f" A room that allows {ms} ms of delay"
+                    + (" with no repeater on the channel" if hops != relay_hops else "")
+                    + f" fits Codec2 {r.mode.name} live, {r.frames_per_packet} frames per "
+                    f"packet, about {r.latency * 1000:.0f} ms (--max-delay {ms}"
+                    + (f" --relay-hops {hops}" if hops != relay_hops else "")
+                    + ")."
+                )
+    return ""
+
+
+def _with_hops(relay_hops: int) -> str:
+    if relay_hops == 1:
+        return "with a relay hop"
+    return "with no relay hop" if relay_hops == 0 else f"with {relay_hops} relay hops"
+
+
+def _fec_advice(
+    fec: FecCost | None, loss: float | None, use_fec: bool, relay_hops: int = RELAY_HOPS
+) -> str:
     if fec is None:
         return "This mode has no FEC pairing."
     cost = (
         f"FEC ({fec.mode.name} copies of the previous packet) makes packets {fec.datagram_bytes} B "
         f"and costs {fec.extra_airtime:+.0%} airtime ({fec.relay_occupancy:.0%} of the channel "
-        f"with a relay hop)"
+        f"{_with_hops(relay_hops)})"
     )
     if not fec.fits:
         return f"{cost}: it does not fit here ({'; '.join(fec.problems)})."
@@ -364,7 +493,7 @@ def _advice(
             f"Live voice fits {profile.name}: Codec2 {best.mode.name} with "
             f"{best.frames_per_packet} frames per packet ({packet_ms:.0f} ms of speech, "
             f"{best.airtime_per_packet * 1000:.0f} ms on air) uses {best.occupancy:.0%} of the "
-            f"channel per talker, {best.relay_occupancy:.0%} with a relay hop, "
+            f"channel per talker, {best.relay_occupancy:.0%} {_with_hops(relay_hops)}, "
             f"about {best.latency * 1000:.0f} ms latency."
         )
     if not rows:

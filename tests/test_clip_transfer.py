@@ -197,7 +197,7 @@ def test_the_planner_picks_the_mode_and_pieces_fill_the_mtu() -> None:
     assert choose_mode(preset("SHORT_FAST")).name == "1600"
     assert choose_mode(preset("LONG_FAST")).name == "700C"
     assert choose_mode(preset("SHORT_FAST").with_duty_cycle(0.01)).name == "700C"
-    assert max_piece_size(233) == 233 - 16 - 7
+    assert max_piece_size(233) == 233 - 23 - 7  # header, session, tag; piece header
     with pytest.raises(UsageError):
         max_piece_size(20)
 

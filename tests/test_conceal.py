@@ -124,7 +124,7 @@ def _stoi_over_real_path(conceal: str, lost: set[int]) -> float:
     ident = b"conceal-test-speaker"
 
     sender, receiver = Sender(keys, ident, MemoryCounters()), Receiver(keys)
-    receiver.add_sender(ident)
+    receiver.add_sender(ident, sender.session)
     playout = Playout(conceal=conceal)
     for i, (first, batch, _) in enumerate(batches(frames, 5)):
         t = (first + len(batch)) * 0.04 + 0.1

@@ -100,6 +100,9 @@ def test_frames_over_the_mtu_are_refused():
         settings(frames_per_packet=100)
 
 
+SESSION = bytes(range(8))  # the speaker's session, told to the plain receiver
+
+
 def test_listener_rejects_injected_and_replayed_packets_and_ends_over_without_end_marker():
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -107,14 +110,14 @@ def test_listener_rejects_injected_and_replayed_packets_and_ends_over_without_en
         speaker, listener_link, attacker = ether.attach(), ether.attach(), ether.attach()
         keys = RoomKeys(random_room_key())
         receiver = Receiver(keys)
-        receiver.add_sender(b"speaker")
+        receiver.add_sender(b"speaker", SESSION)
         listener = Listener(receiver, loop.time, idle_timeout=1.0)
         task = asyncio.create_task(listener.run(listener_link))
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             store = CounterStore(f"{tmp}/c.db")
-            sender = Sender(keys, b"speaker", store)
+            sender = Sender(keys, b"speaker", store, session=SESSION)
             mode = mode_by_name("1600")
             frames = Encoder(mode).encode(read_audio(SHORT))
             first = sender.voice(mode, 0, frames[:4], loop.time())
@@ -159,8 +162,8 @@ def test_talk_sends_one_packet_per_batch_and_an_end_marker():
 
     result, received = run(scenario())
     assert result.packets_sent == 4  # 4 + 4 + 2 frames, then the end marker
-    assert result.datagram_sizes == [48, 48, 32, 20]  # end marker: kind + 4-byte count
-    assert [len(d.data) for d in received] == [48, 48, 32, 20]
+    assert result.datagram_sizes == [48, 48, 32, 28]  # end marker: session, kind, 4-byte count
+    assert [len(d.data) for d in received] == [48, 48, 32, 28]
 
 
 def test_fec_and_dtx_in_the_demo(tmp_path):

@@ -30,8 +30,9 @@ PAIRED = [m for m in MODES if m.name in wire.FEC_PAIRS]
 def _pair():
     keys = RoomKeys(bytes(range(32)))
     receiver = Receiver(keys)
-    receiver.add_sender(IDENT)
-    return Sender(keys, IDENT, MemoryCounters()), receiver
+    sender = Sender(keys, IDENT, MemoryCounters())
+    receiver.add_sender(IDENT, sender.session)
+    return sender, receiver
 
 
 def _frames(mode, n, seed=0):
@@ -174,7 +175,7 @@ def test_fec_overs_verify_and_copies_are_not_sealed():
 def test_fec_voice_is_gated_like_voice():
     net = Net(speakers=2, listeners=2)
     a, b = net.speakers
-    net.send(b.raise_hand(net.now), b)
+    _grant(net, b)  # b spoke before: listeners know the session its voice is sealed under
     _grant(net, a)
     rogue = b.sender.voice(MODE, 4, [b"\x55" * 8] * 4, net.now, [b"\x66" * 4] * 4)
     for li in net.listeners:

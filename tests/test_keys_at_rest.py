@@ -239,26 +239,34 @@ def test_voice_messages_are_sealed_at_rest(tmp_path):
 
 def test_replay_marks_do_not_name_the_speakers_at_rest(tmp_path):
     """Whom the owner heard, in which room: neither the speaker's key nor the room key's id
-    is in the file; marks read back, and an older relay's clear marks are still honoured."""
+    is in the file; marks read back and move forward; erasing them leaves nothing, also of
+    an earlier version's table."""
+    import sqlite3
+
+    from relay.core.session import SessionMark
     from relay.store.replay import REPLAY_LABEL, ReplayStore
+
+    def mark(sender: bytes, highest: int) -> SessionMark:
+        return SessionMark(sender, b"session1", 1.0, highest, 1, highest, 0.0)
 
     home = Home(tmp_path, passphrase=lambda: PASS)
     home.init_identity(passphrase=PASS)
     sealer = home.unlock().sealer(REPLAY_LABEL)
     speakers = [os.urandom(32) for _ in range(3)]
-    ReplayStore(home.replay_db).save("00112233aabbccdd", speakers[2], 9)  # an older relay's
+    kid = "00112233aabbccdd"
     marks = ReplayStore(home.replay_db, sealer)
-    marks.save("00112233aabbccdd", speakers[0], 5)
-    marks.save("00112233aabbccdd", speakers[0], 7)  # one row per speaker: it moves
-    marks.save("00112233aabbccdd", speakers[1], 3)
+    marks.save(kid, [mark(speakers[0], 5)])
+    marks.save(kid, [mark(speakers[0], 7), mark(speakers[1], 3)])  # one row per session
     raw = raw_bytes(tmp_path)
-    assert speakers[0] not in raw and speakers[1] not in raw
-    assert b"00112233aabbccdd" in raw  # only in the older relay's row
-    got = ReplayStore(home.replay_db, sealer).load("00112233aabbccdd")
-    assert got == {speakers[0]: 7, speakers[1]: 3, speakers[2]: 9}
-    assert marks.forget(["00112233aabbccdd"]) == 3
+    assert speakers[0] not in raw and speakers[1] not in raw and kid.encode() not in raw
+    got = {m.identity: m.highest for m in ReplayStore(home.replay_db, sealer).load(kid)}
+    assert got == {speakers[0]: 7, speakers[1]: 3}
+    with sqlite3.connect(home.replay_db) as old:  # an earlier version's marks, in clear
+        old.execute("CREATE TABLE replay (key_id TEXT, sender BLOB, highest INTEGER)")
+        old.execute("INSERT INTO replay VALUES (?, ?, 9)", (kid, speakers[2]))
+    assert marks.forget([kid]) == 3
     raw = raw_bytes(tmp_path)
-    assert speakers[2] not in raw and b"00112233aabbccdd" not in raw
+    assert not any(sp in raw for sp in speakers) and kid.encode() not in raw
 
 
 def test_room_names_and_members_are_sealed_at_rest(tmp_path):

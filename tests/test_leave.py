@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from test_keys_at_rest import raw_bytes, run
 
 from relay.clip.wire import Offer
 from relay.core.crypto import RoomKeys
+from relay.core.session import SessionMark
 from relay.store.clips import ClipStore
 from relay.store.counters import CounterStore
 from relay.store.home import Home
@@ -42,8 +44,10 @@ def test_leave_erases_every_trace_of_the_room(tmp_path):
     sealer = home.unlock().sealer(REPLAY_LABEL)
     replay = ReplayStore(home.replay_db, sealer)
     for key_id in [ids[1], kept_id]:
-        replay.save(key_id, speaker, 41)
-    ReplayStore(home.replay_db).save(ids[0], speaker, 40)  # a mark from an older relay
+        replay.save(key_id, [SessionMark(speaker, b"session1", 1.0, 41, 1, 41, 0.0)])
+    with sqlite3.connect(home.replay_db) as old:  # a mark of an earlier version, in clear
+        old.execute("CREATE TABLE replay (key_id TEXT, sender BLOB, highest INTEGER)")
+        old.execute("INSERT INTO replay VALUES (?, ?, 40)", (ids[0], speaker))
     counters = CounterStore(home.counters_db)
     spent = counters.reserve(f"{ids[1]}:me", 5000, 1 << 24) + 5000
     counters.reserve(f"{kept_id}:me", 10, 1 << 24)
@@ -76,9 +80,9 @@ def test_leave_erases_every_trace_of_the_room(tmp_path):
     for trace in traces:
         assert trace not in raw, trace
     # The other room's marks still name the speaker: that room was not left.
-    assert ReplayStore(home.replay_db, sealer).load(kept_id) == {speaker: 41}
-    assert ReplayStore(home.replay_db, sealer).load(ids[1]) == {}
-    assert ReplayStore(home.replay_db, sealer).load(ids[0]) == {}
+    (mark,) = ReplayStore(home.replay_db, sealer).load(kept_id)
+    assert (mark.identity, mark.highest) == (speaker, 41)
+    assert ReplayStore(home.replay_db, sealer).load(ids[1]) == []
     with RoomStore(Home(home_dir, passphrase=lambda: PASS)) as rooms:
         assert [r.name for r in rooms.list()] == ["market"]
     # Joining the left room again with the same key never reuses a counter.

@@ -120,9 +120,10 @@ def test_floor_contention_only_the_holder_is_heard():
     rogue = b.sender.voice(MODE, 0, [b"\x55" * 8] * 4, net.now)
     legit = a.voice(MODE, 0, [b"\x11" * 8] * 4, net.now)
     for li in net.listeners:
-        assert _of(li.receive(rogue, net.now), Dropped)[0].reason == "floor_violation"
+        # Nobody vouched for b's voice (no grant named its session): refused unopened.
+        assert _of(li.receive(rogue, net.now), Dropped)[0].reason == "unknown_session"
         assert _of(li.receive(legit, net.now), Voice)
-        assert li.stats["floor_violation"] == 1
+        assert li.stats["unknown_session"] == 1
 
 
 def test_forged_grants_are_ignored():
@@ -136,7 +137,9 @@ def test_forged_grants_are_ignored():
     from relay.core.session import Sender
     from relay.core.signing import signed_message
 
-    as_mod = Sender(mallory.keys, net.mod_id.identity, MemoryCounters())
+    as_mod = Sender(
+        mallory.keys, net.mod_id.identity, MemoryCounters(), session=net.mod.sender.session
+    )
     header_counter = 10_000
     as_mod._next, as_mod._limit = header_counter, header_counter + 10
     packet = as_mod.control(ControlKind.MOD, fake.pack() + bytes(64), net.now)
@@ -173,7 +176,7 @@ def test_replayed_and_rewrapped_old_grants_are_ignored():
     from relay.core.session import Receiver
 
     opener = Receiver(a.keys)
-    opener.add_sender(net.mod_id.identity)
+    opener.add_sender(net.mod_id.identity, net.mod.sender.session)
     signed_body = opener.receive(old_grant, net.now).payload
     rewrapped = _as(net, a, net.mod, 50_000).control(ControlKind.MOD, signed_body, net.now)
     for li in net.listeners:
@@ -224,7 +227,7 @@ def test_tampered_over_is_shown_forged_and_lossy_over_partial():
     # Mallory holds the room key: she injects frames as a (her packet lands first).
     from relay.core.session import Sender
 
-    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters(), session=a.sender.session)
     nxt = a.sender.next_counter
     as_a._next, as_a._limit = nxt, nxt + 64  # a's next counters, raced
     injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
@@ -319,7 +322,7 @@ def test_seal_copies_are_counted_once_and_a_forged_end_changes_nothing():
     # Mallory ends a's over, unsigned and then signed by herself: nothing happens.
     from relay.core.session import Sender
 
-    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
+    as_a = Sender(mallory.keys, a.me.identity, MemoryCounters(), session=a.sender.session)
     as_a._next, as_a._limit = 5000, 5010
     for payload in ((4).to_bytes(4, "big"), bytes(30) + bytes(64)):
         fake_end = as_a.control(ControlKind.OVER_END, payload, net.now)
@@ -351,7 +354,7 @@ def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
     from relay.core.session import Sender
 
     for ahead in (5_000, 1_000):  # outside the grant's counter range, then inside it
-        as_a = Sender(mallory.keys, a.me.identity, MemoryCounters())
+        as_a = Sender(mallory.keys, a.me.identity, MemoryCounters(), session=a.sender.session)
         as_a._next, as_a._limit = ahead, ahead + 1
         injected = as_a.voice(MODE, 0, [b"\x66" * 8] * 4, net.now)
         events = net.send(injected, mallory, to=net.listeners)
@@ -368,7 +371,10 @@ def test_insider_cannot_push_the_speaker_out_of_its_replay_window():
 def _as(net, impostor, victim, counter):
     from relay.core.session import Sender
 
-    forged = Sender(impostor.keys, victim.me.identity, MemoryCounters())
+    # Every key holder knows the victim's session: it is in the clear on control packets.
+    forged = Sender(
+        impostor.keys, victim.me.identity, MemoryCounters(), session=victim.sender.session
+    )
     forged._next, forged._limit = counter, counter + 10
     return forged
 
@@ -438,8 +444,13 @@ def test_recorded_beacon_replayed_hours_later_is_stale():
     beacon = net.mod.beacon(net.now)
     fresh = Room(ROOM_ID, KEY, 0, [net.mod_id.public], Identity.generate(), MemoryCounters())
     later = net.now + 6 * 3600
-    assert _of(fresh.receive(beacon, later), Dropped)[0].reason == "stale_moderation"
+    # A receiver that never heard the moderator's session refuses to learn it from an old
+    # beacon; one that knows the session refuses the beacon for its age.
+    assert _of(fresh.receive(beacon, later), Dropped)[0].reason == "stale_session"
     assert fresh.floor is None
+    knows = net.listeners[0]
+    net.send(net.mod.beacon(net.now), net.mod, to=[knows])
+    assert _of(knows.receive(beacon, later), Dropped)[0].reason == "stale_moderation"
 
 
 def test_old_key_carries_no_voice_after_rotation():

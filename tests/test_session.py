@@ -21,7 +21,7 @@ def room(tmp_path):
     store = CounterStore(tmp_path / "counters.db")
     sender = Sender(keys, b"alice-identity", store)
     receiver = Receiver(keys)
-    receiver.add_sender(b"alice-identity")
+    receiver.add_sender(b"alice-identity", sender.session)
     yield keys, sender, receiver
     store.close()
 
@@ -61,7 +61,7 @@ def test_truncated_packets_are_rejected(room):
 def test_wrong_key_is_rejected(room, tmp_path):
     _, sender, _ = room
     other = Receiver(RoomKeys(random_room_key()))
-    other.add_sender(b"alice-identity")
+    other.add_sender(b"alice-identity", sender.session)
     event = other.receive(sender.voice(DEFAULT_MODE, 0, FRAMES, NOW), NOW)
     assert isinstance(event, Rejected)
     assert event.reason in {"hint", "unknown_sender", "auth"}
@@ -91,10 +91,9 @@ def test_restored_replay_marks_stop_replays_after_a_restart(room):
     old = [sender.voice(DEFAULT_MODE, i * 5, FRAMES, NOW) for i in range(3)]
     for p in old:
         receiver.receive(p, NOW)
-    marks = receiver.highest_counters()
+    marks = receiver.export()
     restarted = Receiver(keys)
-    for ident, highest in marks.items():
-        restarted.add_sender(ident, highest)
+    restarted.restore(marks)
     assert all(isinstance(restarted.receive(p, NOW), Rejected) for p in old)
     assert isinstance(
         restarted.receive(sender.voice(DEFAULT_MODE, 15, FRAMES, NOW), NOW), VoiceFrames
@@ -144,8 +143,8 @@ def test_short_id_collision_costs_a_trial_decryption_not_a_nonce(tmp_path):
     assert pa[:7] == pb[:7]  # same short id, same counter: the header cannot tell them apart
     assert pa[7:] != pb[7:]  # but the keys differ, so the nonce is never reused under one key
     receiver = Receiver(keys)
-    receiver.add_sender(a)
-    receiver.add_sender(b)
+    receiver.add_sender(a, sa.session)
+    receiver.add_sender(b, sb.session)
     assert receiver.receive(pa, NOW).sender == a
     assert receiver.receive(pb, NOW).sender == b
 
@@ -222,26 +221,30 @@ def test_oversized_packets_are_malformed_not_a_crash(room):
 
 
 def test_restored_mark_merges_with_a_known_sender(room):
+    from relay.core.session import SessionMark
+
     _keys, sender, receiver = room
     old = sender.voice(DEFAULT_MODE, 0, FRAMES, NOW)
-    receiver.add_sender(b"alice-identity", highest_counter=1000)
+    ident, session = b"alice-identity", sender.session
+    receiver.restore([SessionMark(ident, session, NOW, 1000, (1 << 64) - 1, 1000, 0.0)])
     assert receiver.receive(old, NOW).reason in {"replay", "stale"}
-    receiver.add_sender(b"alice-identity", highest_counter=5)  # never moves a mark back
-    assert receiver.highest_counters()[b"alice-identity"] == 1000
+    receiver.restore([SessionMark(ident, session, NOW, 5, 1, 5, 0.0)])  # never moves back
+    (mark,) = receiver.export()
+    assert (mark.highest, mark.anchor) == (1000, 1000)
 
 
 def test_authenticated_but_malformed_body_does_not_move_the_window(room):
     keys, _sender, receiver = room
     from relay.core import wire
 
-    cipher = keys.sender(b"alice-identity")
+    cipher = keys.sender(b"alice-identity", _sender.session)
     header = wire.Header(wire.PacketType.VOICE, DEFAULT_MODE.wire_index, 0, cipher.short_id, 77)
     ad = header.pack()
     bad = ad + cipher.seal(ad, 77, b"\x00" + bytes(7))  # 7 bytes: not a whole 1600 frame
     event = receiver.receive(bad, NOW)
     assert event.reason == "malformed"
     assert receiver.accepted == 0
-    assert receiver.highest_counters()[b"alice-identity"] == -1
+    assert receiver.export() == []  # no window moved
 
 
 @settings(max_examples=50)

@@ -78,7 +78,7 @@ def _dtx_over(audio):
     ident = b"dtx-speaker"
 
     sender, receiver = Sender(keys, ident, MemoryCounters()), Receiver(keys)
-    receiver.add_sender(ident)
+    receiver.add_sender(ident, sender.session)
     packets = []
     for first, batch, _ in batches(over.frames, 5, None, over.positions):
         t = (first + len(batch)) * 0.04 + 0.1

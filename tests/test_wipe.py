@@ -17,6 +17,7 @@ from test_keys_at_rest import one_line_exit_2, raw_bytes, run, secrets_of
 
 from relay.cli import options
 from relay.cli.main import cli
+from relay.core.session import SessionMark
 from relay.store import keystore
 from relay.store.counters import CounterStore
 from relay.store.home import Home
@@ -45,7 +46,7 @@ def populated_home(base: Path) -> tuple[Path, list[bytes]]:
     counters = CounterStore(home.counters_db)
     counters.reserve("somekey:me", 64, 1 << 24)
     replay = ReplayStore(home.replay_db)
-    replay.save("somekey", bytes(range(32)), 7)
+    replay.save("somekey", [SessionMark(bytes(range(32)), b"session1", 1.0, 7, 1, 7, 0.0)])
     from relay.runtime.clip import clip_store
 
     # The databases stay open (their WAL files exist) when the wipe runs, like a panic

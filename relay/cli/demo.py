@@ -11,11 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from relay.cli.options import (
+    budget_options,
     channel_options,
     conceal_option,
     dtx_option,
     fec_option,
     radio_options,
+    resolve_budget,
     resolve_radio,
 )
 from relay.demo.room import MAX_LISTENERS, MAX_SPEAKERS, RoomDemoSettings, run_room_demo
@@ -47,6 +49,7 @@ from relay.voice.vad import DTX_DEFAULT
     help="Codec2 frames per packet (default: the planner's choice).",
 )
 @channel_options
+@budget_options
 @fec_option
 @dtx_option
 @conceal_option
@@ -73,6 +76,8 @@ def demo(
     loss,
     burst,
     seed,
+    max_delay,
+    relay_hops,
     fec,
     dtx,
     conceal,
@@ -112,6 +117,7 @@ def demo(
         fec=fec,
         dtx=DTX_DEFAULT if dtx is None else dtx,
         conceal=conceal,
+        budget=resolve_budget(max_delay, relay_hops),
     )
     source = input_path if input_path is not None else bundled_sample()
     report = run_demo(settings, source, output_path)
@@ -131,6 +137,7 @@ def _render(r: dict) -> None:
         ("received audio", r["output"]),
         ("radio", f"{r['preset']}, duty cycle {r['duty_cycle']:.0%}"),
         ("codec", f"Codec2 {r['mode']}, {r['frames_per_packet']} frames/packet"),
+        ("delay budget", f"{r['max_delay_ms']} ms, {r['relay_hops']} relay hop(s)"),
         ("speech", f"{r['speech_seconds']:.2f} s"),
         ("packets sent / received", f"{r['packets_sent']} / {r['packets_received']}"),
         ("lost on air / rejected", f"{r['packets_lost']} / {r['packets_rejected']}"),
@@ -203,6 +210,7 @@ def _refuse_options_before(ctx: click.Context) -> None:
 )
 @radio_options
 @channel_options
+@budget_options
 @fec_option
 @dtx_option
 @click.option(
@@ -228,6 +236,8 @@ def demo_room(
     loss,
     burst,
     seed,
+    max_delay,
+    relay_hops,
     fec,
     dtx,
     attacks,
@@ -266,6 +276,7 @@ def demo_room(
         realtime=realtime,
         fec=bool(fec),
         dtx=DTX_DEFAULT if dtx is None else dtx,
+        budget=resolve_budget(max_delay, relay_hops),
     )
     report = run_room_demo(settings)
     if as_json:
@@ -283,6 +294,7 @@ def _render_room(r: dict) -> None:
     rows = [
         ("radio", f"{r['preset']}, loss {r['loss']:.0%}, seed {r['seed']}"),
         ("codec", f"Codec2 {r['mode']}, {r['frames_per_packet']} frames/packet"),
+        ("delay budget", f"{r['max_delay_ms']} ms, {r['relay_hops']} relay hop(s)"),
         (
             "FEC / DTX",
             f"{'on' if r['fec'] else 'off'} ({r['frames_from_fec']} frames from FEC) / "

@@ -9,6 +9,14 @@ from typing import Any
 import click
 
 from relay.errors import UsageError
+from relay.plan import (
+    DEFAULT_MAX_DELAY_MS,
+    MAX_MAX_DELAY_MS,
+    MAX_RELAY_HOPS,
+    MIN_MAX_DELAY_MS,
+    RELAY_HOPS,
+    Budget,
+)
 from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
 from relay.store.home import PASSPHRASE_ENV, Home
 
@@ -58,6 +66,46 @@ def resolve_radio(
     )
     limit = duty_cycle if duty_cycle is not None else (duty_cycle_for(region) if region else None)
     return profile if limit is None else profile.with_duty_cycle(limit)
+
+
+def budget_options(func: F) -> F:
+    """--max-delay MS / --relay-hops N: the latency budget live voice is planned for."""
+    decorators = [
+        click.option(
+            "--max-delay",
+            "max_delay",
+            type=int,
+            metavar="MS",
+            help=f"Mouth-to-ear delay live voice may take, {MIN_MAX_DELAY_MS}..{MAX_MAX_DELAY_MS} "
+            f"ms (default: the room's, else {DEFAULT_MAX_DELAY_MS}). A moderated room can allow "
+            "about 1000: larger packets, live voice on slower presets.",
+        ),
+        click.option(
+            "--relay-hops",
+            type=int,
+            help=f"Repeaters re-sending each packet on the same channel, 0..{MAX_RELAY_HOPS} "
+            f"(default: the room's, else {RELAY_HOPS}); 0 when listeners hear the talker directly.",
+        ),
+    ]
+    return _stack(func, decorators)
+
+
+def resolve_budget(
+    max_delay: int | None, relay_hops: int | None, base: Budget | None = None
+) -> Budget:
+    """The budget from the options, each one given overriding ``base`` (a room's, or the
+    planner's default)."""
+    base = base if base is not None else Budget()
+    if max_delay is not None and not MIN_MAX_DELAY_MS <= max_delay <= MAX_MAX_DELAY_MS:
+        raise UsageError(
+            f"--max-delay is {MIN_MAX_DELAY_MS}..{MAX_MAX_DELAY_MS} ms, got {max_delay}"
+        )
+    if relay_hops is not None and not 0 <= relay_hops <= MAX_RELAY_HOPS:
+        raise UsageError(f"--relay-hops is 0..{MAX_RELAY_HOPS}, got {relay_hops}")
+    return Budget(
+        base.max_delay_ms if max_delay is None else max_delay,
+        base.relay_hops if relay_hops is None else relay_hops,
+    )
 
 
 def home_option(func: F) -> F:

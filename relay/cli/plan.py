@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from relay.cli.options import radio_options, resolve_radio
+from relay.cli.options import budget_options, radio_options, resolve_budget, resolve_radio
 from relay.errors import UsageError
 from relay.plan import plan
 from relay.voice.modes import mode_by_name
@@ -23,8 +23,11 @@ from relay.voice.modes import mode_by_name
     type=float,
     help="Packet loss you expect on the link (0..1): the planner says whether to use FEC.",
 )
+@budget_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, as_json):
+def plan_cmd(
+    preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, max_delay, relay_hops, as_json
+):
     """Airtime, channel occupancy and latency of live voice on a radio setting.
 
     For each Codec2 mode and number of frames per packet, shows the airtime one second of
@@ -37,18 +40,23 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, as_js
       relay plan --preset SHORT_FAST
       relay plan --preset LONG_FAST --mode 700C
       relay plan --sf 8 --bw 250 --cr 5 --region EU_868 --json
+      relay plan --preset MEDIUM_FAST --max-delay 1000 --relay-hops 0
     """
     profile = resolve_radio(preset, sf, bw, cr, region, duty_cycle)
     if loss is not None and not 0.0 <= loss <= 1.0:
         raise UsageError(f"--loss must be between 0 and 1 (a fraction), got {loss}")
-    result = plan(profile, mode=mode_by_name(mode) if mode else None, loss=loss)
+    budget = resolve_budget(max_delay, relay_hops)
+    result = plan(
+        profile, mode=mode_by_name(mode) if mode else None, loss=loss, **budget.plan_kwargs()
+    )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
     console = Console()
     console.print(
         f"[bold]{profile.name}[/]  SF{profile.lora.sf} / {profile.lora.bw_hz / 1000:g} kHz / "
-        f"CR 4/{profile.lora.cr}, MTU {profile.mtu} B, duty cycle {profile.duty_cycle:.0%}"
+        f"CR 4/{profile.lora.cr}, MTU {profile.mtu} B, duty cycle {profile.duty_cycle:.0%}; "
+        f"delay budget {budget.max_delay_ms} ms, {budget.relay_hops} relay hop(s)"
     )
     table = Table(show_lines=False)
     for col in ("mode", "frames", "bytes", "air ms", "air/s", "busy", "+relay", "delay ms", "live"):
@@ -81,8 +89,8 @@ def plan_cmd(preset, sf, bw, cr, region, duty_cycle, mode, all_rows, loss, as_js
         console.print(
             f"with --fec: {result.best.mode.name}+{f.mode.name}, {f.datagram_bytes} B packets, "
             f"{f.airtime_per_packet * 1000:.0f} ms on air, {f.airtime_per_second:.3f} s/s "
-            f"({f.extra_airtime:+.0%}), {f.relay_occupancy:.0%} with a relay hop: "
-            + ("[green]fits[/]" if f.fits else "[red]does not fit[/]")
+            f"({f.extra_airtime:+.0%}), {f.relay_occupancy:.0%} with {budget.relay_hops} "
+            "relay hop(s): " + ("[green]fits[/]" if f.fits else "[red]does not fit[/]")
         )
     console.print(result.advice)
 

@@ -8,10 +8,11 @@ import time
 
 import click
 
-from relay.cli.options import home_option, resolve_home
+from relay.cli.options import budget_options, home_option, resolve_budget, resolve_home
 from relay.core.identity import PUBLIC_PREFIX, PublicIdentity
 from relay.core.invite import Invite, RoomInfo, decode_invite, encode_invite
 from relay.errors import UsageError
+from relay.plan import Budget
 from relay.store.rooms import MODERATOR, RoomStore, RoomSummary, erase_room
 
 
@@ -37,6 +38,7 @@ def _info_dict(info: RoomInfo, role: str) -> dict[str, object]:
         "mode": info.mode,
         "epoch": info.epoch,
         "moderators": [m.fingerprint for m in info.moderators],
+        **(info.budget or Budget()).to_dict(),
     }
 
 
@@ -54,30 +56,39 @@ def _info_dict(info: RoomInfo, role: str) -> dict[str, object]:
     show_default=True,
     help="Codec2 mode: 3200 2400 1600 1400 1300 1200 700C.",
 )
+@budget_options
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
-def create_cmd(name, preset, mode, home, as_json) -> None:
+def create_cmd(name, preset, mode, max_delay, relay_hops, home, as_json) -> None:
     """Create a room with a fresh random key; you are its moderator.
 
     Room names are local labels (unique in your home) and travel in invites; the room is
     really identified by its random id. Check first that voice fits the preset with
-    `relay plan --preset P`.
+    `relay plan --preset P` (and `--max-delay MS`: a room that allows about a second of
+    delay carries live voice on MEDIUM_FAST). The delay budget travels in the invites.
 
     \b
     Examples:
       relay room create market
       relay room create "night shift" --preset SHORT_TURBO --mode 3200
       relay room create relay-team --preset MEDIUM_FAST --mode 700C --json
+      relay room create far --preset MEDIUM_FAST --mode 1200 --max-delay 1000 --relay-hops 0
     """
     h = resolve_home(home)
     me = h.identity()
     with RoomStore(h) as store:
-        info = store.create(name, preset, mode, me)
+        budget = None
+        if max_delay is not None or relay_hops is not None:
+            budget = resolve_budget(max_delay, relay_hops)
+        info = store.create(name, preset, mode, me, budget)
     if as_json:
         click.echo(json.dumps(_info_dict(info, MODERATOR)))
         return
     click.echo(f"created room {info.name!r} (id {info.id_hex[:8]}), you moderate it")
     click.echo(f"preset {info.preset}, Codec2 {info.mode}, key epoch {info.epoch}")
+    if info.budget is not None:
+        b = info.budget
+        click.echo(f"delay budget {b.max_delay_ms} ms, {b.relay_hops} relay hop(s)")
     click.echo(f"invite members with: relay room invite {_quote(info.name)} --for PUBLIC_ID")
 
 
@@ -190,6 +201,9 @@ def _print_joined(info: RoomInfo, role: str, invite: Invite) -> None:
     issued = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invite.issued_at))
     click.echo(f"joined room {info.name!r} (id {info.id_hex[:8]}) as {role}")
     click.echo(f"preset {info.preset}, Codec2 {info.mode}, key epoch {info.epoch}")
+    if info.budget is not None:
+        b = info.budget
+        click.echo(f"delay budget {b.max_delay_ms} ms, {b.relay_hops} relay hop(s)")
     click.echo(
         f"invite issued {issued}, "
         + ("sealed for you" if invite.recipient else "not sealed (anyone who saw it can listen)")
@@ -234,6 +248,50 @@ def _print_table(rooms: list[RoomSummary]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@room_group.command("budget")
+@click.argument("room")
+@budget_options
+@click.option("--default", "use_default", is_flag=True, help="Go back to the default budget.")
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+def budget_cmd(room, max_delay, relay_hops, use_default, home, as_json) -> None:
+    """Show or change ROOM's delay budget (moderators change it; members see it).
+
+    The budget is the mouth-to-ear delay live voice may take in the room and the repeaters
+    re-sending on its channel; talkers size their packets by it (see `relay plan --max-delay`).
+    A change reaches members with the next invite they join (`relay room invite --for`).
+
+    \b
+    Examples:
+      relay room budget market
+      relay room budget far --max-delay 1000 --relay-hops 0
+      relay room budget far --default
+    """
+    h = resolve_home(home)
+    if not h.rooms_db.exists():
+        raise UsageError(f"no room {room!r} here (there are no rooms yet)")
+    changing = use_default or max_delay is not None or relay_hops is not None
+    if use_default and (max_delay is not None or relay_hops is not None):
+        raise UsageError("--default cannot go with --max-delay or --relay-hops")
+    with RoomStore(h) as store:
+        info = store.get(room)
+        if changing:
+            new = None if use_default else resolve_budget(max_delay, relay_hops, info.budget)
+            info = store.set_budget(info.room_id, new)
+    budget = info.budget or Budget()
+    if as_json:
+        click.echo(
+            json.dumps({"name": info.name, "default": info.budget is None, **budget.to_dict()})
+        )
+        return
+    click.echo(
+        f"room {info.name!r}: delay budget {budget.max_delay_ms} ms, {budget.relay_hops} relay "
+        f"hop(s){' (the default)' if info.budget is None else ''}"
+    )
+    if changing:
+        click.echo("members take it with their next invite: relay room invite ROOM --for ...")
 
 
 @room_group.command("leave")

@@ -354,8 +354,7 @@ async def _talk(
         closed.cancel()
         report["granted"] = True
         if adapt:
-            from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
-            from relay.demo.voice import choose_frames_per_packet
+            from relay.core.wire import FEC_PAIRS
             from relay.voice.adapt import LADDER
             from relay.voice.over import encode_over
 
@@ -366,10 +365,7 @@ async def _talk(
                 chosen = policy.mode(m.clock())
                 if chosen is not mode:
                     mode = chosen
-                    fpp = min(
-                        choose_frames_per_packet(m.profile, mode)[0],
-                        (m.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame,
-                    )
+                    fpp = m.frames_per_packet(mode)[0]
                     fec = fec and mode.name in FEC_PAIRS  # 700C has no lower mode to copy in
                     if pcm is not None:
                         over = encode_over(pcm, mode, fec=fec, dtx=dtx)

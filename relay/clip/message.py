@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from relay.clip.wire import MAX_PIECES, PIECE_HEADER_LEN, Offer, digest
 from relay.core.identity import Identity
-from relay.core.wire import VOICE_PACKET_OVERHEAD
+from relay.core.wire import CLIP_PACKET_OVERHEAD
 from relay.errors import UsageError
 from relay.plan import speech_airtime
 from relay.radio.profiles import RadioProfile
@@ -21,8 +21,8 @@ from relay.voice.modes import CodecMode, mode_by_name
 
 CLIP_MODES = ("1600", "1200", "700C")
 MAX_STRETCH = 1.0
-PACKET_OVERHEAD = VOICE_PACKET_OVERHEAD  # clear header + tag, as for voice
-PIECE_OVERHEAD = PACKET_OVERHEAD + PIECE_HEADER_LEN  # 23 B around each piece's data
+PACKET_OVERHEAD = CLIP_PACKET_OVERHEAD  # clear header, sender session, tag
+PIECE_OVERHEAD = PACKET_OVERHEAD + PIECE_HEADER_LEN  # 30 B around each piece's data
 
 
 def max_piece_size(mtu: int) -> int:

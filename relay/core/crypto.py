@@ -1,9 +1,15 @@
 """Room keys and the packet AEAD. Small on purpose: read it twice before changing it.
 
 * The room key is 32 random bytes, or scrypt(passphrase, per-room salt).
-* Every sender gets its own AES-256-CCM key, HKDF(room key, sender identity). Two members
-  whose 16-bit short ids collide therefore never share a key, so a collision costs at most a
-  second trial decryption and never a reused nonce.
+* Every sender gets its own AES-256-CCM key, HKDF(room key, sender identity, sender session).
+  Two members whose 16-bit short ids collide therefore never share a key, so a collision
+  costs at most a second trial decryption and never a reused nonce.
+* The session is 8 random bytes a sender draws at every start (:func:`new_session`). The
+  counter store keeps counters growing within one start and across clean restarts, but a
+  file restored from a backup, copied, rolled back with a snapshot, or run on two devices
+  at once can hand out a counter again; under a fresh session that counter is used under a
+  fresh key, so no (key, nonce) pair repeats. Two starts share a key only if they draw the
+  same 64-bit session: with 2^16 starts of one identity under one room key, about 2^-33.
 * The nonce is the sender's 24-bit counter (unique per sender key, persisted ahead of use by
   the counter store); the clear header is the associated data, so no header bit can change.
 * Tags are 8 bytes: CCM (unlike GCM) keeps its full forgery bound when the tag is truncated,
@@ -25,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from relay.core.wire import COUNTER_LIMIT, MAX_PACKET_LEN, TAG_LEN
+from relay.core.wire import COUNTER_LIMIT, MAX_PACKET_LEN, SESSION_LEN, TAG_LEN
 from relay.errors import PacketError, UsageError
 
 KEY_LEN = 32
@@ -39,6 +45,11 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 _HKDF_SALT = b"relay/v1"
 _NONCE_PREFIX = b"relay/v1\x00\x00"  # 10 bytes; nonce = prefix + 3-byte counter
+
+
+def new_session() -> bytes:
+    """A sender's session value: fresh randomness for every start (module docstring)."""
+    return os.urandom(SESSION_LEN)
 
 
 def random_room_key() -> bytes:
@@ -88,6 +99,7 @@ class SenderCipher:
     identity: bytes
     short_id: int
     _aead: AESCCM = field(repr=False)
+    session: bytes = b""
 
     def seal(self, associated: bytes, counter: int, plaintext: bytes) -> bytes:
         if len(associated) + len(plaintext) + TAG_LEN > MAX_PACKET_LEN:
@@ -104,7 +116,7 @@ class SenderCipher:
 class RoomKeys:
     """Everything derived from one room key. Holds the key; never prints it."""
 
-    __slots__ = ("_hint_key", "_hints", "_id_key", "_room_key", "announce", "key_id")
+    __slots__ = ("_hint_key", "_hints", "_id_key", "_mask_key", "_room_key", "announce", "key_id")
 
     def __init__(self, room_key: bytes) -> None:
         if not isinstance(room_key, bytes) or len(room_key) != KEY_LEN:
@@ -112,6 +124,7 @@ class RoomKeys:
         self._room_key = room_key
         self._hint_key = _hkdf(room_key, b"room-hint", 32)
         self._id_key = _hkdf(room_key, b"sender-id", 32)
+        self._mask_key = _hkdf(room_key, b"session-mask", 32)
         # A public name for this key (for file names and logs): reveals nothing about it.
         self.key_id = _hkdf(room_key, b"key-id", 8).hex()
         self._hints: tuple[int, int, frozenset[int]] = (0, -1, frozenset())
@@ -126,10 +139,25 @@ class RoomKeys:
         digest = hmac.new(self._id_key, _check_identity(identity), hashlib.sha256).digest()
         return int.from_bytes(digest[:2], "big")
 
-    def sender(self, identity: bytes) -> SenderCipher:
+    def session_mask(self, identity: bytes) -> bytes:
+        """XORed onto a sender's session where it travels in the clear (control and clip
+        packets). A session outlives a key rotation (crypto.py's module docstring), so the
+        bare value would link a member's packets across room keys; masked, the clear bytes
+        of one member under two keys, or of two members under one key, say nothing to
+        anyone without the key. (The session is random and not secret: the mask only keeps
+        rotations unlinkable.)"""
+        msg = b"mask" + _check_identity(identity)
+        return hmac.new(self._mask_key, msg, hashlib.sha256).digest()[:SESSION_LEN]
+
+    def sender(self, identity: bytes, session: bytes) -> SenderCipher:
+        """The AEAD of one start (``session``) of one sender: see the module docstring."""
         _check_identity(identity)
-        key = _hkdf(self._room_key, b"sender-key" + identity, KEY_LEN)
-        return SenderCipher(identity, self.short_id(identity), AESCCM(key, tag_length=TAG_LEN))
+        if not isinstance(session, bytes) or len(session) != SESSION_LEN:
+            raise UsageError(f"a sender session is {SESSION_LEN} bytes")
+        info = b"sender-key/s" + bytes((len(identity),)) + identity + session
+        key = _hkdf(self._room_key, info, KEY_LEN)
+        aead = AESCCM(key, tag_length=TAG_LEN)
+        return SenderCipher(identity, self.short_id(identity), aead, session)
 
     def hint(self, epoch: int) -> int:
         """The room hint for an epoch (one hour): a byte that rotates and names nothing."""

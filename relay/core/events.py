@@ -23,6 +23,7 @@ class VoiceFrames:
     # where the primary is missing.
     redundant: tuple[bytes, ...] = ()
     redundant_mode: CodecMode | None = None
+    session: bytes = b""  # the sender session it was opened under (see crypto.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class ControlMessage:
     payload: bytes
     counter: int
     time: float
-    associated: bytes = b""
+    associated: bytes = b""  # the clear header and session: what a signature covers
+    session: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class ClipData:
     payload: bytes
     counter: int
     time: float
+    session: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +63,15 @@ class Hello:
     payload: bytes
     counter: int
     time: float
+    session: bytes = b""  # the session it introduces (signed, like the rest)
+    issued_at: int = 0  # the member's signed clock: an old recording cannot introduce
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A packet that was dropped, and why. ``reason`` is a stable counter key:
-    malformed, version, unknown_sender, auth, replay, stale, hint."""
+    malformed, version, unknown_sender, unknown_session, stale_session, ahead, auth,
+    replay, stale, hint."""
 
     reason: str
     detail: str

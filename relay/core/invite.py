@@ -7,11 +7,13 @@ clear message, and nothing is believed before the signature verifies.
 Binary layout, version 1 (integers big-endian)::
 
     1     version = 1
-    1     flags: bit 0 = the room key is sealed for one member; other bits must be 0
+    1     flags: bit 0 = the room key is sealed for one member; bit 1 = a delay budget
+          follows the codec mode; other bits must be 0
     8     room id (random)
     1+n   room name: length n (1..64), UTF-8
     1+p   radio preset: length p (1..32), ASCII canonical name, e.g. SHORT_FAST
     1     Codec2 mode: its wire index (the packet header's 3-bit mode)
+    (2+1  with flag bit 1: the room's delay budget, max mouth-to-ear ms, and relay hops)
     2     key epoch
     4     issued at, seconds since 1970 (unsigned)
     1     moderator count m (1..8)
@@ -28,7 +30,7 @@ name, preset, moderators' keys, recipient, issue time) shows to whoever sees the
     1     version = 2
     32    ephemeral X25519 key
     n+16  sealed to the recipient's X25519 key (relay.core.sealed, AES-256-CCM): the inner
-          invite, i.e. the version 1 layout above with flags bit 1 ("for one member": the
+          invite, i.e. the version 1 layout above with flags bit 2 ("for one member": the
           key part is the recipient's Ed25519 key (32) + the room key (32)), its signature,
           and zero padding to a multiple of 64 bytes (the name's length shows only to
           64 bytes; the number of moderators, 64 bytes each, does show)
@@ -58,6 +60,7 @@ from dataclasses import dataclass, field
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.sealed import open_sealed, seal_for
 from relay.errors import PeerError, UsageError
+from relay.plan import Budget
 from relay.radio.profiles import preset as lookup_preset
 from relay.voice.modes import mode_by_index, mode_by_name
 
@@ -68,7 +71,8 @@ SIGN_DOMAIN = b"relay/invite/v1\x00"
 SEAL_CONTEXT = b"relay/invite/v1"
 SEAL_CONTEXT_V2 = b"relay/invite/v2 sealed whole"
 FLAG_SEALED = 0x01  # version 1: the room key alone sealed
-FLAG_FOR = 0x02  # inside a version 2 invite: recipient's key + room key
+FLAG_BUDGET = 0x02
+FLAG_FOR = 0x04  # inside a version 2 invite: recipient's key + room key
 PAD_TO = 64
 ROOM_ID_LEN = 8
 KEY_LEN = 32
@@ -112,6 +116,7 @@ class RoomInfo:
     epoch: int
     key: bytes = field(repr=False)
     moderators: tuple[PublicIdentity, ...]
+    budget: Budget | None = None  # the room's delay budget; None: the planner's default
 
     def __post_init__(self) -> None:
         if not isinstance(self.room_id, bytes) or len(self.room_id) != ROOM_ID_LEN:
@@ -129,6 +134,8 @@ class RoomInfo:
             raise UsageError(f"a room has 1..{MAX_MODERATORS} moderators")
         if len({m.signing_key for m in mods}) != len(mods):
             raise UsageError("a moderator is listed twice")
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise UsageError("a room's delay budget is a Budget")
 
     @property
     def id_hex(self) -> str:
@@ -178,14 +185,19 @@ def encode_invite(
         raise UsageError("issued_at must be seconds since 1970 that fit in 32 bits")
     name = info.name.encode("utf-8")
     preset_name = info.preset.encode("ascii")
+    flags = (FLAG_SEALED if recipient is not None else 0) | (FLAG_BUDGET if info.budget else 0)
+    budget = b""
+    if info.budget is not None:
+        budget = info.budget.max_delay_ms.to_bytes(2, "big") + bytes([info.budget.relay_hops])
     parts = [
-        bytes([VERSION, FLAG_SEALED if recipient is not None else 0]),
+        bytes([VERSION, flags]),
         info.room_id,
         bytes([len(name)]),
         name,
         bytes([len(preset_name)]),
         preset_name,
         bytes([mode_by_name(info.mode).wire_index]),
+        budget,
         info.epoch.to_bytes(2, "big"),
         issued_at.to_bytes(4, "big"),
         bytes([len(info.moderators)]),
@@ -195,7 +207,7 @@ def encode_invite(
     if recipient is None:
         parts.append(info.key)
     else:
-        parts[0] = bytes([VERSION, FLAG_FOR])
+        parts[0] = bytes([VERSION, FLAG_FOR | (flags & FLAG_BUDGET)])
         parts += [recipient.signing_key, info.key]
     body = b"".join(parts)
     blob = body + inviter.sign(SIGN_DOMAIN + body)
@@ -302,12 +314,14 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
     r = _Reader(body)
     r.take(1, "version")
     flags = r.byte("flags")
-    if flags != (FLAG_FOR if inner else flags & FLAG_SEALED):
+    known = FLAG_BUDGET | (FLAG_FOR if inner else FLAG_SEALED)
+    if flags & ~known or (inner and not flags & FLAG_FOR):
         raise UsageError("invite uses features this relay does not know (unknown flags)")
     room_id = r.take(ROOM_ID_LEN, "room id")
     raw_name = r.prefixed("room name", 1, MAX_NAME_BYTES)
     raw_preset = r.prefixed("radio preset", 1, MAX_PRESET_BYTES)
     mode_index = r.byte("codec mode")
+    raw_budget = (r.uint(2, "delay budget"), r.byte("relay hops")) if flags & FLAG_BUDGET else None
     epoch = r.uint(2, "key epoch")
     issued_at = r.uint(4, "issue time")
     count = r.byte("moderator count")
@@ -350,7 +364,8 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
     except UnicodeDecodeError:
         raise UsageError("invite has a room name or preset that is not valid text") from None
     try:
-        info = RoomInfo(room_id, name, preset_name, mode.name, epoch, key, moderators)
+        budget = Budget(*raw_budget) if raw_budget is not None else None
+        info = RoomInfo(room_id, name, preset_name, mode.name, epoch, key, moderators, budget)
     except UsageError as exc:
         raise UsageError(f"invite is not usable: {exc}") from None
     return Invite(info, issued_at, inviter, recipient)
@@ -363,7 +378,7 @@ def _inner_end(blob: bytes) -> int:
         if pos >= len(blob):
             raise UsageError("invite is not usable: its sealed content is malformed")
         pos += 1 + blob[pos]
-    pos += 1 + 2 + 4  # mode, epoch, issued at
+    pos += 1 + (3 if blob[1] & FLAG_BUDGET else 0) + 2 + 4  # mode, budget, epoch, issued at
     if pos >= len(blob):
         raise UsageError("invite is not usable: its sealed content is malformed")
     pos += 1 + PUBLIC_LEN * blob[pos] + 1 + 2 * KEY_LEN + SIG_LEN

@@ -13,14 +13,25 @@ WINDOW = 64
 class ReplayWindow:
     __slots__ = ("_bits", "highest", "size")
 
-    def __init__(self, size: int = WINDOW, highest: int = -1) -> None:
+    def __init__(self, size: int = WINDOW, highest: int = -1, bits: int | None = None) -> None:
         if size < 1:
             raise ValueError("replay window size must be positive")
         self.size = size
         self.highest = highest  # -1: nothing seen yet
-        # bit i set <=> counter (highest - i) was accepted. A restored window (highest >= 0)
-        # treats everything at or below ``highest`` as seen: nothing recorded earlier replays.
-        self._bits = (1 << size) - 1 if highest >= 0 else 0
+        # bit i set <=> counter (highest - i) was accepted. A window restored from a mark
+        # alone (``bits`` None, highest >= 0) treats everything at or below ``highest`` as
+        # seen; restored with its bits it is exactly the window that was saved.
+        if highest < 0:
+            self._bits = 0
+        elif bits is None:
+            self._bits = (1 << size) - 1
+        else:
+            self._bits = (bits & ((1 << size) - 1)) | 1
+
+    @property
+    def bits(self) -> int:
+        """The bitmap (bit i: counter ``highest - i`` was accepted), for persisting."""
+        return self._bits
 
     def check(self, counter: int) -> str | None:
         """None if ``counter`` may be accepted, else "replay" or "stale"."""

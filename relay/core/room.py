@@ -9,8 +9,13 @@ Rules every receiver enforces:
   room key is not enough. Each moderator's actions must come in increasing packet-counter
   order, and the signature covers the packet header, so an old action cannot be replayed,
   re-wrapped or reordered.
-* Voice is played only from the member who holds the floor, while the grant lasts, and never
-  from a muted or removed member.
+* Voice is played only from the member who holds the floor, under the sender session and
+  within the counter range its grant named, while the grant lasts, and never from a muted
+  or removed member.
+* No packet moves a replay window unless the room accepted it: control kinds must be signed
+  by their sender; unsigned packets (voice, clips) may move a window at most UNSIGNED_AHEAD
+  past the sender's last signed counter or granted range (see relay.core.session), so a
+  member holding the room key cannot silence another with a forged counter.
 * Each over ends with the speaker's signature over digests of its frames: listeners mark it
   verified, partial (some frames lost, nothing contradicted) or forged.
 * Removing a member rotates the room key: the new key is sealed to every remaining enrolled
@@ -32,9 +37,17 @@ from relay.core.ham import is_ham
 from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
 from relay.core.notice import RelayNotice, is_notice, parse_notice
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
-from relay.core.session import HINT_TOLERANCE, CounterSource, Receiver, Sender
+from relay.core.session import (
+    HINT_TOLERANCE,
+    INTRO_EVERY,
+    CounterSource,
+    GateAnswer,
+    Receiver,
+    Sender,
+    Signed,
+)
 from relay.core.signing import signed_message, split_signature
-from relay.core.wire import VOICE_PACKET_OVERHEAD, ControlKind
+from relay.core.wire import CONTROL_PACKET_OVERHEAD, SESSION_LEN, ControlKind
 from relay.errors import PacketError, UsageError
 from relay.voice.modes import CodecMode
 
@@ -51,6 +64,11 @@ SIGNED_KINDS = frozenset(
     (ControlKind.OVER_END, ControlKind.HAND, ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY)
 )
 REPLAY_WINDOW = 4096
+# How far past its sender's last signed counter (or a moderator's vouched range) an unsigned
+# packet (voice, clip) may move a replay window: far enough for a long clip transfer between
+# introductions (senders say who they are every INTRO_EVERY unsigned packets), and far enough
+# inside the window that a packet forged at the bound leaves every real one in reach.
+UNSIGNED_AHEAD = 2048
 SKIPPED = b""  # a position the speaker skipped (DTX), as the over seal covers it
 MAX_POSITION = 1 << 20  # frames in one over (about 11 h of 1600): bounds playout buffers
 MODERATOR_KINDS = frozenset((ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY))
@@ -169,15 +187,19 @@ class _Listening:
     copies: set[int] = field(default_factory=set)
 
 
-def _grant_range(extra: bytes, seconds: int) -> tuple[int, int] | None:
+def _grant_range(first: int, seconds: int) -> tuple[int, int] | None:
     """Voice counters a grant admits; never wider than the replay window."""
-    if len(extra) != 3:
-        return None
-    first = int.from_bytes(extra, "big")
     if first == msg.NO_COUNTER:
         return None
     span = min(seconds * MAX_PACKET_RATE + COUNTER_SLACK, REPLAY_WINDOW - 64)
     return first, first + span
+
+
+def _grant_extra(extra: bytes) -> tuple[int, bytes | None]:
+    """A grant's first voice counter and the speaker's session (NO_COUNTER, None: absent)."""
+    if len(extra) != 3 + SESSION_LEN:
+        return msg.NO_COUNTER, None
+    return int.from_bytes(extra[:3], "big"), bytes(extra[3:])
 
 
 class Room:
@@ -211,13 +233,17 @@ class Room:
         self.floor_until = 0.0
         self.grant_seq = 0
         self.grant_range: tuple[int, int] | None = None  # voice counters the grant admits
+        self.floor_session: bytes | None = None  # the session the floor holder speaks under
         self.hands: list[bytes] = []
         self.muted: set[bytes] = set()
         self.removed: set[bytes] = set()
         self.stats: Tally[str] = Tally()
-        # Highest packet counter of an applied action, per (key id, moderator): each room
-        # key has its own counter space.
-        self._last_action: dict[tuple[str, bytes], int] = {}
+        # Highest packet counter of an applied action, per (key id, moderator, session):
+        # each room key and each sender session has its own counter space. Across sessions
+        # (a moderator restarted, restored or on two devices) the signed times must not go
+        # back: the latest applied, per (key id, moderator).
+        self._last_action: dict[tuple[str, bytes, bytes], int] = {}
+        self._last_issued: dict[tuple[str, bytes], int] = {}
         self._listening: dict[bytes, _Listening] = {}
         self._my_over: dict[int, bytes] = {}
         self._my_fpp = 1
@@ -226,7 +252,8 @@ class Room:
         # Called with (epoch, key) whenever the room key changes, by our own removal of a
         # member or by a rekey we received: the caller persists it.
         self.on_rotate: Callable[[int, bytes], None] | None = None
-        self._hand_counter: dict[bytes, int] = {}  # counter of each member's signed hand
+        # (session, counter) of each member's signed hand raise: a grant names both.
+        self._hand_counter: dict[bytes, tuple[bytes, int]] = {}
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
         self._previous: tuple[Receiver, float] | None = None
         self._gated_body = b""
@@ -239,11 +266,16 @@ class Room:
     # ------------------------------------------------------------------ keys & sessions
     def _install_key(self, key: bytes) -> None:
         self.keys = RoomKeys(key)
-        self.sender = Sender(self.keys, self.me.identity, self._counters)
+        # One session per start of this process, kept across key rotations (the keys differ,
+        # so no nonce repeats; members who knew our session still do).
+        previous = getattr(self, "sender", None)
+        session = previous.session if previous is not None else None
+        self.sender = Sender(self.keys, self.me.identity, self._counters, session=session)
         # A window as wide as a grant's counter range: packets injected ahead by a member
         # holding the room key cannot push the speaker's real packets out of it.
-        self.receiver = Receiver(self.keys, window=REPLAY_WINDOW)
+        self.receiver = Receiver(self.keys, window=REPLAY_WINDOW, ahead=UNSIGNED_AHEAD)
         self.receiver.gate = self._gate
+        self.receiver.introducers = self.moderators
         for ident in self.roster:
             if ident not in self.removed:
                 self.receiver.add_sender(ident)
@@ -260,6 +292,7 @@ class Room:
         self._hand_counter.clear()
         self.grant_range = None
         self._install_key(key)
+        self.receiver.adopt(old)
         if self.on_rotate is not None:
             self.on_rotate(epoch, key)
         return KeyRotated(epoch, key)
@@ -292,9 +325,17 @@ class Room:
         self._require_moderator()
         packet = self.sender.control_signed(ControlKind.MOD, action.pack(), self.me, now)
         counter = int.from_bytes(packet[4:7], "big")
-        self._last_action[(self.keys.key_id, self.me.identity)] = counter
+        self._record_action(self.keys.key_id, self.me.identity, self.sender.session, counter)
+        self._record_issued(self.keys.key_id, self.me.identity, action.issued_at)
         self._apply(action, counter, now)
         return packet
+
+    def _record_action(self, key_id: str, moderator: bytes, session: bytes, counter: int) -> None:
+        self._last_action[(key_id, moderator, session)] = counter
+
+    def _record_issued(self, key_id: str, moderator: bytes, issued_at: int) -> None:
+        key = (key_id, moderator)
+        self._last_issued[key] = max(self._last_issued.get(key, 0), issued_at)
 
     def grant(self, member: bytes, seconds: int, now: float) -> bytes:
         """Give ``member`` the floor for at most ``seconds``."""
@@ -304,13 +345,15 @@ class Room:
         if not 1 <= seconds < 1 << 16:
             raise UsageError("a floor grant lasts 1 to 65535 seconds")
         if member == self.me.identity:
-            first = self.sender.next_counter
+            session, first = self.sender.session, self.sender.next_counter
         elif member in self._hand_counter:
-            # The counter of the member's own signed hand raise: nobody else can move it.
-            first = self._hand_counter[member] + 1
+            # The session and counter of the member's own signed hand raise: nobody else
+            # can move them. Listeners open the speaker's voice under that session.
+            session, hand = self._hand_counter[member]
+            first = hand + 1
         else:
             raise UsageError("that member has not raised a hand (their counter is unknown)")
-        extra = first.to_bytes(3, "big")
+        extra = first.to_bytes(3, "big") + session
         return self._moderate(
             msg.ModMessage(msg.ModAction.GRANT, member, seconds, int(now), extra), now
         )
@@ -369,7 +412,7 @@ class Room:
         return packets
 
     def _wraps_per_packet(self) -> int:
-        fixed = VOICE_PACKET_OVERHEAD + 2 + 2 + msg.EPHEMERAL_LEN + 1 + 64
+        fixed = CONTROL_PACKET_OVERHEAD + 2 + 2 + msg.EPHEMERAL_LEN + 1 + 64
         per = (self.mtu - fixed) // msg.WRAP_LEN
         if per < 1:
             raise UsageError(f"an MTU of {self.mtu} B is too small to rotate room keys")
@@ -383,7 +426,7 @@ class Room:
         self._require_moderator()
         self._expire(now)
         # Fit one packet: the hand queue and mute list are cut to what the MTU leaves.
-        room = self.mtu - VOICE_PACKET_OVERHEAD - 64 - 50
+        room = self.mtu - CONTROL_PACKET_OVERHEAD - 64 - msg.BEACON_FIXED_LEN - 3
         hands = [h[: msg.PREFIX_LEN] for h in self.hands][: max(0, room // msg.PREFIX_LEN)]
         room -= len(hands) * msg.PREFIX_LEN
         muted = [m[: msg.PREFIX_LEN] for m in sorted(self.muted)][: max(0, room // msg.PREFIX_LEN)]
@@ -397,10 +440,19 @@ class Room:
             int(now),
             self.grant_range[0] if self.grant_range else msg.NO_COUNTER,
             self._loss_percent(),
+            (self.floor_session or bytes(SESSION_LEN)) if self.floor else bytes(SESSION_LEN),
         )
         packet = self.sender.control_signed(ControlKind.BEACON, beacon.pack(), self.me, now)
-        self._last_action[(self.keys.key_id, self.me.identity)] = int.from_bytes(packet[4:7], "big")
+        counter = int.from_bytes(packet[4:7], "big")
+        self._record_action(self.keys.key_id, self.me.identity, self.sender.session, counter)
+        self._record_issued(self.keys.key_id, self.me.identity, beacon.issued_at)
         return packet
+
+    @property
+    def needs_introduction(self) -> bool:
+        """True when we sent so many unsigned packets (clips) since our last signed one that
+        receivers may soon refuse more (UNSIGNED_AHEAD): send :meth:`introduce` first."""
+        return self.sender.unsigned_run >= INTRO_EVERY
 
     def holds_floor(self, now: float) -> bool:
         self._expire(now)
@@ -454,7 +506,7 @@ class Room:
         self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int
     ) -> msg.OverSeal:
         # As many digests as fit one packet with the seal's header and signature.
-        room = self.mtu - VOICE_PACKET_OVERHEAD - 11 - 64  # 10 B header, 1 B loss report
+        room = self.mtu - CONTROL_PACKET_OVERHEAD - 11 - 64  # 10 B header, 1 B loss report
         seg = msg.segment_frames(len(frames), fpp, max(1, room // msg.DIGEST_LEN))
         digests = tuple(
             msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
@@ -578,7 +630,7 @@ class Room:
         if event.kind == ControlKind.HAND:
             raised = msg.parse_hand(event.payload)
             if raised:
-                self._hand_counter[ident] = event.counter
+                self._hand_counter[ident] = (event.session, event.counter)
             events += self._on_hand(ident, raised)
         return events
 
@@ -598,16 +650,25 @@ class Room:
             return []
         return [HandRaised(ident, raised)]
 
-    def _gate(self, event) -> str | None:
-        """Decide, before the session moves any state, whether the room accepts a packet."""
+    def _gate(self, event) -> GateAnswer:
+        """Decide, before the session moves any state, whether the room accepts a packet.
+
+        Voice and clips are unsigned (the session bounds how far they move a window past
+        the sender's signed counters); control kinds must be signed by their sender, and
+        only a moderator's actions and beacons, which carry a signed time, may introduce a
+        new session of their sender."""
         sender = event.public.identity if isinstance(event, Hello) else event.sender
         if sender in self.removed:
             return "removed_member"
+        if isinstance(event, Hello):
+            return None  # the session verified its signature and time
         if isinstance(event, VoiceFrames):
             if self._opened_with is not self.keys:
                 return "old_key"  # after a rotation the old key carries control only
             self._expire(event.time)
             if sender != self.floor or sender in self.muted:
+                return "floor_violation"
+            if self.floor_session is not None and event.session != self.floor_session:
                 return "floor_violation"
             if self.grant_range and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
                 return "floor_violation"
@@ -625,9 +686,14 @@ class Room:
                 return "forged_moderation"
             try:
                 self._gated_body = self._verified_body(event)
+                if event.kind == ControlKind.MOD:
+                    return Signed(msg.ModMessage.parse(self._gated_body).issued_at)
+                if event.kind == ControlKind.BEACON:
+                    return Signed(msg.Beacon.parse(self._gated_body).issued_at)
             except PacketError as exc:
                 return exc.reason
-        return None
+            return Signed()
+        return "unknown_kind"
 
     def _verified_body(self, event: ControlMessage) -> bytes:
         """The body of a signed message, checked against its sender's identity key."""
@@ -652,14 +718,23 @@ class Room:
         if kind == ControlKind.HAND:
             raised = msg.parse_hand(body)
             if raised:
-                self._hand_counter[event.sender] = event.counter
+                self._hand_counter[event.sender] = (event.session, event.counter)
             return self._on_hand(event.sender, raised)
-        seq_key = (self._opened_with.key_id, event.sender)
+        key_id = self._opened_with.key_id
+        seq_key = (key_id, event.sender, event.session)
         if event.counter <= self._last_action.get(seq_key, -1):
             return [self._drop("stale_moderation", "older than an action already applied")]
         if kind == ControlKind.REKEY:
             return self._on_rekey(event, msg.RekeyFragment.parse(body), now)
-        self._last_action[seq_key] = event.counter
+        issued = (
+            msg.Beacon.parse(body).issued_at
+            if kind == ControlKind.BEACON
+            else msg.ModMessage.parse(body).issued_at
+        )
+        if issued < self._last_issued.get((key_id, event.sender), 0):
+            return [self._drop("stale_moderation", "older than an action of another session")]
+        self._record_action(key_id, event.sender, event.session, event.counter)
+        self._record_issued(key_id, event.sender, issued)
         if kind == ControlKind.BEACON:
             return self._on_beacon(event, msg.Beacon.parse(body), now)
         action = msg.ModMessage.parse(body)
@@ -671,8 +746,11 @@ class Room:
         target, kind = action.target, action.action
         if kind == msg.ModAction.GRANT:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
-            self.grant_range = _grant_range(action.extra, action.arg)
+            first, speaker_session = _grant_extra(action.extra)
+            self.grant_range = _grant_range(first, action.arg)
+            self.floor_session = speaker_session
             self.receiver.add_sender(target)
+            self._vouch_floor(action.issued_at, now, "grant")
             if target in self.hands:
                 self.hands.remove(target)
             self._listening.pop(target, None)
@@ -707,6 +785,19 @@ class Room:
         self.receiver.add_sender(target)
         return [MemberChanged(target, "appointed")]
 
+    def _vouch_floor(self, issued_at: int, now: float, what: str) -> None:
+        """The moderator named the floor holder's session and counter range (signed, at
+        ``issued_at``): open the holder's voice under it. Nothing without a range (it would
+        bound nothing) or a session (an all-zero one is "none")."""
+        holder, session, span = self.floor, self.floor_session, self.grant_range
+        if holder is None or holder == self.me.identity or span is None:
+            return
+        if session is None or session == bytes(SESSION_LEN):
+            return
+        reason = self.receiver.vouch(holder, session, issued_at, now, span[0], span[1])
+        if reason is not None:
+            self.stats[f"{what}_{reason}"] += 1
+
     def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
         if beacon.issued_at < now - STALE_ACTION:
             return [self._drop("stale_moderation", "beacon issued too long ago (a recording?)")]
@@ -715,12 +806,14 @@ class Room:
         if holder != self.floor or beacon.grant_seq != self.grant_seq:
             self.floor, self.grant_seq = holder, beacon.grant_seq
             self.floor_until = now + beacon.remaining
-            self.grant_range = _grant_range(
-                beacon.first_counter.to_bytes(3, "big"), beacon.remaining
-            )
+            self.grant_range = _grant_range(beacon.first_counter, beacon.remaining)
+            self.floor_session = beacon.session if holder is not None else None
             if holder is not None:
                 self.receiver.add_sender(holder)
             events.append(FloorChanged(holder, self.floor_until))
+        if holder is not None and beacon.session == self.floor_session:
+            # Late joiners learn the floor holder's session here (the moderator vouches).
+            self._vouch_floor(beacon.issued_at, now, "beacon")
         by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
         self.hands = [by_prefix.get(p, p) for p in beacon.hands]
         self.muted = {by_prefix.get(p, p) for p in beacon.muted}

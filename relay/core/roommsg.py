@@ -23,6 +23,10 @@ MAX_SEGMENTS = 255
 WRAP_TAG_LEN = 4
 WRAP_LEN = WRAP_TAG_LEN + 32 + 16  # recipient tag + sealed 32-byte key + 16-byte tag
 EPHEMERAL_LEN = 32
+SESSION_LEN = 8  # a sender session (relay.core.wire.SESSION_LEN)
+# A beacon's fixed part: epoch, floor flag, holder, remaining, grant seq, issued at, first
+# counter, the holder's session.
+BEACON_FIXED_LEN = 2 + 1 + ID_LEN + 2 + 3 + 4 + 3 + SESSION_LEN
 
 
 def _need(data: bytes, n: int, what: str) -> None:
@@ -58,9 +62,10 @@ class ModAction(enum.IntEnum):
     APPOINT = 6  # extra: the new moderator's X25519 key
 
 
-# GRANT may name the first packet counter the speaker will use, so receivers accept its voice
-# only from there on; APPOINT carries the new moderator's key.
-_EXTRA_LENGTHS = {ModAction.GRANT: (0, 3), ModAction.APPOINT: (32,)}
+# GRANT names the first packet counter the speaker will use and the session it speaks under
+# (from its signed hand raise), so receivers open its voice under that session and accept it
+# only from that counter on; APPOINT carries the new moderator's key.
+_EXTRA_LENGTHS = {ModAction.GRANT: (0, 3 + SESSION_LEN), ModAction.APPOINT: (32,)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ class ModMessage:
     target: bytes
     arg: int = 0  # GRANT: floor seconds
     issued_at: int = 0  # room time (UNIX seconds) the moderator issued it
-    extra: bytes = b""  # APPOINT: the new moderator's X25519 key; GRANT: 3-byte first counter
+    extra: bytes = b""  # APPOINT: the new moderator's X25519 key; GRANT: first counter + session
 
     def pack(self) -> bytes:
         if self.action not in ModAction._value2member_map_:
@@ -132,6 +137,7 @@ class Beacon:
     issued_at: int = 0  # room time (UNIX seconds): a recorded beacon goes stale
     first_counter: int = NO_COUNTER  # first voice counter the grant admits (NO_COUNTER: none)
     loss: int | None = None  # optional trailing byte: the moderator's packet loss, percent
+    session: bytes = bytes(SESSION_LEN)  # the session the floor holder speaks under
 
     def pack(self) -> bytes:
         if len(self.hands) > 255 or len(self.muted) > 255:
@@ -143,6 +149,9 @@ class Beacon:
         out += bytes((1 if self.holder is not None else 0,)) + holder
         out += min(self.remaining, 0xFFFF).to_bytes(2, "big") + self.grant_seq.to_bytes(3, "big")
         out += self.issued_at.to_bytes(4, "big") + self.first_counter.to_bytes(3, "big")
+        if len(self.session) != SESSION_LEN:
+            raise UsageError(f"a sender session is {SESSION_LEN} bytes")
+        out += self.session
         for group in (self.hands, self.muted):
             out.append(len(group))
             for prefix in group:
@@ -151,7 +160,7 @@ class Beacon:
 
     @classmethod
     def parse(cls, body: bytes) -> Beacon:
-        fixed = 2 + 1 + ID_LEN + 2 + 3 + 4 + 3
+        fixed = BEACON_FIXED_LEN
         _need(body, fixed + 1, "beacon")
         epoch = int.from_bytes(body[:2], "big")
         flag = body[2]
@@ -161,7 +170,8 @@ class Beacon:
         remaining = int.from_bytes(body[3 + ID_LEN : 5 + ID_LEN], "big")
         grant_seq = int.from_bytes(body[5 + ID_LEN : 8 + ID_LEN], "big")
         issued_at = int.from_bytes(body[8 + ID_LEN : 12 + ID_LEN], "big")
-        first_counter = int.from_bytes(body[12 + ID_LEN : fixed], "big")
+        first_counter = int.from_bytes(body[12 + ID_LEN : 15 + ID_LEN], "big")
+        session = bytes(body[15 + ID_LEN : fixed])
         pos = fixed
         groups: list[tuple[bytes, ...]] = []
         for what in ("hands", "muted"):
@@ -189,6 +199,7 @@ class Beacon:
             issued_at,
             first_counter,
             loss,
+            session,
         )
 
 

@@ -6,8 +6,16 @@ A packet is a 7-byte clear header, an AES-CCM ciphertext and an 8-byte tag::
     byte 1      room hint                      (rotates hourly; lets bridges route, says no name)
     bytes 2-3   sender short id                (a per-room pseudonym, not the identity)
     bytes 4-6   send counter (24 bits)         (the AEAD nonce; never reused, see store/)
+    [bytes 7-14 sender session]                (control and clip packets only, see below)
     ...         ciphertext
-    last 8      authentication tag             (the whole header is associated data)
+    last 8      authentication tag             (header and session are associated data)
+
+The sender's key is derived from the room key, its identity *and its session*: 8 random
+bytes it draws at every start (:mod:`relay.core.crypto`), so a restored or copied counter
+file can repeat a counter only under another key. Control and clip packets carry the
+session in the clear, masked per room key and member so that it links nothing across key
+rotations (8 bytes: they are not voice); voice packets do not -- receivers learn
+the floor holder's session from its signed hand raise, the moderator's grant or a beacon.
 
 A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
 first frame in the over) followed by whole Codec2 frames, so the voice overhead is
@@ -38,6 +46,9 @@ TAG_LEN = 8
 VOICE_PREFIX_LEN = 1
 VOICE_PACKET_OVERHEAD = HEADER_LEN + VOICE_PREFIX_LEN + TAG_LEN  # 16 bytes, tag 64 bits
 CONTROL_PREFIX_LEN = 1
+SESSION_LEN = 8  # a sender's random session value (bound into its key), see crypto.py
+CONTROL_PACKET_OVERHEAD = HEADER_LEN + SESSION_LEN + CONTROL_PREFIX_LEN + TAG_LEN  # 24 bytes
+CLIP_PACKET_OVERHEAD = HEADER_LEN + SESSION_LEN + TAG_LEN  # 23 bytes around a clip payload
 MIN_PACKET_LEN = HEADER_LEN + 1 + TAG_LEN  # 16: also above direwolf's 15-byte floor
 # Far above any radio MTU, far below what a 13-byte CCM nonce can carry (65535 bytes).
 MAX_PACKET_LEN = 4096
@@ -57,6 +68,8 @@ class PacketType(enum.IntEnum):
 
 
 VOICE_TYPES = frozenset((PacketType.VOICE, PacketType.VOICE_FEC))
+# Packets that carry the sender's session in the clear: everything sealed that is not voice.
+SESSION_TYPES = frozenset((PacketType.CONTROL, PacketType.CLIP))
 # Primary mode -> the mode of its redundant copies. Same frame duration (positions line up).
 # Measured (bench/quality.py, 1600, 5 frames/packet, 10 % random loss, 8 samples x 3 seeds):
 # 700C copies give STOI 0.817 / PESQ 2.50 at 377 B/s on air, 1200 copies 0.800 / 2.36 at
@@ -264,7 +277,10 @@ def voice_mode(header: Header) -> CodecMode:
 
 
 def split(packet: bytes) -> tuple[Header, bytes, bytes]:
-    """Split a packet into (header, associated data, ciphertext+tag)."""
+    """Split a packet into (header, associated data, ciphertext+tag).
+
+    The associated data is the header, and for control and clip packets the sender's
+    session after it (:func:`session_of` reads it back)."""
     header = Header.parse(packet)
     if header.ptype not in VOICE_TYPES and header.sub != 0:
         raise PacketError("malformed", f"non-voice packet with nonzero sub field {header.sub}")
@@ -273,7 +289,20 @@ def split(packet: bytes) -> tuple[Header, bytes, bytes]:
         if header.ptype == PacketType.VOICE_FEC:
             fec_mode_or_error(mode)
     data = bytes(packet)
-    return header, data[:HEADER_LEN], data[HEADER_LEN:]
+    clear = HEADER_LEN + (SESSION_LEN if header.ptype in SESSION_TYPES else 0)
+    if len(data) < clear + 1 + TAG_LEN:
+        raise PacketError("malformed", f"packet of {len(data)} bytes is too short for its type")
+    return header, data[:clear], data[clear:]
+
+
+def session_of(associated: bytes) -> bytes:
+    """The (masked) sender session a control or clip packet carries in the clear (b"" for
+    other types); unmask with :meth:`relay.core.crypto.RoomKeys.session_mask`."""
+    return bytes(associated[HEADER_LEN : HEADER_LEN + SESSION_LEN])
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
 
 
 def unwrap_position(low: int, expected: int) -> int:

@@ -14,7 +14,7 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from relay.core.wire import FEC_PAIRS, ControlKind
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
 from relay.errors import UsageError
 from relay.links.sim.channel import Ether
+from relay.plan import Budget
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run
 from relay.runtime.room import RoomNode
@@ -53,6 +54,8 @@ class RoomDemoSettings:
     realtime: bool = False
     fec: bool = False  # 700C copies of the previous packet's frames (see relay.voice.over)
     dtx: bool = False  # skip silence (the bundled samples have little of it)
+    # The room's delay budget: frames per packet follow it.
+    budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
         if not 1 <= self.speakers <= MAX_SPEAKERS:
@@ -84,8 +87,7 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
     def clock() -> float:
         return epoch0 + loop.time()
 
-    fits_live = choose_frames_per_packet(s.profile, s.mode)[1]
-    fpp = choose_frames_per_packet(s.profile, s.mode)[0]
+    fpp, fits_live = choose_frames_per_packet(s.profile, s.mode, budget=s.budget)
     ether = Ether(s.profile, loss=s.loss, burst=s.burst, seed=s.seed, lbt=True)
     counters = CounterStore(state / "counters.db")
     room_id, key = os.urandom(8), os.urandom(32)
@@ -216,5 +218,6 @@ def _report(
         "frames_skipped": sum(skipped for _, _, skipped in talks),
         "frames_from_fec": sum(o.frames_redundant for li in heard for o in li.playout.overs),
         "fits_live": fits_live,
+        **s.budget.to_dict(),
         "virtual_seconds": round(elapsed, 2),
     }

@@ -11,7 +11,7 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from relay.core import Receiver, RoomKeys, Sender, random_room_key
 from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
 from relay.errors import UsageError
 from relay.links.sim.channel import Ether
-from relay.plan import evaluate, fec_advised, fec_cost, plan
+from relay.plan import Budget, evaluate, fec_advised, fec_cost, plan
 from relay.radio.profiles import RadioProfile
 from relay.runtime.clock import run
 from relay.runtime.voice import Listener, batches, talk
@@ -53,6 +53,8 @@ class DemoSettings:
     fec: bool | None = None  # None: as the planner recommends for ``loss``
     dtx: bool = False
     conceal: str = "interpolate"
+    # The delay live voice may take, and the repeaters on the channel.
+    budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
         if self.fec and self.mode.name not in FEC_PAIRS:
@@ -83,11 +85,15 @@ def check_frames_fit(profile: RadioProfile, mode: CodecMode, frames: int) -> Non
 
 
 def choose_frames_per_packet(
-    profile: RadioProfile, mode: CodecMode, loss: float | None = None
+    profile: RadioProfile,
+    mode: CodecMode,
+    loss: float | None = None,
+    budget: Budget | None = None,
 ) -> tuple[int, bool]:
-    """The planner's frames-per-packet for this mode (for this loss: room for FEC), and
-    whether live voice fits."""
-    result = plan(profile, mode=mode, loss=loss)
+    """The planner's frames-per-packet for this mode (for this loss: room for FEC) within
+    ``budget`` (default: the planner's), and whether live voice fits."""
+    kwargs = (budget or Budget()).plan_kwargs()
+    result = plan(profile, mode=mode, loss=loss, **kwargs)
     if result.best is not None:
         return result.best.frames_per_packet, True
     # Nothing fits live: fill packets to the MTU, the least airtime per second of speech.
@@ -106,12 +112,14 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
     pcm = read_audio(input_path)
     mode = settings.mode
     fpp = settings.frames_per_packet
-    fits_live = choose_frames_per_packet(settings.profile, mode)[1]
+    budget = settings.budget
+    fits_live = choose_frames_per_packet(settings.profile, mode, budget=budget)[1]
     if fpp is None:
-        fpp = choose_frames_per_packet(settings.profile, mode, settings.loss)[0]
+        fpp = choose_frames_per_packet(settings.profile, mode, settings.loss, budget)[0]
     fec = settings.fec
     if fec is None:  # the planner's advice for this loss, at this packet size
-        cost = fec_cost(settings.profile, evaluate(settings.profile, mode, fpp))
+        row = evaluate(settings.profile, mode, fpp, **budget.plan_kwargs())
+        cost = fec_cost(settings.profile, row, relay_hops=budget.relay_hops)
         fec = fec_advised(cost, settings.loss)
     encoded = encode_over(pcm, mode, fec=fec, dtx=settings.dtx)
     frames = encoded.frames
@@ -166,6 +174,8 @@ def run_demo(settings: DemoSettings, input_path: Path, output_path: Path) -> dic
             "max": round(max(latencies, default=0.0), 1),
         },
         "fits_live": fits_live,
+        "max_delay_ms": budget.max_delay_ms,
+        "relay_hops": budget.relay_hops,
         "frames_sent": len(frames),
         "frames_skipped": encoded.total - len(frames),
         "frames_concealed": over.frames_concealed if over else encoded.total,
@@ -205,7 +215,7 @@ async def _exchange(settings: DemoSettings, over: EncodedOver, fpp: int, state_d
     try:
         sender = Sender(keys, identity, counters)
         receiver = Receiver(keys)
-        receiver.add_sender(identity)
+        receiver.add_sender(identity, sender.session)
         listener = Listener(receiver, room_clock, conceal=settings.conceal)
         listening = asyncio.create_task(listener.run(b))
         talked = await talk(

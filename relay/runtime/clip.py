@@ -8,7 +8,9 @@ delivers our own messages with :class:`~relay.clip.sender.ClipSender`, paced by 
 airtime and the duty-cycle budget (:class:`~relay.radio.duty.AirtimeWindow`).
 
 Members must know each other to open each other's packets, so a sender introduces itself
-(a signed HELLO) before every offer it sends as a probe, and a receiver introduces itself
+(a signed HELLO, which also names the session its packets are sealed under) before every
+offer it sends as a probe and after every ``INTRO_EVERY`` clip packets (receivers refuse
+unsigned packets far ahead of a member's last signed one), and a receiver introduces itself
 before its first ack and whenever the sender probes again (a restarted sender has
 forgotten who we are). Introductions are not persisted by the room, so this is what makes
 a ``kill -9`` on either side harmless.
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
 
 CLIPS_DB = "clips.db"
 ACK_BYTES = PACKET_OVERHEAD + ACK_HEADER_LEN + MAX_BITMAP
-HELLO_BYTES = 160  # a sealed, signed introduction (157 B today)
+HELLO_BYTES = 170  # a sealed, signed introduction (169 B today: with session and time)
 GUARD = 0.1  # seconds after a poll before the first ack slot
 SLOTS = 8
 REINTRODUCE = 300.0  # seconds: a receiver says who it is again at least this often
@@ -309,7 +311,11 @@ class ClipNode:
             now = max(self._now(), due)  # a timer may fire a hair early (see deliver)
             for payload in self.receiver.acks_due(now):
                 try:
-                    if self._intro_wanted or now - self._introduced_at > REINTRODUCE:
+                    if (
+                        self._intro_wanted
+                        or now - self._introduced_at > REINTRODUCE
+                        or self.room.needs_introduction
+                    ):
                         await self._introduce()
                     await self._transmit(self.room.clip(payload, self.clock()))
                     self.stats.acks_sent += 1
@@ -393,6 +399,8 @@ class ClipNode:
                 if payload is not None:
                     if payload[0] == Kind.OFFER | POLL and sender.introduce_now:
                         await self._introduce()  # a probe: a restarted peer may not know us
+                    elif self.room.needs_introduction:
+                        await self._introduce()  # receivers bound unsigned runs (UNSIGNED_AHEAD)
                     await self._transmit(self.room.clip(payload, self.clock()))
                     sender.transmitted(loop.time())
                     report()

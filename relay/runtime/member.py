@@ -8,8 +8,8 @@ outlive the process:
 
 * send counters in the home's ``counters.db`` (never reuse a nonce across restarts);
 * rotated room keys, written to the room store as soon as they arrive;
-* replay marks in ``replay.db``: restored at start, saved after every over, whenever a
-  member introduces itself, and on exit, so a restarted listener does not accept a
+* replay windows in ``replay.db`` (per sender session): restored at start, saved after every
+  over, whenever a member introduces itself, and on exit, so a restarted listener does not accept a
   recording of what it already heard and still knows who introduced itself.
 
 The room clock is the wall clock (``time.time``): moderation actions and beacons carry it.
@@ -32,6 +32,7 @@ from relay.errors import LinkError, UsageError
 from relay.links.base import Link
 from relay.links.sim.channel import remote_address
 from relay.links.url import open_link
+from relay.plan import Budget
 from relay.radio.profiles import RadioProfile, preset
 from relay.runtime.room import EventHook, RoomNode
 from relay.runtime.voice import Playout, RoomClock
@@ -100,14 +101,21 @@ class Member:
             )
         return None
 
-    def frames_per_packet(self) -> tuple[int, bool]:
-        """The planner's frames per packet for the room's mode on this link, and whether live
-        voice fits; never more than the link's MTU carries."""
-        fpp, fits = choose_frames_per_packet(self.profile, self.mode)
-        most = (self.link.mtu - VOICE_PACKET_OVERHEAD) // self.mode.bytes_per_frame
+    @property
+    def budget(self) -> Budget:
+        """The room's delay budget (from its invite), else the planner's default."""
+        return self.info.budget or Budget()
+
+    def frames_per_packet(self, mode: CodecMode | None = None) -> tuple[int, bool]:
+        """The planner's frames per packet for ``mode`` (default: the room's) on this link
+        within the room's delay budget, and whether live voice fits; never more than the
+        link's MTU carries."""
+        mode = mode or self.mode
+        fpp, fits = choose_frames_per_packet(self.profile, mode, budget=self.budget)
+        most = (self.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame
         if most < 1:
             raise UsageError(
-                f"the link's MTU of {self.link.mtu} B cannot carry one Codec2 {self.mode.name} "
+                f"the link's MTU of {self.link.mtu} B cannot carry one Codec2 {mode.name} "
                 f"frame after {VOICE_PACKET_OVERHEAD} B of header and tag"
             )
         return min(fpp, most), fits
@@ -144,17 +152,13 @@ class Member:
 
     # ------------------------------------------------------------------ durable state
     def restore_marks(self) -> int:
-        """Give the receiver the replay marks saved for the current room key."""
+        """Give the receiver the replay windows saved for the current room key."""
         marks = self.replay.load(self.room.keys.key_id)
-        for ident, highest in marks.items():
-            self.room.receiver.add_sender(ident, highest)
+        self.room.receiver.restore(marks)
         return len(marks)
 
     def save_marks(self) -> None:
-        key_id = self.room.keys.key_id
-        for ident, highest in self.room.receiver.highest_counters().items():
-            if highest >= 0:
-                self.replay.save(key_id, ident, highest)
+        self.replay.save(self.room.keys.key_id, self.room.receiver.export())
 
     def _key_rotated(self, epoch: int, key: bytes) -> None:
         try:

@@ -1,53 +1,26 @@
-"""Durable send counters: the reason a nonce is never used twice.
+"""Durable send counters: counters never repeat within one sender's key.
 
 A sender reserves a block of counters and the new high-water mark is committed with
 ``synchronous=FULL`` *before* any counter in the block is used. After a crash or ``kill -9``
 the next run starts at the mark, skipping the unused rest of the old block: counters only
-ever grow.
+ever grow, as long as this file is the only copy.
 
-A copied or restored file is the other way to reuse a nonce: a backup taken at counter C,
-restored after the device that went on to C + k was lost, would start again at C. So the
-file remembers where it lives (the machine id and its own inode). Opened anywhere else --
-another machine, or a restored copy on this one -- it moves every counter, including those
-of room keys it has never seen, ahead by RESTORE_JUMP (about 58 hours of continuous talk at
-five packets a second per room key) and says so. That covers the common case (a backup
-restored after a loss); two devices running one identity at the same time are still not
-safe (the README says so).
+A copy is the other way to hand a counter out twice: a backup restored after the device went
+on, a filesystem or VM snapshot rolled back, one home directory on two devices at once. No
+property of the file tells all of those apart (a restore keeps the inode, a snapshot keeps
+everything), so this store does not try: every start of a sender draws a random session that
+is bound into its key (:mod:`relay.core.crypto`), and a counter handed out twice is used
+under two different keys. Files of earlier versions may hold a ``floor`` (from the jump they
+made when they noticed a copy); it is still honoured.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import platform
 import sqlite3
-from pathlib import Path
 
 from relay.errors import UsageError
 from relay.store.db import connect, vacuum
-
-log = logging.getLogger(__name__)
-
-RESTORE_JUMP = 1 << 20
-_MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
-
-
-def _machine_id() -> str:
-    for name in _MACHINE_ID_FILES:
-        try:
-            text = Path(name).read_text().strip()
-        except OSError:
-            continue
-        if text:
-            return text
-    return platform.node()
-
-
-def _placement(path: str) -> str:
-    """Where this file lives: the machine and the file itself (a copy is a new inode)."""
-    seen = f"{_machine_id()}:{os.stat(path).st_ino}"
-    return hashlib.sha256(seen.encode()).hexdigest()[:32]
 
 
 class CounterStore:
@@ -61,41 +34,10 @@ class CounterStore:
             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self.moved = self._check_placement()
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
-
-    def _check_placement(self) -> bool:
-        """Jump every counter ahead if this file was copied or restored (module docstring)."""
-        here = _placement(self.path)
-        was = self._meta("placement")
-        if was == here:
-            return False
-        moved = was is not None
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if moved:
-                floor = int(self._meta("floor") or 0) + RESTORE_JUMP
-                self._db.execute("UPDATE counters SET next = next + ?", (RESTORE_JUMP,))
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('floor', ?)", (str(floor),)
-                )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('placement', ?)", (here,)
-            )
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise UsageError(f"cannot update send counters in {self.path}: {exc}") from None
-        if moved:
-            log.warning(
-                "%s was copied or restored: every send counter jumps ahead so no nonce is "
-                "reused; do not run one identity on two devices at once",
-                self.path,
-            )
-        return moved
 
     def reserve(self, name: str, count: int, limit: int) -> int:
         if count < 1:

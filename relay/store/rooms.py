@@ -32,6 +32,7 @@ from relay.core.crypto import RoomKeys, random_room_key
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
 from relay.errors import UsageError
+from relay.plan import Budget
 from relay.store.db import connect, vacuum
 from relay.store.home import Home
 from relay.store.keystore import Sealer
@@ -71,6 +72,11 @@ CREATE TABLE IF NOT EXISTS room_key_ids (
     room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
     key_id TEXT NOT NULL,
     PRIMARY KEY (room_id, key_id)
+);
+CREATE TABLE IF NOT EXISTS room_budget (
+    room_id BLOB PRIMARY KEY REFERENCES rooms(room_id) ON DELETE CASCADE,
+    max_delay_ms INTEGER NOT NULL,
+    relay_hops INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS members (
     room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
@@ -162,8 +168,11 @@ class RoomStore:
 
     # -- creating and joining -------------------------------------------------------------
 
-    def create(self, name: str, preset: str, mode: str, me: Identity) -> RoomInfo:
-        """A new room with a random key and id, moderated by ``me``."""
+    def create(
+        self, name: str, preset: str, mode: str, me: Identity, budget: Budget | None = None
+    ) -> RoomInfo:
+        """A new room with a random key and id, moderated by ``me``; ``budget`` is the delay
+        live voice may take in it (None: the planner's default), carried in its invites."""
         info = RoomInfo(
             room_id=_new_room_id(),
             name=name,
@@ -172,6 +181,7 @@ class RoomStore:
             epoch=0,
             key=random_room_key(),
             moderators=(me.public,),
+            budget=budget,
         )
         self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
@@ -192,7 +202,14 @@ class RoomStore:
         info = invite.room
         if name is not None:
             info = RoomInfo(
-                info.room_id, name, info.preset, info.mode, info.epoch, info.key, info.moderators
+                info.room_id,
+                name,
+                info.preset,
+                info.mode,
+                info.epoch,
+                info.key,
+                info.moderators,
+                info.budget,
             )
         with self._tx() as db:
             row = db.execute(
@@ -226,8 +243,18 @@ class RoomStore:
                     "UPDATE rooms SET preset = ?, mode = ?, invite_issued_at = ? WHERE room_id = ?",
                     (info.preset, info.mode, invite.issued_at, info.room_id),
                 )
+                self._set_budget(db, info.room_id, info.budget)
         self._scrub()  # an older key may just have been erased
         return self._info(info.room_id)
+
+    def set_budget(self, room_id: bytes, budget: Budget | None) -> RoomInfo:
+        """Change the delay budget of a room this home moderates (None: the default); invites
+        made from now on carry it, and members take it when they join one."""
+        if self.role(room_id) != MODERATOR:
+            raise UsageError("only a moderator of the room can change its delay budget")
+        with self._tx() as db:
+            self._set_budget(db, room_id, budget)
+        return self._info(room_id)
 
     def leave(self, ref: str) -> RoomSummary:
         """Forget a room and erase its keys (only rooms.db: :func:`erase_room` erases the
@@ -521,6 +548,7 @@ class RoomStore:
         )
         self._note_key_id(db, info.room_id, info.key)
         self._replace_moderators(db, info.room_id, info.moderators)
+        self._set_budget(db, info.room_id, info.budget)
 
     def _replace_moderators(
         self, db: sqlite3.Connection, room_id: bytes, mods: tuple[PublicIdentity, ...]
@@ -593,9 +621,21 @@ class RoomStore:
         key = self._key(room_id, s.epoch)
         if key is None:
             raise UsageError(f"the key of room {s.name!r} is missing from {self.path}")
+        row = self._db.execute(
+            "SELECT max_delay_ms, relay_hops FROM room_budget WHERE room_id = ?", (room_id,)
+        ).fetchone()
+        budget = Budget(int(row[0]), int(row[1])) if row is not None else None
         return RoomInfo(
-            s.room_id, s.name, s.preset, s.mode, s.epoch, key, self._moderators(room_id)
+            s.room_id, s.name, s.preset, s.mode, s.epoch, key, self._moderators(room_id), budget
         )
+
+    def _set_budget(self, db: sqlite3.Connection, room_id: bytes, budget: Budget | None) -> None:
+        db.execute("DELETE FROM room_budget WHERE room_id = ?", (room_id,))
+        if budget is not None:
+            db.execute(
+                "INSERT INTO room_budget (room_id, max_delay_ms, relay_hops) VALUES (?, ?, ?)",
+                (room_id, budget.max_delay_ms, budget.relay_hops),
+            )
 
     def _resolve(self, ref: str) -> bytes:
         ref = ref.strip()
