@@ -299,3 +299,34 @@ def test_room_names_and_members_are_sealed_at_rest(tmp_path):
         assert rooms.remove_member(second.room_id, bob.signing_key)
         with pytest.raises(UsageError, match="already a room called"):
             rooms.create("market", "SHORT_FAST", "1600", me)
+
+
+def test_voice_message_records_do_not_name_senders_or_receivers(tmp_path):
+    """Whom the owner exchanged voice messages with: neither the sender's key, a receiver's
+    key nor the sender's fingerprint is in the file; everything reads back."""
+    from relay.clip.wire import Ack, Offer
+    from relay.runtime.clip import clip_store
+
+    home = Home(tmp_path, passphrase=lambda: PASS)
+    home.init_identity(passphrase=PASS)
+    room, sender, receiver = os.urandom(8), os.urandom(32), os.urandom(32)
+    offers = [Offer(os.urandom(4), 2, 10, 40, 20, 1) for _ in range(3)]
+    with clip_store(home) as clips:
+        clips.add_outgoing(room, offers[0], os.urandom(40))
+        clips.save_acks(room, offers[0].msg_id, {receiver: Ack(offers[0].msg_id, 1)})
+        clips.save_offer(room, sender, offers[1])
+        clips.save_piece(room, sender, offers[1].msg_id, 0, b"x" * 20)
+        assert clips.complete(room, sender, offers[2], b"y" * 40, "abcd-efgh-ijkl-mnop")
+        assert not clips.complete(room, sender, offers[2], b"y" * 40, "abcd-efgh-ijkl-mnop")
+        raw = raw_bytes(tmp_path)
+        for clear in (sender, receiver, b"abcd-efgh-ijkl-mnop"):
+            assert clear not in raw
+        assert set(clips.outgoing(room, offers[0].msg_id).acks) == {receiver}
+        ((who, msg, offer, pieces),) = clips.partials(room)
+        assert (who, msg, offer, pieces) == (sender, offers[1].msg_id, offers[1], {0: b"x" * 20})
+        (got,) = clips.inbox(room)
+        assert (got.sender, got.sender_name, got.data) == (sender, "abcd-efgh-ijkl-mnop", b"y" * 40)
+        clips.erase(got)
+        assert clips.inbox(room) == []
+        clips.drop_partial(room, sender, offers[1].msg_id)
+        assert clips.partials(room) == []
