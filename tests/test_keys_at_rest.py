@@ -330,3 +330,34 @@ def test_voice_message_records_do_not_name_senders_or_receivers(tmp_path):
         assert clips.inbox(room) == []
         clips.drop_partial(room, sender, offers[1].msg_id)
         assert clips.partials(room) == []
+
+
+def test_only_home_unlock_opens_the_identity_file():
+    """Every command reaches the keys through one function, Home.unlock: no other module of
+    relay reads the identity file, opens it with keystore.unpack or builds Keys itself."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "relay"
+    allowed = {root / "store" / "home.py", root / "store" / "keystore.py"}
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = None
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+            elif isinstance(node, ast.Name):
+                name = node.id
+            if name in {"unpack", "read_identity_file", "identity_path", "IDENTITY_FILE"}:
+                if name == "unpack" and not (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "keystore"
+                ):
+                    continue  # struct.unpack and the like
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+            wipe = root / "store" / "wipe.py"  # names the file only as a home's marker
+            if isinstance(node, ast.Constant) and node.value == "identity.key" and path != wipe:
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} identity.key")
+    assert offenders == []
