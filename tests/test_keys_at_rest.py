@@ -361,3 +361,21 @@ def test_only_home_unlock_opens_the_identity_file():
             if isinstance(node, ast.Constant) and node.value == "identity.key" and path != wipe:
                 offenders.append(f"{path.relative_to(root)}:{node.lineno} identity.key")
     assert offenders == []
+
+
+def test_a_web_gateways_people_are_locked_like_the_gateway(tmp_path):
+    """The browser people a gateway holds keys for live inside its home, locked under the
+    gateway's passphrase: no private key of theirs is in any file either."""
+    from relay.web.people import add_person
+
+    gateway = Home(tmp_path / "gw", passphrase=lambda: PASS)
+    me = gateway.init_identity(passphrase=PASS)
+    with RoomStore(gateway) as rooms:
+        rooms.create("market", "SHORT_FAST", "1600", me)
+    seat = add_person(gateway, "market", "ann")
+    person = seat.guest.home(gateway)
+    assert person.path.parent.parent == gateway.path
+    assert keystore.is_protected(person.identity_path.read_bytes())
+    assert person.identity().public == seat.public  # opened with the gateway's passphrase
+    secrets = secrets_of(person) + secrets_of(gateway)
+    assert_nothing_in_clear(gateway.path, secrets)

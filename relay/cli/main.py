@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "bridge": "relay.cli.bridge:bridge_cmd",
     "broker": "relay.cli.broker:broker_cmd",
     "clip": "relay.cli.clip:clip_group",
+    "console": "relay.cli.console:console_cmd",
+    "contacts": "relay.cli.contacts:contacts_group",
     "demo": "relay.cli.demo:demo",
     "devices": "relay.cli.devices:devices_cmd",
     "emulate": "relay.cli.emulate:emulate_group",
@@ -24,12 +26,14 @@ COMMANDS: dict[str, str] = {
     "id": "relay.cli.identity:id_group",
     "link": "relay.cli.link:link_group",
     "listen": "relay.cli.talk:listen_cmd",
+    "mod": "relay.cli.mod:mod_cmd",
     "moderate": "relay.cli.talk:moderate_cmd",
     "plan": "relay.cli.plan:plan_cmd",
     "repeat": "relay.cli.bridge:repeat_cmd",
     "room": "relay.cli.room:room_group",
     "talk": "relay.cli.talk:talk_cmd",
     "wipe": "relay.cli.wipe:wipe_cmd",
+    "web": "relay.cli.web:web_group",
 }
 
 

@@ -595,13 +595,16 @@ async def _listen(home, room_ref, url, sink, duration, overs, out_path, as_json)
     type=click.IntRange(1, 65535),
     metavar="SECONDS",
     help="Grant the floor to raised hands in order, for at most SECONDS each. Without it "
-    "hands are only shown.",
+    "hands are shown and `relay mod grant ROOM MEMBER` grants them.",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 @home_option
 @_json_option
 def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
     """Run ROOM as its moderator: grant the floor to the hand queue, send state beacons.
+
+    While it runs, `relay mod grant|revoke|mute|unmute|remove|appoint ROOM MEMBER` from
+    another terminal (same user, same --home) acts through it, over a local socket.
 
     Prints hands raised, grants, overs with their verdicts, and packets dropped (voice
     without the floor, forged or replayed moderation). Beacons tell late joiners who holds
@@ -612,6 +615,7 @@ def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
       relay moderate market --link sim://127.0.0.1:7300 --auto-grant 30
       relay moderate market --link sim://127.0.0.1:7300?node=mod --auto-grant 60 --duration 3600
       relay moderate market --link sim://127.0.0.1:7300 --duration 120 --json
+      relay moderate market --link sim://127.0.0.1:7300      then: relay mod grant market ana
     """
     _positive("--duration", duration)
     h = resolve_home(home)
@@ -627,6 +631,10 @@ def moderate_cmd(room, url, auto_grant, duration, home, as_json) -> None:
 
 
 async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[str, Any]:
+    from relay.app.control import serve_moderation
+    from relay.app.session import RoomSession
+    from relay.store.contacts import Contacts, Names
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _on_signals(stop)
@@ -647,7 +655,10 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             who = m.name_of(event.member)
             if event.raised:
                 hands.append(who)
-            say(f"hand {'raised' if event.raised else 'lowered'}: {who}")
+            hint = ""
+            if event.raised and not auto_grant:
+                hint = f"  (grant it: relay mod grant {m.info.name} {who[:9]})"
+            say(f"hand {'raised' if event.raised else 'lowered'}: {who}{hint}")
         elif isinstance(event, OverEnded):
             over = {"speaker": m.name_of(event.speaker), "verdict": event.verdict}
             overs.append(over)
@@ -671,6 +682,12 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             + (f"auto-grant {auto_grant} s" if auto_grant else "hands are shown, not granted")
             + "; Ctrl-C to stop"
         )
+        # `relay mod ACTION ROOM MEMBER` reaches this process through a local socket.
+        session = RoomSession(m, names=Names(Contacts(home).list()))
+        await session.start(beacons=False)
+        control = await serve_moderation(home, session, lambda done: say(f"mod: {done}"))
+        if control is None:
+            _note("warning: another moderator process serves `relay mod` for this room here")
         start = loop.time()
         done = asyncio.Event()
         moderating = asyncio.ensure_future(m.node.moderate(auto_grant=auto_grant, stop=done))
@@ -705,6 +722,9 @@ async def _moderate(home, room_ref, url, auto_grant, duration, as_json) -> dict[
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
         done.set()
+        if control is not None:
+            await control.close()
+        await session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(moderating, 2.0)
         report = {

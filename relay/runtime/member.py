@@ -189,13 +189,15 @@ async def open_member(
     clock: RoomClock = time.time,
     seed: int | None = None,
     require_moderator: bool = False,
+    link: Link | None = None,
 ) -> AsyncIterator[Member]:
     """Join ``room_ref`` (a name or id prefix in ``home``) on the link at ``url``.
 
     The node receives in the background from the moment this yields; on exit the replay
     marks are saved and the link and the databases are closed. Errors about the room (no
     identity, unknown room, ``require_moderator`` and we are not one) come before the link
-    is opened.
+    is opened. ``link``: an open link to use instead of opening ``url`` (a tap of a
+    radio shared by several members, :mod:`relay.links.shared`); it is closed on exit too.
     """
     identity = home.identity()
     async with contextlib.AsyncExitStack() as stack:
@@ -208,7 +210,8 @@ async def open_member(
                 f"only a moderator can moderate {info.name!r}; you are "
                 + ("a member of it" if role != MODERATOR else "not one of its moderators")
             )
-        link = await open_link_async(url)
+        if link is None:
+            link = await open_link_async(url)
         stack.push_async_callback(_close_link, link)
         await link_up(link)
         counters = CounterStore(home.counters_db)

@@ -27,8 +27,9 @@ from relay.core.room import (
     RoomEvent,
     Voice,
 )
+from relay.core.roommsg import PREFIX_LEN
 from relay.core.wire import VOICE_PACKET_OVERHEAD
-from relay.links.base import Link
+from relay.links.base import Datagram, Link
 from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import Playout, RoomClock, TalkResult, batches, speak
 from relay.voice.adapt import ModePolicy
@@ -54,6 +55,9 @@ class NodeLog:
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what relays said they did not forward
+    datagrams: int = 0  # everything the link delivered, ours to open or not
+    rssi: float | None = None  # the last signal report, where the radio gives one
+    snr: float | None = None
 
 
 @dataclass
@@ -170,12 +174,22 @@ class RoomNode:
                 self.policy.report(event.reporter, event.loss, event.time)
             elif isinstance(event, RelayNoticed):
                 self.log.notices.append(event.notice.text)
+            if isinstance(event, MemberChanged | FloorChanged):
+                self._cut_silenced()
             if isinstance(
                 event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
             ):
                 self._changed.set()
             if self._on_event is not None:
                 self._on_event(event)
+
+    def _cut_silenced(self) -> None:
+        """Not one more word from a muted or removed member: what the jitter buffer still
+        holds of them is dropped (a beacon names muted members by an 8-byte prefix)."""
+        silenced = {m[:PREFIX_LEN] for m in (*self.room.muted, *self.room.removed)}
+        for over in self.playout.live_overs():
+            if over.sender[:PREFIX_LEN] in silenced:
+                self.playout.cut(over.sender)
 
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
@@ -184,9 +198,16 @@ class RoomNode:
         if self._on_key is not None:
             self._on_key(epoch, key)
 
+    def _seen(self, datagram: Datagram) -> None:
+        self.log.datagrams += 1
+        if datagram.rssi is not None:
+            self.log.rssi = datagram.rssi
+        if datagram.snr is not None:
+            self.log.snr = datagram.snr
+
     async def run(self) -> None:
         """Receive until the link closes (run it as a task)."""
-        await self.playout.pump(self.link, self.handle)
+        await self.playout.pump(self.link, self.handle, seen=self._seen)
 
     async def send(self, *packets: bytes) -> None:
         for packet in packets:
@@ -323,6 +344,17 @@ class RoomNode:
             result.count(packet, len(batch), mode.bytes_per_frame)
 
     # ---------------------------------------------------------------- moderating
+    async def grant_floor(self, member: bytes, seconds: int) -> None:
+        """Grant ``member`` the floor (the grant followed by beacons repeating it)."""
+        await self.announce(self.room.grant(member, seconds, self.clock()))
+
+    async def announce(self, *actions: bytes) -> None:
+        """Send moderation ``actions``, then beacons repeating the room's state: a listener
+        that missed a grant would drop the whole over as a floor violation, one that missed a
+        mute would play the muted member on (at 10 % loss, 3 copies miss 0.1 %; a speaker's
+        packets may also collide with the first copy)."""
+        await self.send(*actions, *(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+
     async def moderate(
         self,
         *,
@@ -346,12 +378,7 @@ class RoomNode:
             if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
                 member = self.room.next_hand()
                 if member is not None:
-                    # Beacons repeat the grant: a listener that missed it would drop the
-                    # whole over as a floor violation (at 10 % loss, 3 copies miss 0.1 %).
-                    await self.send(
-                        self.room.grant(member, auto_grant, now),
-                        *(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)),
-                    )
+                    await self.grant_floor(member, auto_grant)
                     last_beacon = loop.time()
                     next_beacon = last_beacon + interval
                     continue

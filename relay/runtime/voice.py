@@ -16,7 +16,7 @@ import numpy as np
 
 from relay.core import ControlKind, ControlMessage, Receiver, Sender, VoiceFrames
 from relay.errors import LinkError, UsageError
-from relay.links.base import Link
+from relay.links.base import Datagram, Link
 from relay.voice.codec import Decoder
 from relay.voice.conceal import DEFAULT_METHOD, METHODS, Concealer
 from relay.voice.jitter import JitterBuffer, PlayoutSlot
@@ -247,8 +247,9 @@ class _Stream:
             self.over.pcm.append(pcm)
             self.over.play_times[slot.position] = slot.play_time
 
-    def finish(self, total_frames: int | None, complete: bool) -> Over:
-        self.play(self.buffer.flush(0.0))
+    def finish(self, total_frames: int | None, complete: bool, *, flush: bool = True) -> Over:
+        if flush:
+            self.play(self.buffer.flush(0.0))
         if total_frames is not None:
             # Frames lost at the very end: the jitter buffer never saw them, the count says so.
             played_to = self.over.first_position + len(self.over.pcm)
@@ -318,6 +319,18 @@ class Playout:
             if now - stream.last_arrival > self.idle_timeout:
                 self._close(sender, None, complete=False)
 
+    def cut(self, sender: bytes) -> bool:
+        """Stop playing ``sender`` at once: what is still buffered is never played (a
+        moderator muted or removed them mid-over). True if an over was cut."""
+        if sender not in self._streams:
+            return False
+        self._close(sender, None, complete=False, flush=False)
+        return True
+
+    def live_overs(self) -> list[Over]:
+        """The overs being played right now (one per speaker still talking)."""
+        return [stream.over for stream in self._streams.values()]
+
     def close_all(self) -> None:
         """End every over still being spoken (the listener stops): what was heard of it is
         kept, as an incomplete over with no verdict, instead of being lost."""
@@ -325,17 +338,31 @@ class Playout:
             self._close(sender, None, complete=False)
 
     def _close(
-        self, sender: bytes, total: int | None, *, complete: bool, verdict: str | None = None
+        self,
+        sender: bytes,
+        total: int | None,
+        *,
+        complete: bool,
+        verdict: str | None = None,
+        flush: bool = True,
     ) -> None:
         stream = self._streams.pop(sender)
-        over = stream.finish(total, complete)
+        over = stream.finish(total, complete, flush=flush)
         over.verdict = verdict
         self.overs.append(over)
         self._over_done.set()
 
-    async def pump(self, link: Link, handle, tick_seconds: float = 0.02) -> None:
+    async def pump(
+        self,
+        link: Link,
+        handle,
+        tick_seconds: float = 0.02,
+        *,
+        seen: Callable[[Datagram], None] | None = None,
+    ) -> None:
         """Feed every datagram to ``handle(data, arrival)`` and keep playing until the link
-        closes or the task is cancelled."""
+        closes or the task is cancelled; ``seen`` is shown each datagram first (signal
+        reports)."""
         loop = asyncio.get_running_loop()
 
         async def ticker() -> None:
@@ -350,6 +377,8 @@ class Playout:
                     datagram = await link.recv()
                 except LinkError:
                     return
+                if seen is not None:
+                    seen(datagram)
                 handle(datagram.data, datagram.time)
         finally:
             ticking.cancel()

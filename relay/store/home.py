@@ -75,6 +75,7 @@ class Home:
         self._notice = notice
         self._keys: Keys | None = None
         self._secret: str | None = None  # the passphrase that unlocked it (to re-seal)
+        self._children: dict[Path, Home] = {}
 
     def __repr__(self) -> str:
         return f"Home({str(self.path)!r})"
@@ -215,6 +216,27 @@ class Home:
         field = keystore.duress_field(duress) if duress is not None else None
         blob = keystore.pack(keys.identity, keys.data_key, self._secret, duress=field)
         self._write_private(self.identity_path, blob, replace=True)
+
+    def child(self, path: Path | str) -> Home:
+        """A home kept inside this one (a web gateway's people): locked like this one, with
+        its passphrase, and unlocked once per process (the same object is returned)."""
+        key = Path(path)
+        home = self._children.get(key)
+        if home is None:
+            home = self._children[key] = Home(key, self._passphrase_of_child, self._notice)
+        return home
+
+    def child_passphrase(self) -> str | None:
+        """The passphrase a new home inside this one gets: this one's (None: unprotected,
+        as this one is)."""
+        self.unlock()
+        return self._secret
+
+    def _passphrase_of_child(self) -> str:
+        secret = self.child_passphrase()
+        if secret is None:
+            raise UsageError(f"a home inside {self.path} is locked but {self.path} is not")
+        return secret
 
     def wipe(self) -> WipeResult:
         """Overwrite and remove everything in the home (see relay.store.wipe)."""

@@ -83,7 +83,10 @@ def wipe_home(path: str | os.PathLike[str]) -> WipeResult:
     for directory, _dirs, names in walk:
         for name in names:
             p = os.path.join(directory, name)
-            if os.path.islink(p):
+            try:
+                if not stat.S_ISREG(os.lstat(p).st_mode):
+                    continue  # links, sockets (a console's control socket), fifos: removed
+            except FileNotFoundError:
                 continue
             try:
                 try:
