@@ -379,3 +379,18 @@ def test_a_web_gateways_people_are_locked_like_the_gateway(tmp_path):
     assert person.identity().public == seat.public  # opened with the gateway's passphrase
     secrets = secrets_of(person) + secrets_of(gateway)
     assert_nothing_in_clear(gateway.path, secrets)
+
+
+def test_a_new_gateway_passphrase_locks_its_people_too(tmp_path):
+    from relay.web.people import add_person
+
+    gateway = Home(tmp_path / "gw", passphrase=lambda: PASS)
+    me = gateway.init_identity(passphrase=PASS)
+    with RoomStore(gateway) as rooms:
+        rooms.create("market", "SHORT_FAST", "1600", me)
+    seat = add_person(gateway, "market", "ann")
+    set_home_passphrase(gateway, "a new one")
+    again = Home(tmp_path / "gw", passphrase=lambda: "a new one")
+    assert seat.guest.home(again).identity().public == seat.public
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        seat.guest.home(Home(tmp_path / "gw", passphrase=lambda: PASS)).identity()

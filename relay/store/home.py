@@ -191,6 +191,15 @@ class Home:
         keys = self.unlock()
         if passphrase is not None:
             keystore.check_new_passphrase(passphrase)
+        # Homes kept inside this one (a web gateway's people) follow it: all of them are
+        # opened first, so a passphrase that does not open one changes nothing.
+        inner = [
+            self.child(p.parent)
+            for p in sorted(self.path.rglob(IDENTITY_FILE))
+            if p.parent != self.path and not p.parent.is_symlink()
+        ]
+        for home in inner:
+            home.unlock()
         raw = self.read_identity_file()
         duress = keystore.parse(raw).duress if keystore.is_protected(raw) else None
         if passphrase is None:
@@ -202,6 +211,8 @@ class Home:
         self._write_private(self.identity_path, blob, replace=True)
         self._keys = Keys(keys.identity, data_key, protected=passphrase is not None)
         self._secret = passphrase
+        for home in inner:
+            home.set_passphrase(passphrase)
         return self._keys
 
     def set_duress(self, duress: str | None) -> None:
