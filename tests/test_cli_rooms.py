@@ -147,6 +147,16 @@ def test_sealed_invite_joins_only_its_member(homes):
     # The moderator's roster now knows Ana, so her fingerprint works with --for.
     ana_fp = json.loads(ok("id", "show", "--home", ana, "--json").stdout)["fingerprint"]
     ok("room", "invite", "market", "--for", ana_fp, "--home", mod)
+    # Her invite carried her key-tree path: the moderator's tree and her store agree.
+    from relay.store.home import Home
+    from relay.store.rooms import RoomStore
+
+    room_id = bytes.fromhex(homes["room"]["room_id"])
+    with RoomStore(Home(mod)) as ms, RoomStore(Home(ana)) as ans:
+        tree, path = ms.key_state(room_id).tree, ans.key_state(room_id).path
+        assert tree is not None and path is not None and len(tree) == 1
+        (position,) = tree.leaves.values()
+        assert path.position == position
 
 
 def test_open_invite_warns_and_joins_from_stdin(homes, tmp_path):

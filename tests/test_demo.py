@@ -203,3 +203,18 @@ def test_room_demo_with_fec_and_dtx():
     assert plain["overs_verified"] == 3
     refused = room("--mode", "3200", "--fec")
     assert refused.exit_code == 2 and "no FEC pairing" in refused.stderr
+
+
+def test_room_demo_reports_the_airtime_of_each_key_rotation_and_of_beacons():
+    """A removal from a room of 30 takes well under the 2 s budget meant for 100 (key tree)."""
+    from relay.demo.room import RoomDemoSettings, run_room_demo
+    from relay.radio.profiles import preset
+    from relay.voice.modes import mode_by_name
+
+    r = run_room_demo(
+        RoomDemoSettings(preset("SHORT_FAST"), mode_by_name("1600"), speakers=2, listeners=30)
+    )
+    assert r["removed_member_decrypts"] == 0 and r["key_rotations_received"] == 29
+    (rekey,) = r["rekey_airtime_seconds"]  # the removal and three copies of the rekey
+    assert 0.5 < rekey < 2.0
+    assert r["beacons"] > 0 and r["beacon_airtime_seconds"] > 0

@@ -273,3 +273,49 @@ def test_version_1_sealed_invites_are_still_read():
     body += MEMBER.public.signing_key + eph + sealed
     invite = decode_invite(to_text(body + MOD.sign(SIGN_DOMAIN + body)), MEMBER)
     assert invite.room.key == INFO.key and invite.recipient == MEMBER.public
+
+
+# -- key-tree paths in sealed invites (relay.core.keytree) -----------------------------------
+
+
+def _path(members: int = 100):
+    from relay.core.keytree import KeyTree, ratchet_step
+
+    tree = KeyTree(ratchet_step(1_780_000_000))
+    for _ in range(members - 1):
+        tree.add(os.urandom(32))
+    return tree.add(MEMBER.public.signing_key)
+
+
+def test_sealed_invite_carries_the_members_path_at_its_issue_hour():
+    from relay.core.keytree import ratchet_step
+
+    path = _path()
+    text = encode_invite(INFO, MOD, MEMBER.public, 1_780_000_000, path)
+    invite = decode_invite(text, MEMBER)
+    assert invite.room.key == INFO.key
+    assert invite.path.keys == path.keys and invite.path.position == path.position
+    assert invite.path.step == ratchet_step(1_780_000_000)
+    assert path.keys[0] not in to_blob(text)  # sealed, never in clear
+    assert len(text) < len(SEALED) + 560  # 12 path keys (a tree of 2048 leaves): 520 characters
+    with pytest.raises(UsageError, match="someone else"):
+        decode_invite(text, OTHER)
+    with pytest.raises(UsageError, match="sealed"):
+        encode_invite(INFO, MOD, None, 1_780_000_000, path)
+
+
+class _Garbage:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def pack(self) -> bytes:
+        return self.data
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.binary(min_size=1, max_size=500))
+def test_a_moderator_sealing_a_garbage_path_only_raises_usage_error(data):
+    text = encode_invite(INFO, MOD, MEMBER.public, 1_780_000_000, _Garbage(data))
+    with contextlib.suppress(UsageError):
+        invite = decode_invite(text, MEMBER)
+        assert invite.path.pack() == data

@@ -7,6 +7,7 @@ included, while a connection is still open so the WAL is there to read).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,27 @@ def test_a_new_gateway_passphrase_locks_its_people_too(tmp_path):
     assert seat.guest.home(again).identity().public == seat.public
     with pytest.raises(UsageError, match="wrong passphrase"):
         seat.guest.home(Home(tmp_path / "gw", passphrase=lambda: PASS)).identity()
+
+
+def test_key_tree_keys_are_sealed_at_rest(tmp_path):
+    """The moderator's whole key tree and a member's leaf-to-root path (relay.core.keytree)
+    are keys like the room key: none is in any file, and the tree's leaves do not name the
+    members."""
+    mod_home = Home(tmp_path / "mod", passphrase=lambda: PASS)
+    mod = mod_home.init_identity(passphrase=PASS)
+    ann_home = Home(tmp_path / "ann", passphrase=lambda: PASS)
+    ann = ann_home.init_identity(passphrase=PASS)
+    with RoomStore(mod_home) as rooms:
+        info = rooms.create("market", "SHORT_FAST", "1600", mod)
+        path = rooms.enroll(info.room_id, ann.public)
+        text = encode_invite(rooms.get("market"), mod, ann.public, int(time.time()), path=path)
+        tree = rooms.key_state(info.room_id).tree
+        assert tree is not None and tree.leaves
+        tree_keys = [k for _, k in tree.nodes()]
+        assert_nothing_in_clear(tmp_path / "mod", [*tree_keys, *secrets_of(mod_home)])
+        assert ann.public.signing_key not in raw_bytes(tmp_path / "mod")
+    with RoomStore(ann_home) as rooms:
+        rooms.join(decode_invite(text, ann), me=ann.public)
+        held = rooms.key_state(info.room_id).path
+        assert held is not None and held.keys
+        assert_nothing_in_clear(tmp_path / "ann", [*held.keys.values(), *secrets_of(ann_home)])

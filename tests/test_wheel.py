@@ -130,7 +130,10 @@ print(json.dumps({
 def test_editable_install_reads_the_folders_in_place(tmp_path: Path) -> None:
     src = _copy_source(tmp_path)
     prefix = tmp_path / "prefix"
-    _pip("install", "--no-deps", "-q", "-e", str(src), "--prefix", str(prefix))
+    # --ignore-installed: without it pip first uninstalls this environment's own relay.
+    _pip(
+        "install", "--no-deps", "--ignore-installed", "-q", "-e", str(src), "--prefix", str(prefix)
+    )
     (site_dir,) = prefix.glob("lib/python3*/site-packages")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # -S: only the editable install's site directory, not this environment's own relay.

@@ -750,11 +750,12 @@ class RoomSession:
             raise UsageError(f"{self._name(ident)} was already removed")
         name = self._name(ident)  # (remembers their public id, which leaves the roster)
         keep = len([i for i in self.room.roster if i not in (ident, self.me)])
-        packets = self.room.remove(ident, self.clock())  # rotates our key (persisted)
+        # Rotates our key (persisted) and sends the removal and the rekey's first copy; the
+        # later copies go out from the moderator loop (RoomNode.moderate) when due.
+        await self.node.remove(ident)
         self.playout.cut(ident)
         with contextlib.suppress(UsageError):  # not on our roster: nothing to forget
             self.member.rooms.remove_member(self.member.info.room_id, ident)
-        await self.node.send(*packets)
         text = f"removed {name}: new room key (epoch {self.room.epoch}) sent to {keep} members"
         self.note(text)
         return text

@@ -309,6 +309,11 @@ def _render_room(r: dict) -> None:
         ("key rotations received", f"{r['key_rotations_received']} of {heard}"),
         ("packets the removed listener read", str(r["removed_member_decrypts"])),
         (
+            "key rotation airtime",
+            ", ".join(f"{t:.2f} s" for t in r["rekey_airtime_seconds"]) or "none",
+        ),
+        ("beacons", f"{r['beacons']} ({r['beacon_airtime_seconds']:.2f} s of airtime)"),
+        (
             "airtime",
             f"{r['airtime_seconds']:.2f} s ({r['channel_occupancy']:.0%} of the channel)",
         ),

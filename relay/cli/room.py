@@ -144,9 +144,13 @@ def invite_cmd(room, for_, qr, home) -> None:
                 "`relay id init --force`?)"
             )
         recipient = _recipient(store, info.room_id, for_) if for_ else None
-        text = encode_invite(info, me, recipient, int(time.time()))
-        if recipient is not None:
-            store.enroll(info.room_id, recipient)
+        now = int(time.time())
+        # Enrolling gives the member a key-tree leaf (its path keys go into the invite) and
+        # ratchets the stored keys to this hour, so the invite carries this hour's keys.
+        path = store.enroll(info.room_id, recipient, now=now) if recipient is not None else None
+        store.advance(info.room_id, now)
+        info = store.get(info.id_hex)
+        text = encode_invite(info, me, recipient, now, path)
     if recipient is None:
         click.echo(
             "relay: warning: this invite is not sealed: anyone who sees it can join and "

@@ -8,7 +8,8 @@ Binary layout, version 1 (integers big-endian)::
 
     1     version = 1
     1     flags: bit 0 = the room key is sealed for one member; bit 1 = a delay budget
-          follows the codec mode; other bits must be 0
+          follows the codec mode; bit 2 = the sealed part also carries the member's
+          key-tree path; other bits must be 0
     8     room id (random)
     1+n   room name: length n (1..64), UTF-8
     1+p   radio preset: length p (1..32), ASCII canonical name, e.g. SHORT_FAST
@@ -21,7 +22,9 @@ Binary layout, version 1 (integers big-endian)::
     1     inviter: index of the moderator who signed
     32    clear: the room key
       or  sealed: recipient's Ed25519 key (32) + ephemeral X25519 key (32)
-          + the room key sealed to the recipient's X25519 key (32 + 16 tag)
+          + the room key sealed to the recipient's X25519 key (32 + 16 tag); with bit 2 the
+          sealed plaintext is the room key + the member's path (relay.core.keytree:
+          depth, leaf, one 32-byte key per level), whose ratchet step is the issue time's
     64    Ed25519 signature by moderators[inviter] over SIGN_DOMAIN + everything above
 
 An invite made ``--for`` a member is version 2, sealed whole, so that nothing in it (room
@@ -32,8 +35,9 @@ name, preset, moderators' keys, recipient, issue time) shows to whoever sees the
     n+16  sealed to the recipient's X25519 key (relay.core.sealed, AES-256-CCM): the inner
           invite, i.e. the version 1 layout above with flags bit 2 ("for one member": the
           key part is the recipient's Ed25519 key (32) + the room key (32)), its signature,
-          and zero padding to a multiple of 64 bytes (the name's length shows only to
-          64 bytes; the number of moderators, 64 bytes each, does show)
+          and zero padding to a multiple of 64 bytes ending in one byte that says how long
+          the padding is (the name's length shows only to 64 bytes; the number of
+          moderators, 64 bytes each, does show)
 
 Only what opening needs stays outside: the version and the ephemeral key. The recipient
 finds out the invite is theirs by opening it; the signature inside covers the recipient's
@@ -58,6 +62,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from relay.core.identity import Identity, PublicIdentity
+from relay.core.keytree import MemberPath, ratchet_step
 from relay.core.sealed import open_sealed, seal_for
 from relay.errors import PeerError, UsageError
 from relay.plan import Budget
@@ -72,7 +77,8 @@ SEAL_CONTEXT = b"relay/invite/v1"
 SEAL_CONTEXT_V2 = b"relay/invite/v2 sealed whole"
 FLAG_SEALED = 0x01  # version 1: the room key alone sealed
 FLAG_BUDGET = 0x02
-FLAG_FOR = 0x04  # inside a version 2 invite: recipient's key + room key
+FLAG_PATH = 0x04
+FLAG_FOR = 0x08  # inside a version 2 invite: recipient's key + room key (+ path)
 PAD_TO = 64
 ROOM_ID_LEN = 8
 KEY_LEN = 32
@@ -156,6 +162,7 @@ class Invite:
     issued_at: int
     inviter: int
     recipient: PublicIdentity | None = None
+    path: MemberPath | None = field(default=None, repr=False)  # our key-tree leaf and keys
 
     @property
     def signer(self) -> PublicIdentity:
@@ -172,12 +179,16 @@ def encode_invite(
     inviter: Identity,
     recipient: PublicIdentity | None,
     issued_at: int,
+    path: MemberPath | None = None,
 ) -> str:
     """The invite text for ``info``, signed by ``inviter`` (who must be a moderator).
 
     With ``recipient`` the room key is sealed so only that member can open it; without, anyone
-    who reads the text holds the room key.
+    who reads the text holds the room key. ``path`` (sealed invites only): the recipient's
+    key-tree keys, at the ratchet step of ``issued_at`` like ``info.key``.
     """
+    if path is not None and recipient is None:
+        raise UsageError("key-tree keys travel only in an invite sealed --for the member")
     index = info.moderator_index(inviter.public.signing_key)
     if index is None:
         raise UsageError("only a moderator of the room can make an invite for it")
@@ -186,6 +197,7 @@ def encode_invite(
     name = info.name.encode("utf-8")
     preset_name = info.preset.encode("ascii")
     flags = (FLAG_SEALED if recipient is not None else 0) | (FLAG_BUDGET if info.budget else 0)
+    flags |= FLAG_PATH if path else 0
     budget = b""
     if info.budget is not None:
         budget = info.budget.max_delay_ms.to_bytes(2, "big") + bytes([info.budget.relay_hops])
@@ -207,12 +219,13 @@ def encode_invite(
     if recipient is None:
         parts.append(info.key)
     else:
-        parts[0] = bytes([VERSION, FLAG_FOR | (flags & FLAG_BUDGET)])
-        parts += [recipient.signing_key, info.key]
+        parts[0] = bytes([VERSION, FLAG_FOR | (flags & (FLAG_BUDGET | FLAG_PATH))])
+        parts += [recipient.signing_key, info.key + (path.pack() if path is not None else b"")]
     body = b"".join(parts)
     blob = body + inviter.sign(SIGN_DOMAIN + body)
     if recipient is not None:
-        blob += bytes(-len(blob) % PAD_TO)
+        pad = -(len(blob) + 1) % PAD_TO  # then one byte: how much padding
+        blob += bytes(pad) + bytes([pad])
         ephemeral, sealed = seal_for(recipient.agreement_key, blob, context=SEAL_CONTEXT_V2)
         blob = bytes([VERSION_SEALED]) + ephemeral + sealed
     return TEXT_PREFIX + base64.urlsafe_b64encode(blob).decode("ascii").rstrip("=")
@@ -295,27 +308,25 @@ def _decode_sealed_whole(blob: bytes, me: Identity | None) -> Invite:
             "an older identity of yours), or it is damaged; ask for one made --for your "
             "public id (relay id show)"
         ) from None
-    if len(inner) % PAD_TO or not inner or inner[0] != VERSION:
+    pad = inner[-1] if inner else PAD_TO
+    if len(inner) % PAD_TO or pad >= PAD_TO or any(inner[-1 - pad : -1]) or inner[0] != VERSION:
         raise UsageError("invite is not usable: its sealed content is malformed")
-    return _decode_inner(inner, me, inner=True)
+    return _decode_inner(inner[: -1 - pad], me, inner=True)
 
 
 def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
     """A version 1 layout: a whole invite, or the content of a version 2 one (``inner``:
-    the key part is recipient + key, and zero padding follows the signature)."""
+    the key part is recipient + key (+ key-tree path), padding already removed)."""
     if len(blob) < _MIN_LEN:
         raise UsageError("invite is cut short; copy all of it")
-    if inner:
-        end = _inner_end(blob)
-        if any(blob[end:]):
-            raise UsageError("invite is not usable: its sealed content is malformed")
-        blob = blob[:end]
     body, signature = blob[:-SIG_LEN], blob[-SIG_LEN:]
     r = _Reader(body)
     r.take(1, "version")
     flags = r.byte("flags")
-    known = FLAG_BUDGET | (FLAG_FOR if inner else FLAG_SEALED)
+    known = FLAG_BUDGET | FLAG_PATH | (FLAG_FOR if inner else FLAG_SEALED)
     if flags & ~known or (inner and not flags & FLAG_FOR):
+        raise UsageError("invite uses features this relay does not know (unknown flags)")
+    if flags & FLAG_PATH and not flags & (FLAG_SEALED | FLAG_FOR):
         raise UsageError("invite uses features this relay does not know (unknown flags)")
     room_id = r.take(ROOM_ID_LEN, "room id")
     raw_name = r.prefixed("room name", 1, MAX_NAME_BYTES)
@@ -332,8 +343,11 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
     if inviter >= count:
         raise UsageError("invite names an inviter who is not among its moderators")
     sealed = bool(flags & FLAG_SEALED)
-    key_len = _SEALED_KEY_LEN if sealed else 2 * KEY_LEN if inner else KEY_LEN
-    key_part = r.take(key_len, "room key")
+    with_path = bool(flags & FLAG_PATH)
+    size = _SEALED_KEY_LEN if sealed else 2 * KEY_LEN if inner else KEY_LEN
+    if with_path:
+        size = max(size, len(body) - r.pos)
+    key_part = r.take(size, "room key")
     if r.pos != len(body):
         raise UsageError("invite has extra bytes at the end (damaged?)")
 
@@ -343,8 +357,9 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
 
     # Signed by the key it names as inviter: now the content is worth interpreting.
     recipient: PublicIdentity | None = None
+    path: MemberPath | None = None
     if sealed:
-        key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me)
+        key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me, with_path)
     elif inner:
         assert me is not None
         if key_part[:32] != me.public.signing_key:
@@ -355,6 +370,12 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
         key, recipient = key_part[32:], me.public
     else:
         key = key_part
+    if with_path and (sealed or inner):
+        key, rest = key[:KEY_LEN], key[KEY_LEN:]
+        try:
+            path = MemberPath.parse(rest, ratchet_step(issued_at))
+        except PeerError:
+            raise UsageError("invite carries damaged key-tree keys") from None
     mode = mode_by_index(mode_index)
     if mode is None:
         raise UsageError(f"invite names codec mode {mode_index}, which this relay does not know")
@@ -368,23 +389,7 @@ def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
         info = RoomInfo(room_id, name, preset_name, mode.name, epoch, key, moderators, budget)
     except UsageError as exc:
         raise UsageError(f"invite is not usable: {exc}") from None
-    return Invite(info, issued_at, inviter, recipient)
-
-
-def _inner_end(blob: bytes) -> int:
-    """Where the signature of a padded inner invite ends: walk the length-prefixed fields."""
-    pos = 2 + ROOM_ID_LEN
-    for _ in range(2):  # name, preset
-        if pos >= len(blob):
-            raise UsageError("invite is not usable: its sealed content is malformed")
-        pos += 1 + blob[pos]
-    pos += 1 + (3 if blob[1] & FLAG_BUDGET else 0) + 2 + 4  # mode, budget, epoch, issued at
-    if pos >= len(blob):
-        raise UsageError("invite is not usable: its sealed content is malformed")
-    pos += 1 + PUBLIC_LEN * blob[pos] + 1 + 2 * KEY_LEN + SIG_LEN
-    if pos > len(blob):
-        raise UsageError("invite is not usable: its sealed content is malformed")
-    return pos
+    return Invite(info, issued_at, inviter, recipient, path)
 
 
 def _open_key(
@@ -393,6 +398,7 @@ def _open_key(
     epoch: int,
     inviter: PublicIdentity,
     me: Identity | None,
+    with_path: bool = False,
 ) -> tuple[bytes, PublicIdentity]:
     recipient_key, ephemeral, sealed = part[:32], part[32:64], part[64:]
     if me is None:
@@ -413,6 +419,6 @@ def _open_key(
             "the room key in this invite does not open with your identity (was it made for "
             "an older identity of yours?)"
         ) from None
-    if len(key) != KEY_LEN:
+    if len(key) != KEY_LEN and not (with_path and len(key) > KEY_LEN):
         raise UsageError("invite carries a room key of the wrong size")
     return key, me.public

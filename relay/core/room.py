@@ -18,8 +18,14 @@ Rules every receiver enforces:
   member holding the room key cannot silence another with a forged counter.
 * Each over ends with the speaker's signature over digests of its frames: listeners mark it
   verified, partial (some frames lost, nothing contradicted) or forged.
-* Removing a member rotates the room key: the new key is sealed to every remaining enrolled
-  member's X25519 key, so the removed member cannot read anything sent afterwards.
+* Removing a member rotates the room key. The moderator holding the room's key tree
+  (relay.core.keytree) replaces the keys on the removed member's path and sends about
+  log2(N) wraps, named by tree node; members enrolled without a leaf get the key sealed to
+  their X25519 key. The removed member cannot read anything sent afterwards. Copies of the
+  rekey go out spread in time (:meth:`Room.due`), so a member that lost one recovers
+  without transmitting.
+* Every key ratchets forward each hour by the clock (forward secrecy, nothing sent): the
+  room key and every key-tree key; the old ones stay in memory for a short grace only.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from relay.core.crypto import RoomKeys
 from relay.core.events import ClipData, ControlMessage, Hello, Rejected, VoiceFrames
 from relay.core.ham import is_ham
 from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
+from relay.core.keytree import KeyTree, MemberPath, ratchet, ratchet_step, step_start
 from relay.core.notice import RelayNotice, is_notice, parse_notice
 from relay.core.sealed import ephemeral_public, new_ephemeral, open_sealed, seal_for
 from relay.core.session import (
@@ -73,6 +80,12 @@ SKIPPED = b""  # a position the speaker skipped (DTX), as the over seal covers i
 MAX_POSITION = 1 << 20  # frames in one over (about 11 h of 1600): bounds playout buffers
 MODERATOR_KINDS = frozenset((ControlKind.MOD, ControlKind.BEACON, ControlKind.REKEY))
 REKEY_COPIES = 3
+# Seconds after a removal at which the copies of its rekey go out: a burst of loss or one
+# collision cannot take all of them, and a member that lost one catches the next, silently.
+REKEY_DELAYS = (0.0, 10.0, 40.0, 120.0, 300.0)
+RATCHET_GRACE = 300.0  # seconds the previous hour's key still opens packets (clock skew)
+RATCHET_SKEW = 120.0  # seconds before the hour at which the next hour's key is tried too
+MAX_STEPS_AHEAD = 1  # a rekey made at most this many hours ahead of our clock is applied
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
@@ -126,6 +139,19 @@ class MemberChanged:
 class KeyRotated:
     epoch: int
     key: bytes = field(repr=False)
+    step: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """Every key this member holds for the room, after a change (rotation or ratchet): what
+    the store must save, replacing (and erasing) what it held before."""
+
+    epoch: int
+    step: int
+    key: bytes = field(repr=False)
+    tree: KeyTree | None = field(default=None, repr=False)  # the tree holder's whole tree
+    path: MemberPath | None = field(default=None, repr=False)  # a member's leaf-to-root keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +208,9 @@ class _Listening:
     # which covers skips too, can still verify the segment.
     last_counter: int | None = None
     last_end: int = -1
+    # The key last_counter counts under: at the hourly ratchet an over's packets come under
+    # two keys, whose counters are unrelated, so skips are inferred within one key only.
+    last_key: object = None
     # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
@@ -216,7 +245,13 @@ class Room:
         *,
         roster: Iterable[PublicIdentity] = (),
         mtu: int = DEFAULT_MTU,
+        step: int | None = None,
+        tree: KeyTree | None = None,
+        path: MemberPath | None = None,
     ) -> None:
+        """``key`` is the room key at ratchet ``step`` (None: at the step of the first
+        ``now`` seen). ``tree``: we hold the room's key tree (we enroll members and rotate
+        keys on removals); ``path``: our own leaf-to-root keys from our invite."""
         self.room_id = room_id
         self.me = me
         self._counters = counters
@@ -249,9 +284,22 @@ class Room:
         self._my_fpp = 1
         # (key id, speaker) -> grant of the last seal handled: grants restart with each key.
         self._sealed: dict[tuple[str, bytes], int] = {}
-        # Called with (epoch, key) whenever the room key changes, by our own removal of a
-        # member or by a rekey we received: the caller persists it.
-        self.on_rotate: Callable[[int, bytes], None] | None = None
+        # Called with the new KeyState whenever a key changes (our own removal of a member, a
+        # rekey we received, the hourly ratchet): the caller persists it, erasing the old.
+        self.on_rotate: Callable[[KeyState], None] | None = None
+        self.step = step
+        self.tree = tree
+        self.path = path
+        self._stale_keys: RoomKeys | None = None  # the key before a removal: control only
+        # The key whose counters grant_range counts: each key (hour, epoch) restarts them.
+        self._grant_keys: RoomKeys | None = None
+        self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
+        self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
+        self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
+        # Our over in progress keeps the key it started under, through the hour's ratchet
+        # (until the grace ends), so its counters run on and listeners can tell DTX skips:
+        # (sender, keys, until).
+        self._over_key: tuple[Sender, RoomKeys, float] | None = None
         # (session, counter) of each member's signed hand raise: a grant names both.
         self._hand_counter: dict[bytes, tuple[bytes, int]] = {}
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
@@ -264,38 +312,108 @@ class Room:
         self._opened_with = self.keys
 
     # ------------------------------------------------------------------ keys & sessions
-    def _install_key(self, key: bytes) -> None:
-        self.keys = RoomKeys(key)
+    def _make_receiver(self, keys: RoomKeys, old: Receiver | None = None) -> Receiver:
+        # A window as wide as a grant's counter range: packets injected ahead by a member
+        # holding the room key cannot push the speaker's real packets out of it.
+        receiver = Receiver(keys, window=REPLAY_WINDOW, ahead=UNSIGNED_AHEAD)
+        receiver.gate = self._gate
+        receiver.introducers = self.moderators
+        for ident in self.roster:
+            if ident not in self.removed:
+                receiver.add_sender(ident)
+        if self.floor is not None:
+            receiver.add_sender(self.floor)
+        if old is not None:
+            receiver.adopt(old)  # the sessions the old key's receiver knew stay introduced
+        return receiver
+
+    def _install_key(self, key: bytes, receiver: Receiver | None = None) -> None:
+        self._room_key = key
+        self.keys = receiver.keys if receiver is not None else RoomKeys(key)
         # One session per start of this process, kept across key rotations (the keys differ,
         # so no nonce repeats; members who knew our session still do).
         previous = getattr(self, "sender", None)
         session = previous.session if previous is not None else None
         self.sender = Sender(self.keys, self.me.identity, self._counters, session=session)
-        # A window as wide as a grant's counter range: packets injected ahead by a member
-        # holding the room key cannot push the speaker's real packets out of it.
-        self.receiver = Receiver(self.keys, window=REPLAY_WINDOW, ahead=UNSIGNED_AHEAD)
-        self.receiver.gate = self._gate
-        self.receiver.introducers = self.moderators
-        for ident in self.roster:
-            if ident not in self.removed:
-                self.receiver.add_sender(ident)
-        if self.floor is not None:
-            self.receiver.add_sender(self.floor)
+        self.receiver = receiver if receiver is not None else self._make_receiver(self.keys)
 
-    def _rotate_to(self, key: bytes, epoch: int, now: float) -> KeyRotated:
+    def _restart_counters(self, keep_range: bool = False) -> None:
+        # Counters restart under a new key: hand counters of the old one are void, and so is
+        # a grant's range, except (``keep_range``, the hourly ratchet) for packets still
+        # arriving under the key it was given in (see _grant_keys).
+        self._hand_counter.clear()
+        if not keep_range:
+            self.grant_range = None
+
+    def _rotate_to(self, key: bytes, epoch: int, now: float, step: int) -> KeyRotated:
         old = self.receiver
         for ident in self.removed:
             old.forget_sender(ident)
         self._previous = (old, now + REKEY_GRACE)
+        self._stale_keys = old.keys
+        self._next = None
+        self._over_key = None  # after a removal the old key carries no voice
         self.epoch = epoch
-        # Counters restart under the new key: ranges and hand counters of the old one are void.
-        self._hand_counter.clear()
-        self.grant_range = None
-        self._install_key(key)
-        self.receiver.adopt(old)
-        if self.on_rotate is not None:
-            self.on_rotate(epoch, key)
-        return KeyRotated(epoch, key)
+        self.step = step
+        self._restart_counters()
+        self._install_key(key, self._make_receiver(RoomKeys(key), old))
+        self._notify()
+        return KeyRotated(epoch, key, step)
+
+    def _notify(self) -> None:
+        if self.on_rotate is not None and self.step is not None:
+            self.on_rotate(KeyState(self.epoch, self.step, self._room_key, self.tree, self.path))
+
+    def key_state(self) -> KeyState:
+        """What the store holds for this room now (see :class:`KeyState`)."""
+        if self.step is None:
+            raise UsageError("the room has not seen the time yet")
+        return KeyState(self.epoch, self.step, self._room_key, self.tree, self.path)
+
+    def tick(self, now: float) -> None:
+        """Ratchet every key forward if ``now`` is in a later hour than our keys.
+
+        Called by everything that takes ``now``; a driver may call it on its own so a silent
+        room still erases its old keys on time."""
+        step = ratchet_step(now)
+        if self.step is None:
+            self.step = step
+            if self.tree is not None:
+                self.tree.ratchet_to(step)
+            if self.path is not None:
+                self.path.ratchet_to(step, keep_previous=False)
+            return
+        if step <= self.step:
+            return
+        behind = step - self.step
+        adopt = self._next[1] if self._next is not None and self._next[0] == step else None
+        old = self.receiver
+        self._previous = (old, now + RATCHET_GRACE) if behind == 1 else None
+        self._stale_keys = None
+        self._next = None
+        self.step = step
+        self._restart_counters(keep_range=True)
+        key = ratchet(self._room_key, behind)
+        if adopt is None:  # same members, next hour: everyone we knew stays known
+            adopt = self._make_receiver(RoomKeys(key), old)
+        else:
+            adopt.adopt(old)  # sessions introduced since it was made
+        self._install_key(key, adopt)
+        if self.tree is not None:
+            self.tree.ratchet_to(step)
+        if self.path is not None:
+            self.path.ratchet_to(step)
+        self._notify()
+
+    def _next_receiver(self, now: float) -> Receiver | None:
+        """The next hour's receiver, when the hour is near: a sender whose clock runs a
+        little ahead has already moved on."""
+        if self.step is None or step_start(self.step + 1) - now > RATCHET_SKEW:
+            return None
+        if self._next is None or self._next[0] != self.step + 1:
+            keys = RoomKeys(ratchet(self._room_key))
+            self._next = (self.step + 1, self._make_receiver(keys, self.receiver))
+        return self._next[1]
 
     @property
     def is_moderator(self) -> bool:
@@ -308,25 +426,30 @@ class Room:
     # ------------------------------------------------------------------ acting
     def raise_hand(self, now: float) -> bytes:
         """Ask for the floor. Sent as an introduction, so moderators learn who we are."""
+        self.tick(now)
         if self.me.identity not in self.hands:
             self.hands.append(self.me.identity)
         return self.sender.hello(ControlKind.HAND, msg.pack_hand(True), self.me, now)
 
     def lower_hand(self, now: float) -> bytes:
+        self.tick(now)
         if self.me.identity in self.hands:
             self.hands.remove(self.me.identity)
         return self.sender.control_signed(ControlKind.HAND, msg.pack_hand(False), self.me, now)
 
     def introduce(self, now: float) -> bytes:
         """Tell the room who we are without asking for the floor."""
+        self.tick(now)
         return self.sender.hello(ControlKind.HAND, msg.pack_hand(False), self.me, now)
 
     def _moderate(self, action: msg.ModMessage, now: float) -> bytes:
         self._require_moderator()
+        self.tick(now)
         packet = self.sender.control_signed(ControlKind.MOD, action.pack(), self.me, now)
         counter = int.from_bytes(packet[4:7], "big")
         self._record_action(self.keys.key_id, self.me.identity, self.sender.session, counter)
         self._record_issued(self.keys.key_id, self.me.identity, action.issued_at)
+        self._opened_with = self.keys  # our own action, under our current key
         self._apply(action, counter, now)
         return packet
 
@@ -340,6 +463,7 @@ class Room:
     def grant(self, member: bytes, seconds: int, now: float) -> bytes:
         """Give ``member`` the floor for at most ``seconds``."""
         self._require_moderator()
+        self.tick(now)
         if member in self.removed:
             raise UsageError("that member was removed from the room")
         if not 1 <= seconds < 1 << 16:
@@ -373,50 +497,122 @@ class Room:
         return self._moderate(action, now)
 
     def remove(self, member: bytes, now: float, copies: int = REKEY_COPIES) -> list[bytes]:
-        """Remove ``member`` and rotate the room key to everyone else we know of.
+        """Remove ``member`` and rotate the room key to everyone else we can reach.
 
-        Returns the packets to send in order: the signed removal (under the old key), then the
-        new key sealed to each remaining member (under the old key too: the removed member
-        sees the fragments but finds nothing it can open).
+        Returns the packets to send now: the signed removal (under the old key), then the
+        first copy of the rekey (under the old key too: the removed member sees it but finds
+        nothing it can open). The other ``copies - 1`` copies come out of :meth:`due` at
+        REKEY_DELAYS after now. A co-moderator that does not hold the key tree sends the
+        removal only: the tree holder rotates the key when it hears it.
         """
         if member in self.moderators:
             raise UsageError("remove a moderator's role before removing them")
         self._require_moderator()
-        new_key, epoch = os.urandom(32), (self.epoch + 1) % (1 << 16)
-        recipients = [
-            p for ident, p in self.roster.items() if ident != self.me.identity and ident != member
-        ]
-        ephemeral = new_ephemeral()
-        context = self._rekey_context(epoch)
-        wraps = []
-        for person in recipients:
-            try:
-                _, sealed = seal_for(person.agreement_key, new_key, context, ephemeral)
-            except (UsageError, PacketError):
-                self.stats["rekey_unsealable"] += 1  # a broken key must not block removal
-                continue
-            wraps.append((msg.wrap_tag(person.identity), sealed))
-        per_packet = self._wraps_per_packet()
-        chunks = [wraps[i : i + per_packet] for i in range(0, len(wraps), per_packet)] or [[]]
-        eph_pub = ephemeral_public(ephemeral)
-        bodies = [
-            msg.RekeyFragment(epoch, index, len(chunks), eph_pub, tuple(chunk)).pack()
-            for index, chunk in enumerate(chunks)
-        ]
         packets = [self._moderate(msg.ModMessage(msg.ModAction.REMOVE, member, 0, int(now)), now)]
-        for _ in range(max(1, copies)):
-            packets += [
-                self.sender.control_signed(ControlKind.REKEY, body, self.me, now) for body in bodies
-            ]
-        self._rotate_to(new_key, epoch, now)
+        if self._rotates_keys():
+            packets += self._rekey(member, now, copies)
         return packets
 
-    def _wraps_per_packet(self) -> int:
-        fixed = CONTROL_PACKET_OVERHEAD + 2 + 2 + msg.EPHEMERAL_LEN + 1 + 64
-        per = (self.mtu - fixed) // msg.WRAP_LEN
-        if per < 1:
+    def _rotates_keys(self) -> bool:
+        """We hold the tree, or (a room without one) we know members' X25519 keys."""
+        return self.tree is not None or any(i not in self.moderators for i in self.roster)
+
+    def _rekey(self, member: bytes | None, now: float, copies: int = REKEY_COPIES) -> list[bytes]:
+        """A new room key for everyone but ``member``; returns the first copy, schedules
+        the rest."""
+        self.tick(now)
+        assert self.step is not None
+        epoch = (self.epoch + 1) % (1 << 16)
+        context = self._rekey_context(epoch)
+        depth, step, wraps = 0, self.step, ()
+        if self.tree is not None:
+            rekey = self.tree.remove(member, context)
+            new_key, depth, step, wraps = rekey.key, rekey.depth, rekey.step, rekey.wraps
+        else:
+            new_key = os.urandom(32)
+        # Members we know but who hold no leaf: the new key sealed to their X25519 key.
+        leafless = [
+            p
+            for ident, p in self.roster.items()
+            if ident not in (self.me.identity, member)
+            and ident not in self.removed
+            and (self.tree is None or ident not in self.tree)
+        ]
+        ephemeral = new_ephemeral()
+        sealed = []
+        for person in leafless:
+            try:
+                sealed.append(seal_for(person.agreement_key, new_key, context, ephemeral)[1])
+            except (UsageError, PacketError):
+                self.stats["rekey_unsealable"] += 1  # a broken key must not block removal
+        bodies = self._rekey_bodies(epoch, step, depth, wraps, ephemeral_public(ephemeral), sealed)
+        delays = REKEY_DELAYS[: max(1, min(copies, len(REKEY_DELAYS)))]
+        first: list[bytes] = []
+        for delay in delays:
+            signed = [
+                self.sender.control_signed(ControlKind.REKEY, body, self.me, now) for body in bodies
+            ]
+            if delay <= 0:
+                first += signed
+            else:
+                self._scheduled += [(now + delay, epoch, packet) for packet in signed]
+        self._scheduled.sort(key=lambda item: item[0])
+        self._rotate_to(new_key, epoch, now, step)
+        return first
+
+    def _rekey_bodies(
+        self,
+        epoch: int,
+        step: int,
+        depth: int,
+        wraps: Sequence[tuple[int, bytes]],
+        eph_pub: bytes,
+        sealed: Sequence[bytes],
+    ) -> list[bytes]:
+        """Fragments that fit the MTU: tree wraps spread evenly, then sealed keys."""
+        room = self.mtu - CONTROL_PACKET_OVERHEAD - 64 - msg.REKEY_HEAD_LEN
+        per_wrap = room // msg.TREE_WRAP_LEN
+        per_sealed = (room - msg.EPHEMERAL_LEN) // msg.SEALED_LEN
+        if per_wrap < 1 or per_sealed < 1:
             raise UsageError(f"an MTU of {self.mtu} B is too small to rotate room keys")
-        return per
+        parts: list[tuple[tuple, tuple]] = []
+        if wraps:
+            n = math.ceil(len(wraps) / per_wrap)
+            size = math.ceil(len(wraps) / n)
+            parts += [(tuple(wraps[i : i + size]), ()) for i in range(0, len(wraps), size)]
+        parts += [
+            ((), tuple(sealed[i : i + per_sealed])) for i in range(0, len(sealed), per_sealed)
+        ]
+        parts = parts or [((), ())]
+        if len(parts) > 255:
+            raise UsageError("too many members without a key-tree leaf to rotate the key")
+        return [
+            msg.RekeyFragment(epoch, step, i, len(parts), depth, w, eph_pub if s else b"", s).pack()
+            for i, (w, s) in enumerate(parts)
+        ]
+
+    def due(self, now: float) -> list[bytes]:
+        """Packets whose time has come: later copies of a rekey, and rekeys for removals a
+        co-moderator made (we hold the tree). A moderator's driver sends them."""
+        return [packet for _, packet in self.due_by_epoch(now)]
+
+    def due_by_epoch(self, now: float) -> list[tuple[int, bytes]]:
+        """:meth:`due`, each packet with the key epoch its rekey introduces (for reports)."""
+        out: list[tuple[int, bytes]] = []
+        while self._queued_removals:
+            packets = self._rekey(self._queued_removals.pop(0), now)
+            out += [(self.epoch, p) for p in packets]
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, epoch, packet = self._scheduled.pop(0)
+            out.append((epoch, packet))
+        return out
+
+    @property
+    def next_due(self) -> float | None:
+        """When :meth:`due` next has something (None: nothing scheduled)."""
+        if self._queued_removals:
+            return 0.0
+        return self._scheduled[0][0] if self._scheduled else None
 
     def _rekey_context(self, epoch: int) -> bytes:
         return b"relay/v1 rekey" + self.room_id + epoch.to_bytes(2, "big")
@@ -424,6 +620,7 @@ class Room:
     def beacon(self, now: float) -> bytes:
         """The room's state, signed, for late joiners."""
         self._require_moderator()
+        self.tick(now)
         self._expire(now)
         # Fit one packet: the hand queue and mute list are cut to what the MTU leaves.
         room = self.mtu - CONTROL_PACKET_OVERHEAD - 64 - msg.BEACON_FIXED_LEN - 3
@@ -438,7 +635,9 @@ class Room:
             tuple(hands[:255]),
             tuple(muted[:255]),
             int(now),
-            self.grant_range[0] if self.grant_range else msg.NO_COUNTER,
+            self.grant_range[0]
+            if self.grant_range and self._grant_keys is self.keys
+            else msg.NO_COUNTER,
             self._loss_percent(),
             (self.floor_session or bytes(SESSION_LEN)) if self.floor else bytes(SESSION_LEN),
         )
@@ -471,15 +670,27 @@ class Room:
         ``redundant`` (FEC copies of the frames before ``position``) rides along but is not
         part of the over's seal: the seal covers what the speaker said, once.
         """
+        self.tick(now)
         if not self.holds_floor(now):
             raise UsageError("you do not hold the floor: raise a hand and wait for a grant")
         for i, frame in enumerate(frames):
             self._my_over[position + i] = frame
         self._my_fpp = max(self._my_fpp, len(frames))
-        return self.sender.voice(mode, position, frames, now, redundant)
+        return self._over_sender(now)[0].voice(mode, position, frames, now, redundant)
+
+    def _over_sender(self, now: float) -> tuple[Sender, RoomKeys]:
+        """The sender (and keys) of our over: the key it started under, while receivers
+        still take it (RATCHET_GRACE, less a margin for airtime and clocks)."""
+        if self._over_key is None:
+            assert self.step is not None
+            until = step_start(self.step + 1) + RATCHET_GRACE - RATCHET_SKEW
+            self._over_key = (self.sender, self.keys, until)
+        sender, keys, until = self._over_key
+        return (self.sender, self.keys) if now > until else (sender, keys)
 
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
+        self.tick(now)
         if self.me.identity in self.muted:
             raise UsageError("a moderator muted you in this room")
         return self.sender.clip(payload, now)
@@ -490,12 +701,15 @@ class Room:
         The seal goes out ``copies`` times (each its own packet): a listener that loses it
         cannot verify anything of the over. Receivers keep the first and ignore the rest.
         """
+        self.tick(now)
+        sender, keys = self._over_sender(now)
+        self._over_key = None
         # Positions we skipped (DTX) are sealed as skipped: listeners check that too.
         frames = [self._my_over.get(p, SKIPPED) for p in range(max(self._my_over, default=-1) + 1)]
         self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
-        seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp).pack()
+        seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp, keys.key_id).pack()
         packets = [
-            self.sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
+            sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
             for _ in range(max(1, copies))
         ]
         if self.floor == self.me.identity:
@@ -503,13 +717,13 @@ class Room:
         return packets
 
     def _seal_over(
-        self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int
+        self, speaker: bytes, grant_seq: int, frames: list[bytes], fpp: int, key_id: str
     ) -> msg.OverSeal:
         # As many digests as fit one packet with the seal's header and signature.
         room = self.mtu - CONTROL_PACKET_OVERHEAD - 11 - 64  # 10 B header, 1 B loss report
         seg = msg.segment_frames(len(frames), fpp, max(1, room // msg.DIGEST_LEN))
         digests = tuple(
-            msg.segment_digest(self.keys.key_id, speaker, grant_seq, i, frames[s : s + seg])
+            msg.segment_digest(key_id, speaker, grant_seq, i, frames[s : s + seg])
             for i, s in enumerate(range(0, len(frames), seg))
         )
         return msg.OverSeal(len(frames), grant_seq, seg, digests, self._loss_percent())
@@ -546,24 +760,36 @@ class Room:
             return [self._on_notice(packet, now)]
         if is_ham(packet):  # never mixed: an encrypted room refuses amateur-band packets
             return [self._drop("ham_refused", "a signed, unencrypted amateur-band packet")]
+        self.tick(now)
         self._expire(now)
         self._opened_with = self.keys
         event = self.receiver.receive(packet, now)
         if isinstance(event, Rejected) and self._previous is not None:
             old, until = self._previous
             if now <= until:
-                self._opened_with = old.keys
-                retry = old.receive(packet, now)
-                if isinstance(retry, Rejected):
-                    self._opened_with = self.keys
-                else:
-                    event = retry
+                event = self._retry(old, packet, now, event)
             else:
                 self._previous = None
+                self._stale_keys = None
+                if self.path is not None:
+                    self.path.forget_previous()
+        if isinstance(event, Rejected):
+            upcoming = self._next_receiver(now)
+            if upcoming is not None:
+                event = self._retry(upcoming, packet, now, event)
         try:
             return self._handle(event, now)
         except PacketError as exc:
             return [self._drop(exc.reason, str(exc))]
+
+    def _retry(self, receiver: Receiver, packet: bytes, now: float, first: Rejected):
+        """Open ``packet`` with another key; the first rejection stands if it fails too."""
+        self._opened_with = receiver.keys
+        retry = receiver.receive(packet, now)
+        if isinstance(retry, Rejected):
+            self._opened_with = self.keys
+            return first
+        return retry
 
     def _on_notice(self, packet: bytes, now: float) -> RelayNoticed | Dropped:
         try:
@@ -597,6 +823,8 @@ class Room:
         if event.sender != self.floor or event.sender in self.muted:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
+        if listening.last_key is not self._opened_with:
+            listening.last_key, listening.last_counter = self._opened_with, None
         if (
             listening.last_counter is not None
             and event.counter == listening.last_counter + 1
@@ -629,17 +857,23 @@ class Room:
             events.append(MemberChanged(ident, "introduced"))
         if event.kind == ControlKind.HAND:
             raised = msg.parse_hand(event.payload)
-            if raised:
+            if raised and self._opened_with is self.keys:  # (see _on_control)
                 self._hand_counter[ident] = (event.session, event.counter)
             events += self._on_hand(ident, raised)
         return events
 
-    def enroll(self, member: PublicIdentity) -> None:
-        """Admit a member to the rekey roster (a moderator's decision)."""
+    def enroll(self, member: PublicIdentity) -> MemberPath | None:
+        """Admit a member to the rekey roster (a moderator's decision). If we hold the key
+        tree the member gets a leaf: the returned path goes into their invite."""
         if not valid_agreement_key(member.agreement_key):
             raise UsageError("that member's X25519 key is invalid")
         self.roster[member.identity] = member
         self.receiver.add_sender(member.identity)
+        if self.tree is None:
+            return None
+        path = self.tree.add(member.identity)
+        self._notify()
+        return path
 
     def _on_hand(self, ident: bytes, raised: bool) -> list[RoomEvent]:
         if raised and ident not in self.hands and ident not in self.muted:
@@ -663,20 +897,23 @@ class Room:
         if isinstance(event, Hello):
             return None  # the session verified its signature and time
         if isinstance(event, VoiceFrames):
-            if self._opened_with is not self.keys:
-                return "old_key"  # after a rotation the old key carries control only
+            if self._opened_with is self._stale_keys:
+                return "old_key"  # after a removal the old key carries control only
             self._expire(event.time)
             if sender != self.floor or sender in self.muted:
                 return "floor_violation"
             if self.floor_session is not None and event.session != self.floor_session:
                 return "floor_violation"
-            if self.grant_range and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
+            # The range counts the counters of the key the grant came under: under another
+            # hour's key they restart (see tick), so it guards that key's packets only.
+            span = self.grant_range if self._opened_with is self._grant_keys else None
+            if span and not span[0] <= event.counter <= span[1]:
                 return "floor_violation"
             if not 0 <= event.position <= MAX_POSITION:
                 return "malformed"
             return None
         if isinstance(event, ClipData):
-            if self._opened_with is not self.keys:
+            if self._opened_with is self._stale_keys:
                 return "old_key"
             return "muted" if sender in self.muted else None
         if isinstance(event, ControlMessage) and event.kind not in SIGNED_KINDS:
@@ -717,7 +954,9 @@ class Room:
             return self._on_over_end(event, body)
         if kind == ControlKind.HAND:
             raised = msg.parse_hand(body)
-            if raised:
+            # A grant names the hand's counter as the first the speaker may use: only a hand
+            # under our current key counts (another hour's key has other counters).
+            if raised and self._opened_with is self.keys:
                 self._hand_counter[event.sender] = (event.session, event.counter)
             return self._on_hand(event.sender, raised)
         key_id = self._opened_with.key_id
@@ -740,6 +979,13 @@ class Room:
         action = msg.ModMessage.parse(body)
         if action.issued_at < now - STALE_ACTION:
             return [self._drop("stale_moderation", "moderation action issued too long ago")]
+        if (
+            action.action == msg.ModAction.REMOVE
+            and self.tree is not None
+            and action.target not in self.removed
+            and action.target not in self.moderators
+        ):
+            self._queued_removals.append(action.target)  # a co-moderator's: we rotate
         return self._apply(action, event.counter, now)
 
     def _apply(self, action: msg.ModMessage, counter: int, now: float) -> list[RoomEvent]:
@@ -748,6 +994,7 @@ class Room:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
             first, speaker_session = _grant_extra(action.extra)
             self.grant_range = _grant_range(first, action.arg)
+            self._grant_keys = self._opened_with
             self.floor_session = speaker_session
             self.receiver.add_sender(target)
             self._vouch_floor(action.issued_at, now, "grant")
@@ -807,6 +1054,7 @@ class Room:
             self.floor, self.grant_seq = holder, beacon.grant_seq
             self.floor_until = now + beacon.remaining
             self.grant_range = _grant_range(beacon.first_counter, beacon.remaining)
+            self._grant_keys = self._opened_with
             self.floor_session = beacon.session if holder is not None else None
             if holder is not None:
                 self.receiver.add_sender(holder)
@@ -825,21 +1073,30 @@ class Room:
         self, event: ControlMessage, fragment: msg.RekeyFragment, now: float
     ) -> list[RoomEvent]:
         if fragment.epoch == self.epoch:
-            return []  # already rotated (another fragment carried our key)
+            return []  # already rotated (another fragment or copy carried our key)
         if fragment.epoch != (self.epoch + 1) % (1 << 16):
             return [self._drop("stale_moderation", "rekey for an unexpected epoch")]
-        tag = msg.wrap_tag(self.me.identity)
-        for wrap_tag, sealed in fragment.wraps:
-            if wrap_tag != tag:
-                continue
-            try:
-                key = open_sealed(
-                    self.me, fragment.ephemeral, sealed, self._rekey_context(fragment.epoch)
-                )
-            except PacketError:
-                continue
-            return [self._rotate_to(key, fragment.epoch, now)]
-        return []
+        context = self._rekey_context(fragment.epoch)
+        assert self.step is not None
+        if fragment.step > self.step + MAX_STEPS_AHEAD:
+            return [self._drop("stale_moderation", "rekey from a clock hours ahead")]
+        step = max(self.step, fragment.step)
+        key = None
+        if self.path is not None and fragment.wraps:
+            key = self.path.apply(fragment.step, fragment.depth, fragment.wraps, context)
+        if key is None and fragment.sealed:
+            for sealed in fragment.sealed:
+                try:
+                    key = open_sealed(self.me, fragment.ephemeral, sealed, context)
+                except PacketError:
+                    continue
+                key = ratchet(key, step - fragment.step)
+                break
+        if key is None:
+            return []
+        if self.path is not None and self.path.step < step:
+            self.path.ratchet_to(step, keep_previous=False)
+        return [self._rotate_to(key, fragment.epoch, now, step)]
 
     def _on_over_end(self, event: ControlMessage, body: bytes) -> list[RoomEvent]:
         speaker = event.sender

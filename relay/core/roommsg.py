@@ -20,9 +20,12 @@ PREFIX_LEN = 8  # identity prefix in beacons
 # the speaker says the real ones, so it gets one blind 2^-32 guess per segment, no search.
 DIGEST_LEN = 4
 MAX_SEGMENTS = 255
-WRAP_TAG_LEN = 4
-WRAP_LEN = WRAP_TAG_LEN + 32 + 16  # recipient tag + sealed 32-byte key + 16-byte tag
 EPHEMERAL_LEN = 32
+SEALED_LEN = 32 + 16  # a 32-byte key sealed to one member (relay.core.sealed), 16-byte tag
+TREE_WRAPPED_LEN = 40  # a 32-byte path secret under AES key wrap (RFC 3394)
+TREE_WRAP_LEN = 2 + TREE_WRAPPED_LEN  # node + wrapped secret
+REKEY_HEAD_LEN = 2 + 3 + 4 + 1  # epoch, step, index, count, depth, n; m
+MAX_TREE_DEPTH = 12
 SESSION_LEN = 8  # a sender session (relay.core.wire.SESSION_LEN)
 # A beacon's fixed part: epoch, floor flag, holder, remaining, grant seq, issued at, first
 # counter, the holder's session.
@@ -276,43 +279,80 @@ def segment_digest(
 
 @dataclass(frozen=True, slots=True)
 class RekeyFragment:
-    """Part of a key rotation: the new key sealed to some of the remaining members."""
+    """Part of a key rotation, signed by the moderator and sealed under the old room key.
+
+    ``wraps`` are key-tree wraps (relay.core.keytree): a path secret wrapped under one node's
+    key, named by the node, never by a member. ``sealed`` are the new key sealed to members
+    who hold no leaf (enrolled before the tree, or appointed on the air), all with one
+    ephemeral key and no recipient tag: each such member tries them all (one X25519).
+
+    Layout: epoch (2) | ratchet step (3) | index (1) | count (1) | depth (1) | n (1) |
+    n x (node 2 + wrapped 40) | m (1) | [ephemeral 32 | m x 48 when m > 0]
+    """
 
     epoch: int
+    step: int
     index: int
     count: int
-    ephemeral: bytes
-    wraps: tuple[tuple[bytes, bytes], ...]  # (recipient tag, sealed key)
+    depth: int
+    wraps: tuple[tuple[int, bytes], ...] = ()
+    ephemeral: bytes = b""
+    sealed: tuple[bytes, ...] = ()
 
     def pack(self) -> bytes:
-        out = bytearray(self.epoch.to_bytes(2, "big"))
-        out += bytes((self.index, self.count)) + self.ephemeral + bytes((len(self.wraps),))
-        for tag, sealed in self.wraps:
-            if len(tag) != WRAP_TAG_LEN or len(sealed) != WRAP_LEN - WRAP_TAG_LEN:
-                raise UsageError("malformed key wrap")
-            out += tag + sealed
+        if not 0 <= self.epoch < 1 << 16 or not 0 <= self.step < 1 << 24:
+            raise UsageError("rekey epoch or step out of range")
+        if not 0 <= self.index < self.count <= 255 or not 0 <= self.depth <= MAX_TREE_DEPTH:
+            raise UsageError("rekey fragment index or depth out of range")
+        if len(self.wraps) > 255 or len(self.sealed) > 255:
+            raise UsageError("too many wraps for one rekey fragment")
+        out = bytearray(self.epoch.to_bytes(2, "big") + self.step.to_bytes(3, "big"))
+        out += bytes((self.index, self.count, self.depth, len(self.wraps)))
+        for node, wrapped in self.wraps:
+            if not 0 <= node < 1 << 16 or len(wrapped) != TREE_WRAPPED_LEN:
+                raise UsageError("malformed key-tree wrap")
+            out += node.to_bytes(2, "big") + wrapped
+        out.append(len(self.sealed))
+        if self.sealed:
+            if len(self.ephemeral) != EPHEMERAL_LEN:
+                raise UsageError("sealed wraps need the ephemeral key")
+            out += self.ephemeral
+            for sealed in self.sealed:
+                if len(sealed) != SEALED_LEN:
+                    raise UsageError("malformed sealed key")
+                out += sealed
         return bytes(out)
 
     @classmethod
     def parse(cls, body: bytes) -> RekeyFragment:
-        head = 2 + 2 + EPHEMERAL_LEN + 1
-        _need(body, head, "rekey fragment")
-        count = body[head - 1]
-        _exact(body[head:], count * WRAP_LEN, "rekey wraps")
-        index, total = body[2], body[3]
+        head = 2 + 3 + 4
+        _need(body, head + 1, "rekey fragment")
+        epoch = int.from_bytes(body[:2], "big")
+        step = int.from_bytes(body[2:5], "big")
+        index, total, depth, n = body[5], body[6], body[7], body[8]
         if total < 1 or index >= total:
             raise PacketError("malformed", "rekey fragment index out of range")
+        if depth > MAX_TREE_DEPTH:
+            raise PacketError("malformed", "rekey names an impossible tree depth")
+        pos = head
+        _need(body, pos + n * TREE_WRAP_LEN + 1, "rekey wraps")
         wraps = tuple(
             (
-                bytes(body[head + i * WRAP_LEN : head + i * WRAP_LEN + WRAP_TAG_LEN]),
-                bytes(body[head + i * WRAP_LEN + WRAP_TAG_LEN : head + (i + 1) * WRAP_LEN]),
+                int.from_bytes(body[pos + i * TREE_WRAP_LEN : pos + i * TREE_WRAP_LEN + 2], "big"),
+                bytes(body[pos + i * TREE_WRAP_LEN + 2 : pos + (i + 1) * TREE_WRAP_LEN]),
             )
-            for i in range(count)
+            for i in range(n)
         )
-        return cls(
-            int.from_bytes(body[:2], "big"), index, total, bytes(body[4 : 4 + EPHEMERAL_LEN]), wraps
+        pos += n * TREE_WRAP_LEN
+        m = body[pos]
+        pos += 1
+        ephemeral = b""
+        if m:
+            _need(body, pos + EPHEMERAL_LEN, "rekey ephemeral key")
+            ephemeral = bytes(body[pos : pos + EPHEMERAL_LEN])
+            pos += EPHEMERAL_LEN
+        _exact(body[pos:], m * SEALED_LEN, "rekey sealed keys")
+        sealed = tuple(
+            bytes(body[pos + i * SEALED_LEN : pos + (i + 1) * SEALED_LEN]) for i in range(m)
         )
-
-
-def wrap_tag(signing_key: bytes) -> bytes:
-    return hashlib.sha256(b"relay/v1 wrap" + signing_key).digest()[:WRAP_TAG_LEN]
+        return cls(epoch, step, index, total, depth, wraps, ephemeral, sealed)

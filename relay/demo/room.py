@@ -22,7 +22,8 @@ import numpy as np
 
 from relay.core import roommsg as msg
 from relay.core.identity import Identity
-from relay.core.room import Room
+from relay.core.keytree import KeyTree, ratchet_step
+from relay.core.room import REKEY_COPIES, REKEY_DELAYS, Room
 from relay.core.wire import FEC_PAIRS, ControlKind
 from relay.demo.voice import bundled_sample, choose_frames_per_packet
 from relay.errors import UsageError
@@ -95,14 +96,28 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
     speaker_ids = [Identity.generate() for _ in range(s.speakers)]
     listener_ids = [Identity.generate() for _ in range(s.listeners)]
 
-    def member(ident: Identity, roster=()) -> RoomNode:
+    step = ratchet_step(clock())
+    tree = KeyTree(step)
+
+    def member(ident: Identity, roster=(), holder: bool = False) -> RoomNode:
         room = Room(
-            room_id, key, 0, [mod_id.public], ident, counters, roster=roster, mtu=s.profile.mtu
+            room_id,
+            key,
+            0,
+            [mod_id.public],
+            ident,
+            counters,
+            roster=roster,
+            mtu=s.profile.mtu,
+            step=step,
+            tree=tree if holder else None,
+            path=None if holder else tree.add(ident.identity),  # as its invite --for carried
         )
         return RoomNode(room, ether.attach(), clock, seed=s.seed)
 
-    # Everyone was invited `--for` them: the moderator knows their keys (rekeys reach them).
-    moderator = member(mod_id, roster=[i.public for i in (*speaker_ids, *listener_ids)])
+    # Everyone was invited `--for` them: the moderator knows their keys and each holds its
+    # key-tree path (rekeys reach them in about log2(N) wraps).
+    moderator = member(mod_id, [i.public for i in (*speaker_ids, *listener_ids)], holder=True)
     speakers = [member(i) for i in speaker_ids]
     listeners = [member(i) for i in listener_ids]
     nodes = [moderator, *speakers, *listeners]
@@ -135,11 +150,13 @@ async def _scenario(s: RoomDemoSettings, state: Path) -> dict[str, Any]:
     # Remove a listener: the key rotates; one more over follows that it must not read.
     removed = listeners[0]
     before = removed.log.voice_packets
-    await moderator.send(*moderator.room.remove(removed.room.me.identity, clock()))
+    await moderator.remove(removed.room.me.identity)
     await moderator.link.drain()
     await asyncio.sleep(1.0)
     await one_over(speakers[0], speech[0].head(50), 0.0)
-    await asyncio.sleep(3.0 + moderator.playout.max_delay)
+    # Let the later copies of the rekey go out (the moderator's loop sends them when due).
+    await asyncio.sleep(max(3.0 + moderator.playout.max_delay, REKEY_DELAYS[REKEY_COPIES - 1]))
+    await moderator.link.drain()
     removed_decrypts = removed.log.voice_packets - before
 
     stop.set()
@@ -203,6 +220,12 @@ def _report(
         "forged_moderation_rejected": drops("forged_moderation") + drops("forged_signature"),
         "removed_member_decrypts": removed_decrypts,
         "key_rotations_received": sum(1 for li in heard if li.log.rotations),
+        # Each removal's airtime on this radio: the signed removal and every rekey copy.
+        "rekey_airtime_seconds": [
+            round(t, 3) for _, t in sorted(moderator.log.rekey_airtime.items())
+        ],
+        "beacons": moderator.log.beacons,
+        "beacon_airtime_seconds": round(moderator.log.beacon_airtime, 3),
         "airtime_seconds": round(ether.stats.airtime_s, 3),
         "channel_occupancy": round(ether.occupancy(elapsed), 4),
         "latency_ms": {

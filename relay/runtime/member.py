@@ -7,7 +7,9 @@ we moderate, so key rotations reach silent listeners; the MTU from the link) and
 outlive the process:
 
 * send counters in the home's ``counters.db`` (never reuse a nonce across restarts);
-* rotated room keys, written to the room store as soon as they arrive;
+* rotated room keys and the hourly ratchet, written to the room store as soon as they
+  happen (the key tree or our path with them), erasing the older keys; a silent room
+  ratchets on a timer (TICK_SECONDS), so its old keys go on time;
 * replay windows in ``replay.db`` (per sender session): restored at start, saved after every
   over, whenever a member introduces itself, and on exit, so a restarted listener does not accept a
   recording of what it already heard and still knows who introduced itself.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import RoomInfo
-from relay.core.room import MemberChanged, OverEnded, Room, RoomEvent
+from relay.core.room import KeyState, MemberChanged, OverEnded, Room, RoomEvent
 from relay.core.wire import VOICE_PACKET_OVERHEAD
 from relay.demo.voice import choose_frames_per_packet
 from relay.errors import LinkError, UsageError
@@ -43,6 +45,7 @@ from relay.store.rooms import MODERATOR, RoomStore
 from relay.voice.modes import CodecMode, mode_by_name
 
 CLOSE_TIMEOUT = 2.0
+TICK_SECONDS = 30.0  # how often a silent room checks whether its keys must ratchet
 LINK_UP_TIMEOUT = 15.0  # seconds a Meshtastic node may take to answer when a member starts
 
 
@@ -160,12 +163,29 @@ class Member:
     def save_marks(self) -> None:
         self.replay.save(self.room.keys.key_id, self.room.receiver.export())
 
-    def _key_rotated(self, epoch: int, key: bytes) -> None:
+    def _key_rotated(self, state: KeyState) -> None:
         try:
-            self.rooms.set_key(self.info.room_id, epoch, key)
+            self.rooms.save_key_state(self.info.room_id, state)
         except UsageError as exc:  # already stored (e.g. from a newer invite)
             self.key_errors.append(str(exc))
         self.restore_marks()
+
+    async def remove(self, member: bytes) -> None:
+        """Remove ``member`` from the room (we moderate): the key rotates, and they leave
+        the stored roster, so no later rekey is ever sealed to them."""
+        await self.node.remove(member)
+        self.rooms.remove_member(self.info.room_id, member)
+
+    async def _ticking(self) -> None:
+        """Ratchet on time even when nothing arrives (the room also ratchets per packet)."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.room.tick(self.clock())
+                if self.room.tree is not None:  # members invited --for meanwhile get rekeys
+                    self.rooms.merge_leaves(self.info.room_id, self.room.tree)
+            except UsageError as exc:  # the database is busy: try again next time
+                self.key_errors.append(str(exc))
 
     def _event(self, event: RoomEvent) -> None:
         # After an over, and when a member introduces itself: a restart (even kill -9) then
@@ -174,6 +194,10 @@ class Member:
             isinstance(event, MemberChanged) and event.change == "introduced"
         ):
             self.save_marks()
+        if isinstance(event, MemberChanged) and event.change == "removed":
+            # Off the roster for good: a restarted moderator must not seal keys to them.
+            with contextlib.suppress(UsageError):
+                self.rooms.remove_member(self.info.room_id, event.member)
         if self.on_event is not None:
             self.on_event(event)
 
@@ -203,6 +227,8 @@ async def open_member(
     async with contextlib.AsyncExitStack() as stack:
         rooms = stack.enter_context(RoomStore(home))
         info = rooms.get(room_ref)
+        keys = rooms.advance(info.room_id, clock())  # erase what the hours since made old
+        info = rooms.get(room_ref)
         role = rooms.role(info.room_id)
         roster = rooms.roster(info.room_id) if role == MODERATOR else []
         if require_moderator and info.moderator_index(identity.public.signing_key) is None:
@@ -227,6 +253,9 @@ async def open_member(
             counters,
             roster=roster,
             mtu=link.mtu,
+            step=keys.step,
+            tree=keys.tree,
+            path=keys.path,
         )
         member: Member
         node = RoomNode(
@@ -235,7 +264,7 @@ async def open_member(
             clock,
             playout=playout,
             on_event=lambda event: member._event(event),
-            on_key=lambda epoch, key: member._key_rotated(epoch, key),
+            on_key=lambda state: member._key_rotated(state),
             seed=seed,
         )
         member = Member(
@@ -243,6 +272,8 @@ async def open_member(
         )
         member.restore_marks()
         member._start()
+        ticker = asyncio.create_task(member._ticking())
+        stack.callback(ticker.cancel)
         stack.push_async_callback(_stop, member)
         yield member
 

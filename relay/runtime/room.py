@@ -19,6 +19,7 @@ from relay.core.room import (
     FloorChanged,
     HandRaised,
     KeyRotated,
+    KeyState,
     LossReport,
     MemberChanged,
     OverEnded,
@@ -55,6 +56,10 @@ class NodeLog:
     dropped: dict[str, int] = field(default_factory=dict)
     rotations: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what relays said they did not forward
+    # A moderator's own transmissions, by purpose (airtime in seconds on its link):
+    beacons: int = 0
+    beacon_airtime: float = 0.0
+    rekey_airtime: dict[int, float] = field(default_factory=dict)  # new epoch -> removal + rekeys
     datagrams: int = 0  # everything the link delivered, ours to open or not
     rssi: float | None = None  # the last signal report, where the radio gives one
     snr: float | None = None
@@ -134,7 +139,7 @@ class RoomNode:
         *,
         playout: Playout | None = None,
         on_event: EventHook | None = None,
-        on_key: Callable[[int, bytes], None] | None = None,
+        on_key: Callable[[KeyState], None] | None = None,
         seed: int | None = None,
     ) -> None:
         self.room = room
@@ -194,9 +199,31 @@ class RoomNode:
     def _key_rotated(self, event: KeyRotated) -> None:
         self.log.rotations.append(event.epoch)
 
-    def _rotated(self, epoch: int, key: bytes) -> None:
+    def _rotated(self, state: KeyState) -> None:
         if self._on_key is not None:
-            self._on_key(epoch, key)
+            self._on_key(state)
+
+    async def remove(self, member: bytes) -> None:
+        """Remove ``member``: the signed removal and the first copy of the rekey now; the
+        later copies go out from :meth:`moderate` (or :meth:`send_due`) when due."""
+        packets = self.room.remove(member, self.clock())
+        self._count_rekey(self.room.epoch, packets)
+        await self.send(*packets)
+
+    async def send_due(self) -> None:
+        """Send what the room has scheduled (later rekey copies, co-moderators' removals)."""
+        for epoch, packet in self.room.due_by_epoch(self.clock()):
+            self._count_rekey(epoch, [packet])
+            await self.send(packet)
+
+    def _count_rekey(self, epoch: int, packets: Sequence[bytes]) -> None:
+        spent = sum(self.link.airtime(len(p)) for p in packets)
+        self.log.rekey_airtime[epoch] = self.log.rekey_airtime.get(epoch, 0.0) + spent
+
+    async def _beacon(self, *beacons: bytes) -> None:
+        self.log.beacons += len(beacons)
+        self.log.beacon_airtime += sum(self.link.airtime(len(b)) for b in beacons)
+        await self.send(*beacons)
 
     def _seen(self, datagram: Datagram) -> None:
         self.log.datagrams += 1
@@ -353,7 +380,8 @@ class RoomNode:
         that missed a grant would drop the whole over as a floor violation, one that missed a
         mute would play the muted member on (at 10 % loss, 3 copies miss 0.1 %; a speaker's
         packets may also collide with the first copy)."""
-        await self.send(*actions, *(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+        await self.send(*actions)
+        await self._beacon(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
 
     async def moderate(
         self,
@@ -385,8 +413,12 @@ class RoomNode:
             busy = self.room.floor is not None
             overdue = loop.time() - last_beacon >= BUSY_BEACON_FACTOR * interval
             if loop.time() >= next_beacon and (not busy or overdue):
-                await self.send(self.room.beacon(self.clock()))
+                await self._beacon(self.room.beacon(self.clock()))
                 last_beacon = loop.time()
                 next_beacon = last_beacon + interval
+            await self.send_due()
             wait = next_beacon - loop.time()
+            due = self.room.next_due
+            if due is not None:
+                wait = min(wait, due - self.clock())
             await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.5)
