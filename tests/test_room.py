@@ -474,6 +474,7 @@ def test_old_key_carries_no_voice_after_rotation():
 def test_beacon_fits_the_mtu_with_a_long_hand_queue():
     net = Net(40, 1)
     for sp in net.speakers:
+        net.mod.enroll(sp.me.public)  # strangers' hands are capped; enrolled members' are not
         net.send(sp.raise_hand(net.now), sp, to=[net.mod])
     assert len(net.mod.hands) == 40
     assert len(net.mod.beacon(net.now)) <= net.mod.mtu

@@ -176,7 +176,10 @@ class BridgeCore:
             elif target.pacer is None:
                 out.sends.append(Send(target.name, packet))
             else:
-                for decision in target.pacer.offer(packet, now, header):
+                # What came from MQTT is unverifiable and may come from anyone who can
+                # publish to the broker: it pays from its hint's airtime budget.
+                trusted = source.kind is not LinkKind.MQTT
+                for decision in target.pacer.offer(packet, now, header, trusted=trusted):
                     if not decision.queued:
                         out.notices.append(
                             Notice(target.name, decision, source.name, header.counter)

@@ -89,6 +89,16 @@ MAX_STEPS_AHEAD = 1  # a rekey made at most this many hours ahead of our clock i
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
+# Raised hands of members the moderator has not enrolled (strangers: anyone holding the room
+# key can mint them) wait in a queue at most this long; enrolled members' hands always get in
+# and are granted first.
+MAX_STRANGER_HANDS = 16
+# Frames of one over kept to check its seal (and DTX skips filled in): a key holder
+# injecting as the floor holder could otherwise make a listener keep a million positions.
+# Frames past the cap are still played, but the over can then only be *partial*. 16,384
+# frames are 11 minutes of 1600 (5.5 of 3200); a DTX skip is never longer than 100 frames.
+MAX_KEPT_FRAMES = 1 << 14
+MAX_SKIP_FILL = 128
 
 
 # ---------------------------------------------------------------------------- events
@@ -127,6 +137,14 @@ class FloorChanged:
 class HandRaised:
     member: bytes
     raised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GrantAsked:
+    """The floor holder raised its hand again: it did not hear its grant (a moderator's
+    node answers with a beacon, which repeats the grant)."""
+
+    member: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +205,7 @@ RoomEvent = (
     | OverEnded
     | FloorChanged
     | HandRaised
+    | GrantAsked
     | MemberChanged
     | KeyRotated
     | LossReport
@@ -214,6 +233,7 @@ class _Listening:
     # FEC: positions whose lower-rate copy arrived before (or instead of) the primary. The
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
+    unkept: int = 0  # frames played but not kept (past MAX_KEPT_FRAMES): not verifiable
 
 
 def _grant_range(first: int, seconds: int) -> tuple[int, int] | None:
@@ -318,6 +338,7 @@ class Room:
         receiver = Receiver(keys, window=REPLAY_WINDOW, ahead=UNSIGNED_AHEAD)
         receiver.gate = self._gate
         receiver.introducers = self.moderators
+        receiver.on_forget = self._forget_stranger
         for ident in self.roster:
             if ident not in self.removed:
                 receiver.add_sender(ident)
@@ -746,12 +767,17 @@ class Room:
         """Seconds between beacons so they use at most BEACON_SHARE of the channel."""
         return max(BEACON_MIN_INTERVAL, beacon_airtime / BEACON_SHARE)
 
+    def _stranger_hands(self) -> int:
+        return sum(1 for ident in self.hands if ident not in self.roster)
+
     def next_hand(self) -> bytes | None:
-        """The first raised hand we can grant (a full identity whose counter we know)."""
-        for ident in self.hands:
-            if len(ident) == msg.ID_LEN and ident in self._hand_counter:
+        """The first raised hand we can grant (a full identity whose counter we know);
+        enrolled members before strangers, so minted identities cannot starve them."""
+        ready = [i for i in self.hands if len(i) == msg.ID_LEN and i in self._hand_counter]
+        for ident in ready:
+            if ident in self.roster:
                 return ident
-        return None
+        return ready[0] if ready else None
 
     # ------------------------------------------------------------------ receiving
     def receive(self, packet: bytes, now: float) -> list[RoomEvent]:
@@ -829,6 +855,8 @@ class Room:
             listening.last_counter is not None
             and event.counter == listening.last_counter + 1
             and event.position > listening.last_end + 1
+            and event.position - listening.last_end - 1 <= MAX_SKIP_FILL
+            and len(listening.frames) + event.position - listening.last_end <= MAX_KEPT_FRAMES
         ):
             for pos in range(listening.last_end + 1, event.position):
                 if listening.frames.setdefault(pos, SKIPPED) != SKIPPED:
@@ -837,10 +865,19 @@ class Room:
             listening.last_counter = event.counter
             listening.last_end = max(listening.last_end, event.position + len(event.frames) - 1)
         start = event.position - len(event.redundant)
-        listening.copies.update(
-            p for p in range(start, event.position) if p >= 0 and p not in listening.frames
-        )
+        if len(listening.copies) < MAX_KEPT_FRAMES:
+            listening.copies.update(
+                p for p in range(start, event.position) if p >= 0 and p not in listening.frames
+            )
+        else:
+            listening.unkept += len(event.redundant)
         for i, frame in enumerate(event.frames):
+            if (
+                len(listening.frames) >= MAX_KEPT_FRAMES
+                and event.position + i not in listening.frames
+            ):
+                listening.unkept += 1
+                continue
             held = listening.frames.setdefault(event.position + i, frame)
             if held != frame:
                 listening.conflict = True  # two different frames for one position
@@ -859,8 +896,22 @@ class Room:
             raised = msg.parse_hand(event.payload)
             if raised and self._opened_with is self.keys:  # (see _on_control)
                 self._hand_counter[ident] = (event.session, event.counter)
-            events += self._on_hand(ident, raised)
+            events += self._on_hand(ident, raised, event.time)
         return events
+
+    def _forget_stranger(self, ident: bytes) -> None:
+        """The receiver evicted a member known only from its HELLO: forget it here too."""
+        if ident in self.roster or ident in self.moderators or ident == self.floor:
+            return
+        if self.receiver.knows(ident):
+            return  # evicted by the previous key's receiver only
+        self.introduced.pop(ident, None)
+        self._hand_counter.pop(ident, None)
+        if ident in self.hands:
+            self.hands.remove(ident)
+        self._listening.pop(ident, None)
+        for key in [k for k in self._sealed if k[1] == ident]:
+            del self._sealed[key]
 
     def enroll(self, member: PublicIdentity) -> MemberPath | None:
         """Admit a member to the rekey roster (a moderator's decision). If we hold the key
@@ -875,8 +926,20 @@ class Room:
         self._notify()
         return path
 
-    def _on_hand(self, ident: bytes, raised: bool) -> list[RoomEvent]:
+    def _on_hand(self, ident: bytes, raised: bool, now: float) -> list[RoomEvent]:
+        if (
+            raised
+            and ident == self.floor
+            and now <= self.floor_until
+            and ident not in self._listening
+        ):
+            # The holder has not spoken under its grant: it did not hear it (every copy
+            # lost), and this is not a new request. (Once it spoke, its hand asks for
+            # another over: queued as usual.)
+            return [GrantAsked(ident)] if self.is_moderator else []
         if raised and ident not in self.hands and ident not in self.muted:
+            if ident not in self.roster and self._stranger_hands() >= MAX_STRANGER_HANDS:
+                return [self._drop("hand_queue_full", "too many strangers' hands raised")]
             self.hands.append(ident)
         elif not raised and ident in self.hands:
             self.hands.remove(ident)
@@ -958,7 +1021,7 @@ class Room:
             # under our current key counts (another hour's key has other counters).
             if raised and self._opened_with is self.keys:
                 self._hand_counter[event.sender] = (event.session, event.counter)
-            return self._on_hand(event.sender, raised)
+            return self._on_hand(event.sender, raised, now)
         key_id = self._opened_with.key_id
         seq_key = (key_id, event.sender, event.session)
         if event.counter <= self._last_action.get(seq_key, -1):
@@ -1000,6 +1063,7 @@ class Room:
             self._vouch_floor(action.issued_at, now, "grant")
             if target in self.hands:
                 self.hands.remove(target)
+            self._keep_listening(target)
             self._listening.pop(target, None)
             return [FloorChanged(target, self.floor_until)]
         if kind == msg.ModAction.REVOKE:
@@ -1058,6 +1122,7 @@ class Room:
             self.floor_session = beacon.session if holder is not None else None
             if holder is not None:
                 self.receiver.add_sender(holder)
+                self._keep_listening(holder)
             events.append(FloorChanged(holder, self.floor_until))
         if holder is not None and beacon.session == self.floor_session:
             # Late joiners learn the floor holder's session here (the moderator vouches).
@@ -1132,6 +1197,7 @@ class Room:
         if any(p >= seal.frames or p < 0 for p in listening.frames):
             return [OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
         unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
+        unverifiable += listening.unkept
         # Verified: every frame that was played is covered by a verified segment (frames
         # that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
@@ -1140,6 +1206,13 @@ class Room:
         if seal.loss is not None:
             events.append(LossReport(speaker, seal.loss, event.time))
         return events
+
+    def _keep_listening(self, holder: bytes) -> None:
+        """Frames kept for seals: the new holder's and the last over's (its seal may still
+        come); older overs whose seal never arrived are let go."""
+        last = next(reversed(self._listening), None)
+        for ident in [i for i in self._listening if i not in (holder, last)]:
+            del self._listening[ident]
 
     def _expire(self, now: float) -> None:
         if self.floor is not None and now > self.floor_until:

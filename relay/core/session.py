@@ -32,6 +32,7 @@ import math
 import os
 import threading
 from collections import Counter as Tally
+from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,6 +49,7 @@ from relay.core.identity import (
     PublicIdentity,
     valid_agreement_key,
 )
+from relay.core.ratelimit import Buckets, TokenBucket
 from relay.core.replay import ReplayWindow
 from relay.core.signing import signed_message
 from relay.errors import PacketError, UsageError
@@ -63,6 +65,16 @@ INTRO_FRESH = 600.0
 # A sender says who it is again after this many unsigned packets, well inside the bound a
 # room's receivers put on how far unsigned packets may run ahead (UNSIGNED_AHEAD in room.py).
 INTRO_EVERY = 512
+# Bounds on what members who merely introduced themselves (HELLO) cost a receiver: a holder
+# of the room key can mint identities by the thousand. Members the room added (enrolled,
+# moderators, the floor holder: ``add_sender``/``vouch``) are never counted here or evicted.
+MAX_INTRODUCED = 256  # introduced peers kept; the least recently heard goes first
+MAX_INTRODUCED_PER_SHORT = 2  # introduced peers sharing one short id
+NEWCOMER_RATE = 1.0  # signature checks a second for hellos from identities we do not know
+NEWCOMER_BURST = 10.0
+KNOWN_HELLO_RATE = 1.0  # signature checks a second per known identity's hellos
+KNOWN_HELLO_BURST = 5.0
+KNOWN_HELLO_TABLE = 4096  # identities whose hello buckets are kept
 
 
 class CounterSource(Protocol):
@@ -276,6 +288,7 @@ class _Peer:
     sessions: dict[bytes, _Session] = field(default_factory=dict)
     voice: bytes | None = None  # the session voice is opened under (voice carries none)
     floor: float = -math.inf  # latest introduction time of a session we dropped
+    introduced: bool = False  # known only from its own HELLO (or its saved marks): evictable
 
 
 class Receiver:
@@ -294,6 +307,14 @@ class Receiver:
     ``ahead`` bounds how far an unsigned packet may move a window past the sender's last
     signed counter (module docstring); None leaves it unbounded, for a plain session without
     a rooms layer to check signatures (the demo's one-way voice).
+
+    State per stranger is bounded: peers known only from their own HELLO are at most
+    :data:`MAX_INTRODUCED` (least recently heard evicted, ``on_forget`` told) and at most
+    :data:`MAX_INTRODUCED_PER_SHORT` per short id; peers the caller added are tried first
+    and never evicted. A HELLO costs a signature check only after the cheap checks (length,
+    announce-key tag, short id, replay window of a known session) and within a rate:
+    :data:`NEWCOMER_RATE` a second for identities we do not know, :data:`KNOWN_HELLO_RATE`
+    per known identity.
     """
 
     def __init__(
@@ -311,7 +332,13 @@ class Receiver:
         self._ahead = ahead
         self._tolerance = hint_tolerance
         self._peers: dict[bytes, _Peer] = {}
-        self._by_short: dict[int, list[_Peer]] = {}
+        self._by_short: dict[int, list[_Peer]] = {}  # peers the caller added come first
+        self._introduced: OrderedDict[bytes, None] = OrderedDict()  # LRU: oldest first
+        self._newcomers = TokenBucket(NEWCOMER_RATE, NEWCOMER_BURST)
+        self._known_hellos = Buckets(KNOWN_HELLO_RATE, KNOWN_HELLO_BURST, KNOWN_HELLO_TABLE)
+        # Called with each introduced identity evicted to make room (the room forgets it too).
+        self.on_forget: Callable[[bytes], None] | None = None
+        self.evicted = 0
         self.accepted = 0
         self.rejected: Tally[str] = Tally()
         self.hint_skew = 0
@@ -332,13 +359,50 @@ class Receiver:
     def knows(self, identity: bytes) -> bool:
         return identity in self._peers
 
-    def _peer(self, identity: bytes) -> _Peer:
+    def _peer(self, identity: bytes, *, introduced: bool = False) -> _Peer:
+        """The peer of ``identity``, made if new. ``introduced``: known only from its own
+        HELLO or saved marks (bounded, evictable); without it a known stranger is promoted
+        (the room vouches for it: enrolled, granted, a moderator)."""
         peer = self._peers.get(identity)
         if peer is None:
             peer = _Peer(identity, self._keys.short_id(identity), self._keys.session_mask(identity))
-            self._peers[identity] = peer
-            self._by_short.setdefault(peer.short_id, []).append(peer)
+            self._admit(peer, introduced)
+        elif peer.introduced and not introduced:
+            peer.introduced = False
+            self._introduced.pop(identity, None)
+            group = self._by_short[peer.short_id]
+            group.remove(peer)
+            group.insert(0, peer)
+        elif peer.introduced:
+            self._introduced.move_to_end(identity)
         return peer
+
+    def _admit(self, peer: _Peer, introduced: bool) -> None:
+        group = self._by_short.setdefault(peer.short_id, [])
+        peer.introduced = introduced
+        if not introduced:
+            group.insert(0, peer)
+        else:
+            strangers = [p for p in group if p.introduced]
+            if len(strangers) >= MAX_INTRODUCED_PER_SHORT:
+                rank = {ident: i for i, ident in enumerate(self._introduced)}
+                self._evict(min(strangers, key=lambda p: rank.get(p.identity, -1)).identity)
+            if len(self._introduced) >= MAX_INTRODUCED:
+                self._evict(next(iter(self._introduced)))
+            self._by_short.setdefault(peer.short_id, []).append(peer)
+            self._introduced[peer.identity] = None
+        self._peers[peer.identity] = peer
+
+    def _evict(self, identity: bytes) -> None:
+        self.forget_sender(identity)
+        self.evicted += 1
+        if self.on_forget is not None:
+            self.on_forget(identity)
+
+    @property
+    def introduced_count(self) -> int:
+        """Peers known only from their own HELLO (at most :data:`MAX_INTRODUCED`)."""
+        return len(self._introduced)
 
     def _new_session(self, identity: bytes, session: bytes) -> _Session:
         return _Session(self._keys.sender(identity, session), ReplayWindow(self._window))
@@ -406,7 +470,7 @@ class Receiver:
     def restore(self, marks: Sequence[SessionMark]) -> None:
         """Take back what :meth:`export` saved (merging with what is known: marks only grow)."""
         for mark in marks:
-            peer = self._peer(mark.identity)
+            peer = self._peer(mark.identity, introduced=True)  # a stranger unless known
             peer.floor = max(peer.floor, mark.floor)
             known = peer.sessions.get(mark.session)
             if known is None:
@@ -428,7 +492,7 @@ class Receiver:
         were vouched for by fresh signed messages); their windows start afresh, as nothing
         was ever sealed under the new key."""
         for peer in old._peers.values():
-            mine = self._peer(peer.identity)
+            mine = self._peer(peer.identity, introduced=peer.introduced)
             mine.floor = max(mine.floor, peer.floor)
             for value, sess in peer.sessions.items():
                 if value not in mine.sessions and len(mine.sessions) < MAX_SESSIONS:
@@ -524,6 +588,8 @@ class Receiver:
             elif isinstance(answer, Signed) and answer.issued_at is not None:
                 self._refresh(session, answer.issued_at, now)
             self._commit(session, header, event, signed)
+            if peer.introduced:
+                self._introduced.move_to_end(peer.identity)
             self.accepted += 1
             if header.hint not in self._keys.hints_near(now, self._tolerance):
                 self.hint_skew += 1
@@ -551,13 +617,27 @@ class Receiver:
         at += wire.SESSION_LEN
         issued_at = int.from_bytes(signed[at : at + 4], "big")
         kind, body = signed[at + 4], signed[at + 5 :]
+        # Cheap checks first (short id, a known session's window, freshness, the rates); the
+        # Ed25519 and X25519 checks are the CPU a flood buys, so they come last.
+        if self._keys.short_id(public.identity) != header.sender:
+            raise PacketError("forged", "hello short id does not match its identity")
+        known = self._peers.get(public.identity)
+        if known is not None:
+            kept = known.sessions.get(value)
+            problem = kept.window.check(header.counter) if kept is not None else None
+            if problem:
+                raise PacketError(problem, "duplicate packet (replay)")
+            if not self._known_hellos.take(public.identity, now):
+                raise PacketError("hello_rate", "too many hellos in this member's name")
+        elif not now - INTRO_FRESH <= issued_at <= now + INTRO_FRESH:
+            raise PacketError("stale_session", "session introduced too long ago (a recording?)")
+        elif not self._newcomers.take(now):
+            raise PacketError("hello_rate", "too many hellos from unknown members")
         message = signed_message(self._keys.key_id, public.identity, associated, kind, signed)
         if not public.verify(signature, message):
             raise PacketError("forged", "hello signature does not verify")
         if not valid_agreement_key(public.agreement_key):
             raise PacketError("malformed", "hello carries an unusable X25519 key")
-        if self._keys.short_id(public.identity) != header.sender:
-            raise PacketError("forged", "hello short id does not match its identity")
         event = Hello(public, kind, bytes(body), header.counter, now, value, issued_at)
         answer = self.gate(event) if self.gate is not None else None
         if isinstance(answer, str):
@@ -576,17 +656,21 @@ class Receiver:
         else:
             self._refresh(session, issued_at, now)
         if ident not in self._peers:
-            self._peers[ident] = peer
-            self._by_short.setdefault(peer.short_id, []).append(peer)
+            self._admit(peer, introduced=True)
+        elif peer.introduced:
+            self._introduced.move_to_end(ident)
         self._commit(session, header, event, signed=True)
         self.accepted += 1
         return event
 
     def forget_sender(self, identity: bytes) -> None:
-        """Stop accepting a member's packets (removed from the room)."""
+        """Stop accepting a member's packets (removed from the room, or evicted)."""
         peer = self._peers.pop(identity, None)
         if peer is not None:
             self._by_short[peer.short_id].remove(peer)
+            if not self._by_short[peer.short_id]:
+                del self._by_short[peer.short_id]
+            self._introduced.pop(identity, None)
 
     def _event(
         self,

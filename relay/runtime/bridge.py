@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.bridge.core import DEFAULT_HOP_LIMIT, BridgeCore, LinkKind, Notice, Send
+from relay.bridge.notices import NoticeLimiter
 from relay.bridge.pacer import Pacer
 from relay.core.crypto import HINT_EPOCH_SECONDS, RoomKeys, hint_epoch
 from relay.core.identity import Identity
@@ -146,6 +147,7 @@ class Bridge:
             else:  # an MQTT-kind link without envelopes: plain and unpaced
                 self.core.add_link(bl.name, LinkKind.RADIO)
         self.counters = BridgeCounters()
+        self.notice_limit = NoticeLimiter()  # notices are 141 B each: never an amplifier
         self._on_notice = on_notice
         self._out_limit = out_queue
         self._out: dict[str, asyncio.Queue[bytes]] = {}
@@ -290,6 +292,15 @@ class Bridge:
     def _notice(self, notice: Notice) -> None:
         d = notice.decision
         bump(self.counters.notices, d.reason)
+        if d.notify and d.key is not None:
+            # Refused overs can be made by anyone who publishes to the broker: logs and
+            # notices about them are rate-limited per hint and speaker (counted beyond).
+            now = asyncio.get_running_loop().time()
+            if not self.notice_limit.allow(d.key[0], d.key[1], now):
+                bump(self.counters.notices, "notice_suppressed")
+                if self._on_notice is not None:
+                    self._on_notice(notice)
+                return
         if d.notify:
             hint, sender = d.key if d.key is not None else (None, None)
             log.warning(
@@ -366,6 +377,7 @@ class Bridge:
                     "control_dropped": p.control_dropped,
                     "bulk_sent": p.bulk_sent,
                     "bulk_dropped": p.bulk_dropped,
+                    "hint_dropped": p.hint_dropped,
                     "backlog": pacer.backlog(),
                 }
             links[name] = entry

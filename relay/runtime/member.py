@@ -157,11 +157,20 @@ class Member:
     def restore_marks(self) -> int:
         """Give the receiver the replay windows saved for the current room key."""
         marks = self.replay.load(self.room.keys.key_id)
+        # Marks of members we do not know yet (strangers) count against the receiver's bound
+        # on introduced members like their HELLOs did: a flood saved yesterday cannot fill
+        # memory today (Receiver.restore).
         self.room.receiver.restore(marks)
         return len(marks)
 
     def save_marks(self) -> None:
         self.replay.save(self.room.keys.key_id, self.room.receiver.export())
+
+    def save_mark(self, ident: bytes) -> None:
+        """One member's windows only (an introduction): not every peer's on each newcomer."""
+        marks = [m for m in self.room.receiver.export() if m.identity == ident]
+        if marks:
+            self.replay.save(self.room.keys.key_id, marks)
 
     def _key_rotated(self, state: KeyState) -> None:
         try:
@@ -190,10 +199,10 @@ class Member:
     def _event(self, event: RoomEvent) -> None:
         # After an over, and when a member introduces itself: a restart (even kill -9) then
         # still knows the member (no second HELLO needed) and what it already accepted.
-        if isinstance(event, OverEnded) or (
-            isinstance(event, MemberChanged) and event.change == "introduced"
-        ):
+        if isinstance(event, OverEnded):
             self.save_marks()
+        elif isinstance(event, MemberChanged) and event.change == "introduced":
+            self.save_mark(event.member)  # one row, not every peer's: newcomers are cheap
         if isinstance(event, MemberChanged) and event.change == "removed":
             # Off the roster for good: a restarted moderator must not seal keys to them.
             with contextlib.suppress(UsageError):

@@ -17,6 +17,7 @@ import numpy as np
 from relay.core.room import (
     Dropped,
     FloorChanged,
+    GrantAsked,
     HandRaised,
     KeyRotated,
     KeyState,
@@ -40,7 +41,17 @@ from relay.voice.vad import MAX_SKIP
 
 EventHook = Callable[[RoomEvent], None]
 BUSY_BEACON_FACTOR = 6
-GRANT_REPEATS = 2
+# The grant's copies (beacons repeating it) leave this long after it, not back to back: one
+# fade or collision burst must not take all three (a burst longer than the spread still can:
+# then the holder's repeated hand raise, answered with a beacon, and the beacons a grant's
+# lifetime always holds bring the floor back).
+GRANT_REPEAT_AFTER = (0.4, 1.2)
+GRANT_REPEATS = len(GRANT_REPEAT_AFTER)
+# While the floor is held, beacons wait (a beacon between two voice packets delays the rest
+# of the over) but never longer than this share of the grant: a grant nobody heard is not
+# dead for its whole lifetime. BEACON_SHARE still bounds them (never closer than the interval).
+GRANT_BEACON_FRACTION = 0.25
+REGRANT_MIN_GAP = 1.0  # seconds between two answers to the holder's repeated hand raise
 BEACON_SIZE = 100  # bytes of a beacon with a floor holder and a short hand queue
 RAISE_FIRST = 1.0  # seconds before a hand that brought no grant goes up again, at least
 RAISE_MAX = 8.0  # seconds between raises at most, once backed off
@@ -159,12 +170,18 @@ class RoomNode:
         # talker that wants to adapt asks it for the mode of its next over.
         self.policy = ModePolicy()
         self._changed = asyncio.Event()
+        self._grant_asked = False
+        self._moderating = False  # a moderate loop runs: it spreads the copies of actions
+        self._repeat_at: list[float] = []
+        self._holder_heard = -1  # grant_seq of the last grant whose holder we heard speak
         self._rng = random.Random(seed)
 
     # ---------------------------------------------------------------- receiving
     def handle(self, data: bytes, arrival: float) -> None:
         for event in self.room.receive(data, self.clock()):
             if isinstance(event, Voice):
+                if event.frames.sender == self.room.floor:
+                    self._holder_heard = self.room.grant_seq  # the grant reached its holder
                 self.log.voice_packets += 1
                 self.log.voice_frames += len(event.frames.frames)
                 self.playout.voice(event.frames, arrival)
@@ -179,10 +196,13 @@ class RoomNode:
                 self.policy.report(event.reporter, event.loss, event.time)
             elif isinstance(event, RelayNoticed):
                 self.log.notices.append(event.notice.text)
+            elif isinstance(event, GrantAsked):
+                self._grant_asked = True
             if isinstance(event, MemberChanged | FloorChanged):
                 self._cut_silenced()
             if isinstance(
-                event, FloorChanged | HandRaised | MemberChanged | KeyRotated | OverEnded
+                event,
+                FloorChanged | HandRaised | GrantAsked | MemberChanged | KeyRotated | OverEnded,
             ):
                 self._changed.set()
             if self._on_event is not None:
@@ -290,7 +310,7 @@ class RoomNode:
         # The grant is followed by beacons repeating it: start talking once they have left
         # the air (the "wait for the beep" of push-to-talk), or our first packets queue
         # behind them and every listener's jitter buffer stays that much later all over.
-        await asyncio.sleep(GRANT_REPEATS * self.link.airtime(BEACON_SIZE) + 0.05)
+        await asyncio.sleep(GRANT_REPEAT_AFTER[-1] + self.link.airtime(BEACON_SIZE) + 0.05)
         return True
 
     async def speak(
@@ -379,9 +399,16 @@ class RoomNode:
         """Send moderation ``actions``, then beacons repeating the room's state: a listener
         that missed a grant would drop the whole over as a floor violation, one that missed a
         mute would play the muted member on (at 10 % loss, 3 copies miss 0.1 %; a speaker's
-        packets may also collide with the first copy)."""
+        packets may also collide with the first copy). While :meth:`moderate` runs, the
+        copies leave :data:`GRANT_REPEAT_AFTER` after the actions, not back to back, so one
+        fade does not take them all."""
         await self.send(*actions)
-        await self._beacon(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
+        if self._moderating:  # the moderate loop sends the copies, spread in time
+            now = asyncio.get_running_loop().time()
+            self._repeat_at = [now + after for after in GRANT_REPEAT_AFTER]
+            self._changed.set()
+        else:
+            await self._beacon(*(self.room.beacon(self.clock()) for _ in range(GRANT_REPEATS)))
 
     async def moderate(
         self,
@@ -393,14 +420,32 @@ class RoomNode:
         """Grant the floor to raised hands in order (``auto_grant`` seconds each) and send
         beacons at the rate the airtime budget allows, until ``stop`` is set.
 
-        While someone holds the floor, beacons wait (up to BUSY_BEACON_FACTOR intervals): a
-        beacon between two voice packets would delay the speaker and stretch every
-        listener's jitter buffer for the rest of the over.
+        A grant's copies go out spread over :data:`GRANT_REPEAT_AFTER`; a raised hand from
+        the member already holding the floor (it heard none of them) is answered with a
+        beacon. Until the holder is heard speaking, beacons keep coming every
+        :data:`GRANT_BEACON_FRACTION` of the grant (never closer than the budget's interval),
+        so a grant nobody heard is not dead for its lifetime. Once it speaks they wait up to
+        BUSY_BEACON_FACTOR intervals: a beacon between two voice packets would delay the
+        speaker and stretch every listener's jitter buffer for the rest of the over.
         """
-        loop = asyncio.get_running_loop()
         interval = self.room.beacon_interval(self.link.airtime(beacon_size))
-        next_beacon = loop.time() + interval
+        self._moderating = True
+        try:
+            await self._moderate(auto_grant, stop, interval)
+        finally:
+            self._moderating = False
+
+    async def _moderate(self, auto_grant: int | None, stop: asyncio.Event, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         last_beacon = loop.time()
+        last_answer = float("-inf")
+        grant_seq, busy_hold = self.room.grant_seq, interval
+
+        async def beacon() -> None:
+            nonlocal last_beacon
+            await self._beacon(self.room.beacon(self.clock()))
+            last_beacon = loop.time()
+
         while not stop.is_set():
             now = self.clock()
             if auto_grant and not self.room.holds_floor(now) and self.room.floor is None:
@@ -408,17 +453,38 @@ class RoomNode:
                 if member is not None:
                     await self.grant_floor(member, auto_grant)
                     last_beacon = loop.time()
-                    next_beacon = last_beacon + interval
                     continue
-            busy = self.room.floor is not None
-            overdue = loop.time() - last_beacon >= BUSY_BEACON_FACTOR * interval
-            if loop.time() >= next_beacon and (not busy or overdue):
-                await self._beacon(self.room.beacon(self.clock()))
-                last_beacon = loop.time()
-                next_beacon = last_beacon + interval
-            await self.send_due()
-            wait = next_beacon - loop.time()
-            due = self.room.next_due
-            if due is not None:
-                wait = min(wait, due - self.clock())
-            await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.5)
+            if self.room.grant_seq != grant_seq:  # a new grant (ours or another moderator's)
+                grant_seq = self.room.grant_seq
+                length = max(0.0, self.room.floor_until - now)
+                busy_hold = min(
+                    BUSY_BEACON_FACTOR * interval, max(interval, GRANT_BEACON_FRACTION * length)
+                )
+            held = self.room.floor is not None
+            if self._repeat_at and loop.time() >= self._repeat_at[0]:
+                self._repeat_at.pop(0)  # a copy of the last grant or action (announce)
+                await beacon()
+                continue
+            if self._grant_asked:
+                self._grant_asked = False
+                if held and loop.time() - last_answer >= REGRANT_MIN_GAP:
+                    last_answer = loop.time()
+                    await beacon()
+                    continue
+            if not held:
+                hold = interval
+            elif self._holder_heard == self.room.grant_seq:
+                hold = BUSY_BEACON_FACTOR * interval  # it talks: do not cut into its over
+            else:
+                hold = busy_hold
+            due = last_beacon + hold
+            if loop.time() >= due:
+                await beacon()
+                continue
+            await self.send_due()  # later rekey copies, co-moderators' removals
+            wake = min(due, self._repeat_at[0]) if self._repeat_at else due
+            wait = wake - loop.time()
+            scheduled = self.room.next_due
+            if scheduled is not None:
+                wait = min(wait, scheduled - self.clock())
+            await self._changed_or(min(0.5, wait) if wait > 0.01 else 0.01)
