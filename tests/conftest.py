@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from mosquitto import MOSQUITTO, Broker
+
+# `relay id init` locks the keys under a passphrase and, with no terminal to ask on, wants one
+# from a script: every test home is locked with this one (so every test runs the locked path).
+TEST_PASSPHRASE = "correct horse battery staple (tests only)"
+os.environ.setdefault("RELAY_PASSPHRASE", TEST_PASSPHRASE)
 
 
 @pytest.fixture

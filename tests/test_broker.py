@@ -116,3 +116,41 @@ def test_help_and_duration() -> None:
     assert out.returncode == 0, out.stderr
     assert f"mqtt://127.0.0.1:{port}" in out.stdout and "stopped" in out.stdout
     assert time.monotonic() - t0 < 15
+
+
+def test_origins_rotate_with_the_hint_epoch_and_echoes_are_still_recognised(
+    relay_broker: str,
+) -> None:
+    """On a 3.1.1 broker (echoes come back): a link publishes in one hint epoch, then in the
+    next; the listening bridge link sees two unrelated origins, the publisher still drops
+    both echoes as its own, nothing is lost or doubled."""
+    from relay.bridge.envelope import Envelope
+    from relay.core.crypto import HINT_EPOCH_SECONDS
+
+    now = [1_700_000_000.0]
+
+    async def main() -> tuple[MqttLink, list[Envelope]]:
+        a, b = open_url(relay_broker + "?linger=0"), open_url(relay_broker)
+        b.carry_envelopes(0xB)
+        a.clock = b.clock = lambda: now[0]
+        async with a, b:
+            await a.connect()
+            await b.connect()
+            for i in range(5):
+                await a.send(packet(0x3F, i))
+            first = [Envelope.parse((await b.recv()).data) for _ in range(5)]
+            now[0] += HINT_EPOCH_SECONDS
+            for i in range(5, 10):
+                await a.send(packet(0x3F, i))
+            second = [Envelope.parse((await b.recv()).data) for _ in range(5)]
+            await asyncio.sleep(0.3)  # an echo would have arrived by now
+            assert a.pending() == b.pending() == 0
+            return a, first + second
+
+    a, got = asyncio.run(asyncio.wait_for(main(), 20.0))
+    assert [e.packet for e in got] == [packet(0x3F, i) for i in range(10)]
+    origins = [e.gateway for e in got]
+    assert len(set(origins[:5])) == 1 and len(set(origins[5:])) == 1
+    assert origins[0] != origins[5]
+    assert a.stats.extra.get("own_echo", 0) >= 2  # each epoch's echoes recognised
+    assert a.stats.received == 0

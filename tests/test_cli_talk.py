@@ -362,7 +362,7 @@ def test_adapt_steps_the_microphone_down_when_the_moderator_reports_heavy_loss(h
 def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
     """A member's HELLO is saved with the replay marks as it arrives: a listener killed -9
     right after still knows that member when it restarts (no second HELLO needed)."""
-    from relay.store.replay import ReplayStore
+    from relay.store.replay import REPLAY_LABEL, ReplayStore
 
     url = "sim://intro-test?preset=SHORT_TURBO"
 
@@ -377,7 +377,7 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
             await asyncio.sleep(0.5)
             key_id = ben.room.keys.key_id
             # Read what is on disk now, while ben runs (as if it were killed here).
-            saved = ReplayStore(ben_home.replay_db)
+            saved = ReplayStore(ben_home.replay_db, ben_home.unlock().sealer(REPLAY_LABEL))
             try:
                 return ana.identity.identity, key_id, saved.load(key_id)
             finally:

@@ -18,7 +18,9 @@ import pytest
 import soundfile
 from cli_helpers import ENV, make_homes, ok, refused, relay_proc
 
+from relay.runtime.clip import clip_store
 from relay.store.clips import ClipStore
+from relay.store.home import Home
 
 
 def speech_file(path: Path, seconds: float, seed: int = 0) -> Path:
@@ -140,7 +142,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
         ether.terminate()
         ether.communicate(timeout=5)
     # Exactly once in the inbox; nothing partial left; it plays.
-    with ClipStore(ben_db) as store:
+    with clip_store(Home(homes["ben"])) as store:  # sealed under ben's keys
         (clip,) = store.inbox()
         assert store.partials(clip.room_id) == []
     assert clip.id == msg["msg_id"]

@@ -10,13 +10,16 @@ from hypothesis import strategies as st
 
 from relay.core.identity import Identity
 from relay.core.invite import (
+    SEAL_CONTEXT_V2,
     SIG_LEN,
     SIGN_DOMAIN,
     TEXT_PREFIX,
+    VERSION_SEALED,
     RoomInfo,
     decode_invite,
     encode_invite,
 )
+from relay.core.sealed import open_sealed, seal_for
 from relay.errors import UsageError
 
 MOD = Identity.from_private_bytes(bytes(range(64)))
@@ -66,7 +69,7 @@ def test_sealed_invite_opens_only_for_its_member():
         decode_invite(SEALED, OTHER)
     with pytest.raises(UsageError, match="sealed for one member"):
         decode_invite(SEALED, None)
-    assert len(SEALED) < 385
+    assert len(SEALED) < 420
 
 
 def test_key_never_in_repr():
@@ -137,7 +140,7 @@ def test_multiple_moderators_and_inviter_index():
         ("relay1:!!!!", "base64url"),
         ("relay1:A", "cut short"),
         ("relay1:" + "A" * 5000, "too long"),
-        (to_text(b"\x02" + to_blob(OPEN)[1:]), "version 2"),
+        (to_text(b"\x03" + to_blob(OPEN)[1:]), "version 3"),
         (OPEN[:-10], "cut short|signature"),
         (OPEN[:100], "cut short"),
         (to_text(to_blob(OPEN) + b"\x00"), "signature|extra"),
@@ -209,6 +212,67 @@ def test_mutated_and_resigned_invites_only_raise_usage_error(text, edits, resize
     signed = bytes(blob) + MOD.sign(SIGN_DOMAIN + bytes(blob))
     with contextlib.suppress(UsageError):
         decode_invite(to_text(signed), MEMBER)
+
+
+def test_sealed_invite_shows_nothing_identifying():
+    """Sealed whole: no room name, preset, room id, moderator key, recipient or issue time
+    in the bytes; two invites for the same member share nothing but the version byte."""
+    blob = to_blob(SEALED)
+    assert blob[0] == VERSION_SEALED
+    for secret in (
+        b"market",
+        b"SHORT_FAST",
+        INFO.room_id,
+        INFO.key,
+        MOD.public.signing_key,
+        MOD.public.agreement_key,
+        MEMBER.public.signing_key,
+        MEMBER.public.agreement_key,
+        (1_700_000_000).to_bytes(4, "big"),
+    ):
+        assert secret not in blob
+    again = to_blob(encode_invite(INFO, MOD, MEMBER.public, 1_700_000_000))
+    assert again != blob and not any(blob[i : i + 8] in again for i in range(1, len(blob) - 8))
+    # The name's length shows only to 64 bytes: names of 1 and 25 bytes give one size.
+    short = RoomInfo(INFO.room_id, "m", "SHORT_FAST", "1600", 3, INFO.key, INFO.moderators)
+    longer = RoomInfo(INFO.room_id, "m" * 25, "SHORT_FAST", "1600", 3, INFO.key, INFO.moderators)
+    sizes = {len(encode_invite(i, MOD, MEMBER.public, 0)) for i in (short, longer)}
+    assert len(sizes) == 1
+
+
+def test_a_member_cannot_reseal_their_invite_to_someone_else():
+    blob = to_blob(SEALED)
+    inner = open_sealed(MEMBER, blob[1:33], blob[33:], SEAL_CONTEXT_V2)
+    eph, sealed = seal_for(OTHER.public.agreement_key, inner, context=SEAL_CONTEXT_V2)
+    with pytest.raises(UsageError, match="made for someone else"):
+        decode_invite(to_text(bytes([VERSION_SEALED]) + eph + sealed), OTHER)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.binary(max_size=700))
+def test_arbitrary_sealed_content_only_raises_usage_error(inner):
+    """Whoever can seal to a member (anyone: the X25519 key is public) sends garbage."""
+    eph, sealed = seal_for(MEMBER.public.agreement_key, inner, context=SEAL_CONTEXT_V2)
+    with contextlib.suppress(UsageError):
+        decode_invite(to_text(bytes([VERSION_SEALED]) + eph + sealed), MEMBER)
+
+
+def test_version_1_sealed_invites_are_still_read():
+    """Made by an older relay: the room key alone sealed (everything else in clear)."""
+    from relay.core.invite import FLAG_SEALED, _seal_context
+
+    name = INFO.name.encode()
+    body = (
+        bytes([1, FLAG_SEALED]) + INFO.room_id + bytes([len(name)]) + name + b"\x0aSHORT_FAST"
+        + bytes([2]) + INFO.epoch.to_bytes(2, "big") + (5).to_bytes(4, "big") + b"\x01"
+        + MOD.public.signing_key + MOD.public.agreement_key + b"\x00"
+    )  # fmt: skip
+    context = _seal_context(INFO.room_id, INFO.epoch, MEMBER.public.signing_key,
+                            MOD.public.signing_key)  # fmt: skip
+    eph, sealed = seal_for(MEMBER.public.agreement_key, INFO.key, context=context)
+    body += MEMBER.public.signing_key + eph + sealed
+    invite = decode_invite(to_text(body + MOD.sign(SIGN_DOMAIN + body)), MEMBER)
+    assert invite.room.key == INFO.key and invite.recipient == MEMBER.public
 
 
 # -- key-tree paths in sealed invites (relay.core.keytree) -----------------------------------

@@ -308,6 +308,8 @@ def test_bridge_links_carry_hops_and_origin(mosquitto) -> None:
         member = open_url(mosquitto.url)
         a.carry_envelopes(0xA)
         b.carry_envelopes(0xB)
+        for link in (a, b, member):
+            link.clock = lambda: 1_700_000_000.0  # one hint epoch: origins stay put
         async with a, b, member:
             for link in (a, b, member):
                 await link.connect()
@@ -317,10 +319,11 @@ def test_bridge_links_carry_hops_and_origin(mosquitto) -> None:
             assert (await member.recv()).data == packet(0x3F, 1)  # members see bare packets
             with pytest.raises(UsageError, match="envelopes"):
                 await a.send(packet(0x3F, 3))
-            return got, member.origin
+            return got, member.origin, a.origin
 
-    got, member_origin = run(main())
+    got, member_origin, a_origin = run(main())
     assert sorted(got, key=lambda e: e.hops) == [
         Envelope(hops=0, gateway=member_origin, packet=packet(0x3F, 2)),  # a member: hop 0
-        Envelope(hops=2, gateway=0xA, packet=packet(0x3F, 1)),  # hops and origin ride along
+        Envelope(hops=2, gateway=a_origin, packet=packet(0x3F, 1)),  # hops and origin ride along
     ]
+    assert a_origin != 0xA  # the gateway id itself never leaves the process

@@ -89,7 +89,7 @@ def test_other_version_is_refused_clearly():
 
 def test_unknown_type_and_mode_are_malformed():
     with pytest.raises(PacketError, match="unknown packet type"):
-        wire.split(bytes([(1 << 6) | (6 << 3)]) + bytes(20))
+        wire.split(bytes([(1 << 6) | (7 << 3)]) + bytes(20))
     with pytest.raises(PacketError, match="unknown codec mode index 7"):
         wire.split(bytes([(1 << 6) | 7]) + bytes(20))
     with pytest.raises(PacketError, match="nonzero sub"):

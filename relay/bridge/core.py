@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from relay.bridge.dedup import DedupCache
 from relay.bridge.envelope import MAX_HOPS, Envelope
 from relay.bridge.pacer import Pacer, PacerDecision
+from relay.core.ham import is_ham
 from relay.core.wire import Header
 from relay.errors import PacketError, UsageError
 
@@ -81,6 +82,7 @@ class _Link:
     kind: LinkKind
     pacer: Pacer | None
     repeat: bool = False
+    ham: bool = False  # an amateur band: only signed ham packets go on it
 
 
 class BridgeCore:
@@ -104,17 +106,27 @@ class BridgeCore:
         self._links: dict[str, _Link] = {}
 
     def add_link(
-        self, name: str, kind: LinkKind, pacer: Pacer | None = None, *, repeat: bool = False
+        self,
+        name: str,
+        kind: LinkKind,
+        pacer: Pacer | None = None,
+        *,
+        repeat: bool = False,
+        ham: bool = False,
     ) -> None:
         """Register a link; a radio link with a pacer gets paced output; ``repeat`` sends what
-        it hears back onto it (store and forward on one channel)."""
+        it hears back onto it (store and forward on one channel); ``ham``: it is on an
+        amateur band, where encryption is forbidden, so only signed ham packets
+        (relay.core.ham) go onto it and encrypted packets heard on it are not carried on."""
         if name in self._links:
             raise UsageError(f"link {name!r} is already registered")
         if pacer is not None and kind is not LinkKind.RADIO:
             raise UsageError("only radio links are paced")
         if repeat and kind is not LinkKind.RADIO:
             raise UsageError("only radio links repeat onto themselves")
-        self._links[name] = _Link(name, kind, pacer, repeat)
+        if ham and kind is not LinkKind.RADIO:
+            raise UsageError("only radio links are on amateur bands")
+        self._links[name] = _Link(name, kind, pacer, repeat, ham)
 
     def _drop(self, out: Outcome, reason: str) -> Outcome:
         out.dropped = reason
@@ -144,10 +156,16 @@ class BridgeCore:
             header = Header.parse(packet)
         except PacketError:
             return self._drop(out, "malformed_packet")
+        ham = is_ham(packet)
+        if source.ham and not ham:  # never mixed: not ours to carry off an amateur band
+            return self._drop(out, "encrypted_on_ham_link")
         if not self.dedup.check_and_add(packet, now):
             return self._drop(out, "duplicate")
         for target in self._links.values():  # each link once; the source only if it repeats
             if target.name == source.name and not target.repeat:
+                continue
+            if target.ham and not ham:  # encryption is forbidden there: refused, counted
+                self.stats.bump(self.stats.dropped, "encrypted_to_ham_link")
                 continue
             if target.kind is LinkKind.MQTT:
                 if hops + 1 >= self.hop_limit:

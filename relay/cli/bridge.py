@@ -47,8 +47,27 @@ _common = [
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON."),
     click.option("--verbose", "-v", is_flag=True, help="Log refused overs and link trouble."),
+    click.option(
+        "--ham-link",
+        "ham_links",
+        multiple=True,
+        metavar="URL",
+        help="A radio link on an amateur band: only signed ham packets (`relay ham`) go on "
+        "it, encrypted ones are refused and counted. Give the driver your callsign too "
+        "(kiss: ?callsign=N0CALL-1).",
+    ),
     home_option,
 ]
+
+
+def _ham_warning(ham_links) -> None:
+    if ham_links:
+        click.echo(
+            "relay: warning: --ham-link: only signed, unencrypted ham packets go on "
+            f"{', '.join(redact(u) for u in ham_links)}; each carries its operator's "
+            "callsign, readable by anyone",
+            err=True,
+        )
 
 
 def _common_options(func):
@@ -66,7 +85,7 @@ def _common_options(func):
     help="A radio link to repeat between (two or more); one alone: store and forward on it.",
 )
 @_common_options
-def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
+def repeat_cmd(links, duty_cycle, duration, as_json, verbose, ham_links, home):
     """Repeat room packets between radio links (cross-band: hear on one, send on another).
 
     The repeater needs no room key: it forwards sealed packets, each at most once per link,
@@ -85,8 +104,10 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
       relay repeat --link kiss+tcp://127.0.0.1:8001 --link meshtastic:///dev/ttyUSB0
       relay repeat --link at:///dev/ttyUSB0 --link at:///dev/ttyUSB1 --duty-cycle 0.01
     """
+    links = (*links, *ham_links)
     if not links:
         raise UsageError("relay repeat needs a --link URL (two to repeat between radios)")
+    _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
             raise UsageError(f"{redact(url)}: MQTT is for `relay bridge --mqtt`, not repeat")
@@ -99,6 +120,7 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
         "repeat",
         repeat=len(links) == 1,
         home=home,
+        ham_links=frozenset(ham_links),
     )
 
 
@@ -135,7 +157,17 @@ def repeat_cmd(links, duty_cycle, duration, as_json, verbose, home):
 )
 @_common_options
 def bridge_cmd(
-    links, mqtt_url, rooms, gateway_id, hop_limit, duty_cycle, duration, as_json, verbose, home
+    links,
+    mqtt_url,
+    rooms,
+    gateway_id,
+    hop_limit,
+    duty_cycle,
+    duration,
+    as_json,
+    verbose,
+    ham_links,
+    home,
 ):
     """Bridge radio links to an MQTT broker, where other bridges and internet-only members
     (talk/listen --link mqtt://...) meet.
@@ -151,8 +183,10 @@ def bridge_cmd(
       relay bridge --link at:///dev/ttyUSB0 --mqtt mqtt://10.0.0.2 --room market --duty-cycle 0.01
       relay bridge --link sim://island_a --mqtt mqtt://10.0.0.2 --room 3f,a0     (raw hints)
     """
+    links = (*links, *ham_links)
     if not links:
         raise UsageError("relay bridge needs a --link URL (the radio to bridge)")
+    _ham_warning(ham_links)
     for url in links:
         if link_kind(url) is LinkKind.MQTT:
             raise UsageError(
@@ -172,6 +206,7 @@ def bridge_cmd(
         gateway_id,
         hop_limit,
         home=home,
+        ham_links=frozenset(ham_links),
     )
 
 
@@ -210,6 +245,7 @@ def _run(
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
     home: object = None,
+    ham_links: frozenset[str] = frozenset(),
 ) -> None:
     if len(set(urls)) != len(urls):
         raise UsageError("the same link URL is given twice")
@@ -226,7 +262,17 @@ def _run(
     logger.propagate = False
     try:
         stats = asyncio.run(
-            _main(urls, duty_cycle, duration, rooms, gateway_id, hop_limit, repeat, identity)
+            _main(
+                urls,
+                duty_cycle,
+                duration,
+                rooms,
+                gateway_id,
+                hop_limit,
+                repeat,
+                identity,
+                ham_links,
+            )
         )
     finally:
         logger.removeHandler(handler)
@@ -267,6 +313,7 @@ async def _main(
     hop_limit: int = DEFAULT_HOP_LIMIT,
     repeat: bool = False,
     identity: Identity | None = None,
+    ham_links: frozenset[str] = frozenset(),
 ) -> dict:
     # Links are named by their redacted URLs: names show in stats, JSON keys and logs.
     names = [redact(url) for url in urls]
@@ -276,7 +323,7 @@ async def _main(
             opened.append(open_link(url))
         bridge = Bridge(
             [
-                BridgeLink(name, link, link_kind(url), repeat)
+                BridgeLink(name, link, link_kind(url), repeat, url in ham_links)
                 for name, url, link in zip(names, urls, opened, strict=True)
             ],
             duty_cycle=duty_cycle,

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "devices": "relay.cli.devices:devices_cmd",
     "emulate": "relay.cli.emulate:emulate_group",
     "ether": "relay.cli.ether:ether_cmd",
+    "ham": "relay.cli.ham:ham_group",
     "id": "relay.cli.identity:id_group",
     "link": "relay.cli.link:link_group",
     "listen": "relay.cli.talk:listen_cmd",
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "repeat": "relay.cli.bridge:repeat_cmd",
     "room": "relay.cli.room:room_group",
     "talk": "relay.cli.talk:talk_cmd",
+    "wipe": "relay.cli.wipe:wipe_cmd",
     "web": "relay.cli.web:web_group",
 }
 

@@ -18,7 +18,9 @@ from relay.plan import (
     Budget,
 )
 from relay.radio.profiles import RadioProfile, custom, duty_cycle_for, preset
-from relay.store.home import Home
+from relay.store.home import PASSPHRASE_ENV, Home
+
+_PASSPHRASE_FILE = "relay.passphrase_file"
 
 F = Callable[..., Any]
 
@@ -107,7 +109,19 @@ def resolve_budget(
 
 
 def home_option(func: F) -> F:
-    """--home DIR (or RELAY_HOME): which state directory, i.e. which identity, to use."""
+    """--home DIR (or RELAY_HOME): which state directory, i.e. which identity, to use; and
+    --passphrase-file FILE for scripts (the passphrase itself is never an argument: it would
+    show in `ps` and shell history)."""
+    func = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        is_eager=True,
+        envvar="RELAY_PASSPHRASE_FILE",
+        callback=_remember_passphrase_file,
+        help=f"Read the passphrase of your keys from FILE (its first line) instead of asking; "
+        f"or set {PASSPHRASE_ENV}.",
+    )(func)
     return click.option(
         "--home",
         "home",
@@ -118,8 +132,76 @@ def home_option(func: F) -> F:
     )(func)
 
 
+def _remember_passphrase_file(ctx: click.Context, _param: click.Parameter, value: Path | None):
+    if value is not None:
+        ctx.meta[_PASSPHRASE_FILE] = value
+
+
 def resolve_home(value: Path | str | None) -> Home:
-    return Home(value)
+    """The home, unlocked (when a command needs its keys) with :func:`cli_passphrase`."""
+    return Home(value, passphrase=cli_passphrase, notice=note)
+
+
+def note(message: str) -> None:
+    click.echo(f"relay: note: {message}", err=True)
+
+
+def interactive() -> bool:
+    """Whether there is a person at a terminal to ask (tests replace this)."""
+    import sys
+
+    return sys.stdin.isatty()
+
+
+def read_passphrase_file(path: Path) -> str:
+    """A passphrase from a file: its first line, without the line break."""
+    import os
+
+    try:
+        if os.stat(path).st_mode & 0o077:
+            note(f"{path} can be read by other users; a passphrase file should be 0600")
+        with open(path, encoding="utf-8") as f:
+            line = f.readline(4096)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the passphrase file {path}: {exc.strerror or exc}") from None
+    return line.rstrip("\r\n")
+
+
+def given_passphrase() -> str | None:
+    """The passphrase a script gave: --passphrase-file, then $RELAY_PASSPHRASE; else None."""
+    import os
+
+    ctx = click.get_current_context(silent=True)
+    path = ctx.meta.get(_PASSPHRASE_FILE) if ctx is not None else None
+    if path is not None:
+        return read_passphrase_file(path)
+    return os.environ.get(PASSPHRASE_ENV)
+
+
+def cli_passphrase() -> str:
+    """The passphrase of a locked home: from a script, else asked (hidden) at the terminal."""
+    given = given_passphrase()
+    if given is not None:
+        return given
+    if not interactive():
+        raise UsageError(
+            f"your keys are locked with a passphrase and there is no terminal to ask on: "
+            f"use --passphrase-file FILE or set {PASSPHRASE_ENV}"
+        )
+    return click.prompt("Passphrase", hide_input=True, err=True)
+
+
+def new_passphrase(given: str | None, what: str, how: str) -> str:
+    """A new passphrase: ``given`` by a script, else asked twice (hidden) at the terminal;
+    ``how`` names the script's ways in the error when there is no terminal."""
+    if given is not None:
+        return given
+    if not interactive():
+        raise UsageError(f"no {what} given and no terminal to ask on: {how}")
+    first = click.prompt(f"New {what}", hide_input=True, err=True)
+    if click.prompt(f"Repeat the {what}", hide_input=True, err=True) != first:
+        raise UsageError(f"the two {what}s differ; nothing was changed")
+    return first
 
 
 def channel_options(func: F) -> F:

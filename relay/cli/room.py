@@ -13,7 +13,7 @@ from relay.core.identity import PUBLIC_PREFIX, PublicIdentity
 from relay.core.invite import Invite, RoomInfo, decode_invite, encode_invite
 from relay.errors import UsageError
 from relay.plan import Budget
-from relay.store.rooms import MODERATOR, RoomStore, RoomSummary
+from relay.store.rooms import MODERATOR, RoomStore, RoomSummary, erase_room
 
 
 @click.group("room")
@@ -302,9 +302,11 @@ def budget_cmd(room, max_delay, relay_hops, use_default, home, as_json) -> None:
 @click.argument("room")
 @home_option
 def leave_cmd(room, home) -> None:
-    """Forget ROOM (a name or an id prefix) and erase its keys from this device.
+    """Forget ROOM (a name or an id prefix) and erase everything of it from this device.
 
-    Leaving a room you moderate leaves it without a moderator here; members keep the room.
+    Its keys, moderators and roster, the replay marks (and with them the speakers' public
+    keys), its voice messages and its send counters are deleted and overwritten. Leaving a
+    room you moderate leaves it without a moderator here; members keep the room.
 
     \b
     Examples:
@@ -314,9 +316,11 @@ def leave_cmd(room, home) -> None:
     h = resolve_home(home)
     if not h.rooms_db.exists():
         raise UsageError(f"no room {room!r} here (there are no rooms yet)")
-    with RoomStore(h) as store:
-        gone = store.leave(room)
-    click.echo(f"left room {gone.name!r} (id {gone.id_hex[:8]}); its keys are erased here")
+    gone = erase_room(h, room)
+    click.echo(
+        f"left room {gone.name!r} (id {gone.id_hex[:8]}); its keys, members, marks and "
+        "messages are erased here"
+    )
 
 
 def _quote(name: str) -> str:

@@ -27,9 +27,26 @@ Binary layout, version 1 (integers big-endian)::
           depth, leaf, one 32-byte key per level), whose ratchet step is the issue time's
     64    Ed25519 signature by moderators[inviter] over SIGN_DOMAIN + everything above
 
+An invite made ``--for`` a member is version 2, sealed whole, so that nothing in it (room
+name, preset, moderators' keys, recipient, issue time) shows to whoever sees the text::
+
+    1     version = 2
+    32    ephemeral X25519 key
+    n+16  sealed to the recipient's X25519 key (relay.core.sealed, AES-256-CCM): the inner
+          invite, i.e. the version 1 layout above with flags bit 2 ("for one member": the
+          key part is the recipient's Ed25519 key (32) + the room key (32)), its signature,
+          and zero padding to a multiple of 64 bytes ending in one byte that says how long
+          the padding is (the name's length shows only to 64 bytes; the number of
+          moderators, 64 bytes each, does show)
+
+Only what opening needs stays outside: the version and the ephemeral key. The recipient
+finds out the invite is theirs by opening it; the signature inside covers the recipient's
+key, so a member cannot re-seal their invite to someone else. Version 1 sealed invites (the
+key alone sealed, everything else in clear) are still read, no longer made.
+
 Text form: ``relay1:`` + base64url without padding. 117 bytes + name + preset + 64 per
-moderator (+ 80 sealed): for one moderator, a room "market" on SHORT_FAST is 270 characters in
-the clear (QR version 10-L) and 377 sealed (13-L).
+moderator: for one moderator, a room "market" on SHORT_FAST is 270 characters in the clear
+(QR version 10-L) and 414 sealed whole (version 2; 14-L).
 
 A valid signature proves only that *some* key listed as moderator made the invite: anyone can
 make a room. Members compare the moderator fingerprint out loud, and a room already joined
@@ -53,12 +70,16 @@ from relay.radio.profiles import preset as lookup_preset
 from relay.voice.modes import mode_by_index, mode_by_name
 
 VERSION = 1
+VERSION_SEALED = 2
 TEXT_PREFIX = "relay1:"
 SIGN_DOMAIN = b"relay/invite/v1\x00"
 SEAL_CONTEXT = b"relay/invite/v1"
-FLAG_SEALED = 0x01
+SEAL_CONTEXT_V2 = b"relay/invite/v2 sealed whole"
+FLAG_SEALED = 0x01  # version 1: the room key alone sealed
 FLAG_BUDGET = 0x02
 FLAG_PATH = 0x04
+FLAG_FOR = 0x08  # inside a version 2 invite: recipient's key + room key (+ path)
+PAD_TO = 64
 ROOM_ID_LEN = 8
 KEY_LEN = 32
 SIG_LEN = 64
@@ -198,14 +219,15 @@ def encode_invite(
     if recipient is None:
         parts.append(info.key)
     else:
-        context = _seal_context(
-            info.room_id, info.epoch, recipient.signing_key, inviter.public.signing_key
-        )
-        secret = info.key + (path.pack() if path is not None else b"")
-        ephemeral, sealed = seal_for(recipient.agreement_key, secret, context=context)
-        parts += [recipient.signing_key, ephemeral, sealed]
+        parts[0] = bytes([VERSION, FLAG_FOR | (flags & (FLAG_BUDGET | FLAG_PATH))])
+        parts += [recipient.signing_key, info.key + (path.pack() if path is not None else b"")]
     body = b"".join(parts)
     blob = body + inviter.sign(SIGN_DOMAIN + body)
+    if recipient is not None:
+        pad = -(len(blob) + 1) % PAD_TO  # then one byte: how much padding
+        blob += bytes(pad) + bytes([pad])
+        ephemeral, sealed = seal_for(recipient.agreement_key, blob, context=SEAL_CONTEXT_V2)
+        blob = bytes([VERSION_SEALED]) + ephemeral + sealed
     return TEXT_PREFIX + base64.urlsafe_b64encode(blob).decode("ascii").rstrip("=")
 
 
@@ -260,19 +282,51 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     blob = _text_to_bytes(text)
     if not blob:
         raise UsageError("invite is empty")
+    if blob[0] == VERSION_SEALED:
+        return _decode_sealed_whole(blob, me)
     if blob[0] != VERSION:
         raise UsageError(
-            f"invite version {blob[0]} is not supported (this relay reads version {VERSION}); "
-            "is one of you running an older relay?"
+            f"invite version {blob[0]} is not supported (this relay reads versions "
+            f"{VERSION} and {VERSION_SEALED}); is one of you running an older relay?"
         )
+    return _decode_inner(blob, me, inner=False)
+
+
+def _decode_sealed_whole(blob: bytes, me: Identity | None) -> Invite:
+    if me is None:
+        raise UsageError(
+            "this invite is sealed for one member; create your identity with `relay id init` "
+            "and give the moderator your public id (relay id show)"
+        )
+    if len(blob) < 1 + 32 + 16 + _MIN_LEN:
+        raise UsageError("invite is cut short; copy all of it")
+    try:
+        inner = open_sealed(me, blob[1:33], blob[33:], SEAL_CONTEXT_V2)
+    except PeerError:
+        raise UsageError(
+            "this invite does not open with your identity: it was made for someone else (or "
+            "an older identity of yours), or it is damaged; ask for one made --for your "
+            "public id (relay id show)"
+        ) from None
+    pad = inner[-1] if inner else PAD_TO
+    if len(inner) % PAD_TO or pad >= PAD_TO or any(inner[-1 - pad : -1]) or inner[0] != VERSION:
+        raise UsageError("invite is not usable: its sealed content is malformed")
+    return _decode_inner(inner[: -1 - pad], me, inner=True)
+
+
+def _decode_inner(blob: bytes, me: Identity | None, *, inner: bool) -> Invite:
+    """A version 1 layout: a whole invite, or the content of a version 2 one (``inner``:
+    the key part is recipient + key (+ key-tree path), padding already removed)."""
     if len(blob) < _MIN_LEN:
         raise UsageError("invite is cut short; copy all of it")
     body, signature = blob[:-SIG_LEN], blob[-SIG_LEN:]
     r = _Reader(body)
     r.take(1, "version")
     flags = r.byte("flags")
-    known = FLAG_SEALED | FLAG_BUDGET | FLAG_PATH
-    if flags & ~known or (flags & FLAG_PATH and not flags & FLAG_SEALED):
+    known = FLAG_BUDGET | FLAG_PATH | (FLAG_FOR if inner else FLAG_SEALED)
+    if flags & ~known or (inner and not flags & FLAG_FOR):
+        raise UsageError("invite uses features this relay does not know (unknown flags)")
+    if flags & FLAG_PATH and not flags & (FLAG_SEALED | FLAG_FOR):
         raise UsageError("invite uses features this relay does not know (unknown flags)")
     room_id = r.take(ROOM_ID_LEN, "room id")
     raw_name = r.prefixed("room name", 1, MAX_NAME_BYTES)
@@ -290,7 +344,7 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
         raise UsageError("invite names an inviter who is not among its moderators")
     sealed = bool(flags & FLAG_SEALED)
     with_path = bool(flags & FLAG_PATH)
-    size = _SEALED_KEY_LEN if sealed else KEY_LEN
+    size = _SEALED_KEY_LEN if sealed else 2 * KEY_LEN if inner else KEY_LEN
     if with_path:
         size = max(size, len(body) - r.pos)
     key_part = r.take(size, "room key")
@@ -306,14 +360,22 @@ def decode_invite(text: str, me: Identity | None) -> Invite:
     path: MemberPath | None = None
     if sealed:
         key, recipient = _open_key(key_part, room_id, epoch, moderators[inviter], me, with_path)
-        if with_path:
-            key, rest = key[:KEY_LEN], key[KEY_LEN:]
-            try:
-                path = MemberPath.parse(rest, ratchet_step(issued_at))
-            except PeerError:
-                raise UsageError("invite carries damaged key-tree keys") from None
+    elif inner:
+        assert me is not None
+        if key_part[:32] != me.public.signing_key:
+            raise UsageError(
+                "this invite was made for someone else; ask the moderator for an invite made "
+                "--for your public id (relay id show)"
+            )
+        key, recipient = key_part[32:], me.public
     else:
         key = key_part
+    if with_path and (sealed or inner):
+        key, rest = key[:KEY_LEN], key[KEY_LEN:]
+        try:
+            path = MemberPath.parse(rest, ratchet_step(issued_at))
+        except PeerError:
+            raise UsageError("invite carries damaged key-tree keys") from None
     mode = mode_by_index(mode_index)
     if mode is None:
         raise UsageError(f"invite names codec mode {mode_index}, which this relay does not know")

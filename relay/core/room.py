@@ -40,6 +40,7 @@ from typing import Any
 from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
 from relay.core.events import ClipData, ControlMessage, Hello, Rejected, VoiceFrames
+from relay.core.ham import is_ham
 from relay.core.identity import Identity, PublicIdentity, valid_agreement_key, verify
 from relay.core.keytree import KeyTree, MemberPath, ratchet, ratchet_step, step_start
 from relay.core.notice import RelayNotice, is_notice, parse_notice
@@ -917,6 +918,8 @@ class Room:
         """Everything one packet caused. Never raises for what a peer sent."""
         if is_notice(packet):
             return [self._on_notice(packet, now)]
+        if is_ham(packet):  # never mixed: an encrypted room refuses amateur-band packets
+            return [self._drop("ham_refused", "a signed, unencrypted amateur-band packet")]
         self.tick(now)
         self._expire(now)
         self._opened_with = self.keys

@@ -64,6 +64,7 @@ class PacketType(enum.IntEnum):
     CLIP = 3  # a piece of, or acknowledgement for, a voice message (bulk: relays send it last)
     VOICE_FEC = 4  # voice frames + lower-rate copies of the previous packet's frames (FEC)
     NOTICE = 5  # a relay's signed, clear notice about an over it did not forward (core.notice)
+    HAM = 6  # amateur-band mode: signed, never encrypted, with the callsign (core.ham)
 
 
 VOICE_TYPES = frozenset((PacketType.VOICE, PacketType.VOICE_FEC))

@@ -34,11 +34,19 @@ where ``<hint>`` is the packets' room hint (byte 1 of the clear header, see
 ``<prefix>/v2/+``. The payload (all integers big-endian)::
 
     byte 0       batch format (2)
-    bytes 1-4    origin: the publishing link's 32-bit id (a bridge's gateway id)
+    bytes 1-4    origin: the publishing link's 32-bit id for this hint epoch
     then one or more records:
       byte 0     hops: bridges that republished the packet after its first publisher
       bytes 1-2  length L (1..4096)
       L bytes    the sealed relay packet, unchanged (its byte 1 is the topic's hint)
+
+**Origins rotate with the room hint.** The origin on the wire is HMAC-SHA256(the link's
+secret key, the hint epoch) cut to 32 bits (:func:`rotating_origin`): the broker and anyone
+recording it cannot tell that the batches of two hours came from one link (or bridge),
+while the link still recognises its own (this epoch's, the one before and the one after).
+A bridge's links share one key (from its gateway id and a secret of the process), so they
+recognise each other's batches as the bridge's own. The gateway id itself never leaves
+the process.
 
 The broker learns nothing but the room hint, packet sizes and timing. Batching is what lets
 one bridge carry hundreds of voice streams: the per-message cost of MQTT (decoding, acks,
@@ -76,16 +84,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import secrets
 import socket
 import ssl
 import struct
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relay.bridge.envelope import ENVELOPE_HEADER_LEN, ENVELOPE_VERSION
+from relay.core.crypto import HINT_EPOCH_SECONDS, hint_epoch
 from relay.core.wire import MAX_PACKET_LEN
 from relay.errors import LinkError, PacketError, RelayError, UsageError
 from relay.links.base import Datagram
@@ -141,6 +153,22 @@ def parse_hints(text: str) -> frozenset[int]:
         except ValueError:
             raise UsageError(f"room hint {part!r} is not hex (e.g. room=3f,a0)") from None
     return frozenset(hints)
+
+
+ORIGIN_LABEL = b"relay/mqtt-origin/v1"
+_PROCESS_KEY = secrets.token_bytes(32)  # never leaves the process: gateway ids stay inside
+
+
+def rotating_origin(key: bytes, epoch: int) -> int:
+    """The 32-bit origin a link with ``key`` stamps on its batches during hint ``epoch``:
+    without the key, origins of different epochs cannot be linked."""
+    mac = hmac.new(key, ORIGIN_LABEL + epoch.to_bytes(8, "big", signed=True), hashlib.sha256)
+    return int.from_bytes(mac.digest()[:4], "big")
+
+
+def gateway_origin_key(gateway_id: int) -> bytes:
+    """The origin key of a bridge's links: one per gateway id in this process."""
+    return hmac.new(_PROCESS_KEY, gateway_id.to_bytes(4, "big"), hashlib.sha256).digest()
 
 
 def encode_batches(
@@ -232,7 +260,9 @@ class MqttLink(ReconnectingLink):
         self.queue = queue
         self.qos = qos
         self.linger = linger
-        self.origin = secrets.randbits(32)  # stamped on every batch this link publishes
+        self._origin_key = secrets.token_bytes(32)  # origins rotate: see rotating_origin
+        self._origins: dict[int, int] = {}
+        self.clock: Callable[[], float] = time.time  # the wall clock, as the room hint's
         self.enveloped = False  # a bridge's link: datagrams are relay.bridge.envelope bytes
         self.mqtt5 = True  # False once a broker refused MQTT 5 (3.1.1 fallback)
         self._client: object | None = None  # the aiomqtt.Client of the current session
@@ -246,8 +276,29 @@ class MqttLink(ReconnectingLink):
         packets, so a hop limit holds across brokers."""
         if not 0 <= gateway_id < 1 << 32:
             raise UsageError(f"gateway id {gateway_id} out of range 0..{(1 << 32) - 1}")
-        self.origin = gateway_id
+        self._origin_key = gateway_origin_key(gateway_id)
+        self._origins.clear()
         self.enveloped = True
+
+    def origin_at(self, now: float) -> int:
+        """The origin this link stamps on what it publishes at wall-clock time ``now``."""
+        epoch = hint_epoch(now)
+        origin = self._origins.get(epoch)
+        if origin is None:
+            if len(self._origins) > 8:
+                self._origins.clear()
+            origin = self._origins[epoch] = rotating_origin(self._origin_key, epoch)
+        return origin
+
+    @property
+    def origin(self) -> int:
+        """The origin stamped now."""
+        return self.origin_at(self.clock())
+
+    def is_own(self, origin: int, now: float) -> bool:
+        """Whether a batch's origin is ours: this hint epoch, the one before or after (a
+        batch published at a boundary, clocks a little apart)."""
+        return any(origin == self.origin_at(now + d * HINT_EPOCH_SECONDS) for d in (-1, 0, 1))
 
     # -- topics
 
@@ -500,6 +551,7 @@ class MqttLink(ReconnectingLink):
 
     def _payloads(self, batch: list[bytes]) -> list[tuple[str, bytes]]:
         """One or more batch payloads per room hint, packets in queue order."""
+        origin = self.origin
         by_hint: dict[int, list[tuple[int, bytes]]] = {}
         if self.enveloped:
             for d in batch:
@@ -511,7 +563,7 @@ class MqttLink(ReconnectingLink):
         return [
             (topic_for(self.prefix, hint), payload)
             for hint, records in by_hint.items()
-            for payload in encode_batches(self.origin, records)
+            for payload in encode_batches(origin, records)
         ]
 
     def _on_message(self, topic: str, payload: object) -> None:
@@ -527,7 +579,7 @@ class MqttLink(ReconnectingLink):
         now = self._loop.time()
         try:
             origin, records = decode_batch(payload)
-            if origin == self.origin:
+            if self.is_own(origin, self.clock()):
                 self.stats.bump("own_echo")  # an MQTT 3.1.1 broker, which has no "no local"
                 return
             for hops, packet in records:

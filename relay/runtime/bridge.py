@@ -76,6 +76,7 @@ class BridgeLink:
     link: Link
     kind: LinkKind
     repeat: bool = False  # store and forward: send what it hears back onto it, once
+    ham: bool = False  # an amateur band: only signed ham packets go on it (BridgeCore)
 
 
 @dataclass(slots=True)
@@ -119,6 +120,8 @@ class Bridge:
                 raise UsageError(f"link name {bl.name!r} given twice")
             if bl.repeat and bl.kind is not LinkKind.RADIO:
                 raise UsageError("only radio links repeat onto themselves")
+            if bl.ham and bl.kind is not LinkKind.RADIO:
+                raise UsageError("only radio links are on amateur bands")
             self.links[bl.name] = bl
         if len(self.links) < 2 and not any(bl.repeat for bl in self.links.values()):
             raise UsageError("a bridge needs at least two links (or one that repeats)")
@@ -137,7 +140,7 @@ class Bridge:
             if bl.kind is LinkKind.RADIO:
                 pacer = Pacer(bl.link.airtime, duty_cycle, window)
                 self.pacers[bl.name] = pacer
-                self.core.add_link(bl.name, LinkKind.RADIO, pacer, repeat=bl.repeat)
+                self.core.add_link(bl.name, LinkKind.RADIO, pacer, repeat=bl.repeat, ham=bl.ham)
             elif hasattr(bl.link, "carry_envelopes"):  # see the module docstring
                 bl.link.carry_envelopes(self.gateway_id)
                 self.core.add_link(bl.name, LinkKind.MQTT)

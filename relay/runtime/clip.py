@@ -74,9 +74,10 @@ DEFAULT_TIMEOUT = 3600.0
 
 
 def clip_store(home: Home) -> ClipStore:
-    """The home's voice-message store (created 0600 on first use)."""
+    """The home's voice-message store (created 0600 on first use), its speech sealed under
+    the home's data key (unlocking the home if need be)."""
     home.ensure()
-    return ClipStore(home.path / CLIPS_DB)
+    return ClipStore(home.path / CLIPS_DB, sealer=home.unlock().sealer(b"clips"))
 
 
 def room_public_of(room: Room) -> Callable[[bytes], PublicIdentity | None]:

@@ -40,7 +40,7 @@ from relay.runtime.room import EventHook, RoomNode
 from relay.runtime.voice import Playout, RoomClock
 from relay.store.counters import CounterStore
 from relay.store.home import Home
-from relay.store.replay import ReplayStore
+from relay.store.replay import REPLAY_LABEL, ReplayStore
 from relay.store.rooms import MODERATOR, RoomStore
 from relay.voice.modes import CodecMode, mode_by_name
 
@@ -251,7 +251,7 @@ async def open_member(
         await link_up(link)
         counters = CounterStore(home.counters_db)
         stack.callback(counters.close)
-        replay = ReplayStore(home.replay_db)
+        replay = ReplayStore(home.replay_db, home.unlock().sealer(REPLAY_LABEL))
         stack.callback(replay.close)
         room = Room(
             info.room_id,

@@ -10,6 +10,12 @@ Every step of a transfer is committed (``synchronous=FULL``) before it is acted 
   to ``inbox`` in one transaction, unique by (room, sender, message id), so nothing is ever
   stored or shown twice, and its pieces go away in the same transaction.
 
+The speech itself (outbox streams, received pieces, inbox messages) is sealed under the
+home's data key when the store is given a sealer (``clip_store(home)`` does), and so are the
+senders', receivers' and fingerprints' keys (AES-SIV where they are part of a row's key): a
+seized, locked device holds that messages were exchanged (room id, message id, time, size)
+but not with whom nor what was said.
+
 A full disk (``database or disk is full``) becomes one clear :class:`UsageError`.
 """
 
@@ -24,7 +30,8 @@ from pathlib import Path
 
 from relay.clip.wire import Ack, Offer, digest
 from relay.errors import PacketError, UsageError
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
+from relay.store.keystore import Sealer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -87,8 +94,9 @@ def _disk(path: Path) -> Iterator[None]:
 class ClipStore:
     """The outbox and inbox of one home (``clips.db``, 0600, WAL, fsync on commit)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, sealer: Sealer | None = None) -> None:
         self.path = Path(path)
+        self._sealer = sealer
         self._conn = connect(self.path)
         # What is erased (a delivered message's speech) is overwritten, not just unlinked.
         self._conn.execute("PRAGMA secure_delete=ON")
@@ -116,6 +124,62 @@ class ClipStore:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def forget_room(self, room_id: bytes) -> int:
+        """Erase every row of a room in every table (a room left): overwritten, and the WAL
+        truncated. How many rows went."""
+        gone = 0
+        with self._tx() as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                columns = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+                if "room_id" in columns:
+                    gone += db.execute(
+                        f'DELETE FROM "{table}" WHERE room_id = ?', (room_id,)
+                    ).rowcount
+        vacuum(self._conn)
+        return gone
+
+    def _seal(self, data: bytes, *where: bytes) -> bytes:
+        return data if self._sealer is None else self._sealer.seal(data, b"|".join(where))
+
+    def _open(self, blob: bytes, *where: bytes) -> bytes:
+        blob = bytes(blob)
+        return blob if self._sealer is None else self._sealer.open(blob, b"|".join(where))
+
+    def _who(self, room_id: bytes, member: bytes) -> bytes:
+        """A sender's or receiver's key as stored (sealed deterministically: a row key)."""
+        if self._sealer is None:
+            return member
+        return self._sealer.seal_fixed(member, b"member|" + room_id)
+
+    def _whos(self, room_id: bytes, member: bytes) -> tuple[bytes, ...]:
+        """Every stored form of a member's key (rows from before sealing too)."""
+        stored = self._who(room_id, member)
+        return (member,) if stored == member else (stored, member)
+
+    def _whom(self, room_id: bytes, stored: bytes) -> bytes:
+        stored = bytes(stored)
+        if self._sealer is None:
+            return stored
+        try:
+            return self._sealer.open_fixed(stored, b"member|" + bytes(room_id))
+        except UsageError:
+            if len(stored) == 32:
+                return stored  # a row from before sealing: the key in clear
+            raise
+
+    def _name(self, room_id: bytes, member: bytes, name: str) -> str | bytes:
+        if self._sealer is None or not name:
+            return name
+        return self._seal(name.encode("utf-8"), b"name", room_id, member)
+
+    def _unname(self, room_id: bytes, member: bytes, stored: str | bytes) -> str:
+        if isinstance(stored, str):
+            return stored
+        if self._sealer is None:
+            raise UsageError(f"{self.path} is sealed: open it with the home's keys (clip_store)")
+        return self._open(stored, b"name", room_id, member).decode("utf-8")
+
     # ------------------------------------------------------------------ outbox
     def add_outgoing(self, room_id: bytes, offer: Offer, data: bytes) -> OutgoingClip:
         """Store a new message before any of it is sent."""
@@ -124,7 +188,14 @@ class ClipStore:
             c.execute(
                 "INSERT INTO outbox (room_id, msg_id, offer, data, data_digest, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (room_id, offer.msg_id, offer.pack(), data, digest(data), now),
+                (
+                    room_id,
+                    offer.msg_id,
+                    offer.pack(),
+                    self._seal(data, b"out", room_id, offer.msg_id),
+                    digest(data),
+                    now,
+                ),
             )
         return OutgoingClip(room_id, offer, data, now, "sending", {})
 
@@ -147,13 +218,14 @@ class ClipStore:
             if row is None:
                 return None
             acks = {
-                r[0]: Ack.parse(r[1])
+                self._whom(room_id, r[0]): Ack.parse(r[1])
                 for r in self._conn.execute(
                     "SELECT receiver, ack FROM outbox_acks WHERE room_id = ? AND msg_id = ?",
                     (room_id, msg_id),
                 )
             }
-        return OutgoingClip(room_id, Offer.parse(row[0]), row[1], row[2], row[3], acks)
+        data = self._open(row[1], b"out", room_id, msg_id)
+        return OutgoingClip(room_id, Offer.parse(row[0]), data, row[2], row[3], acks)
 
     def pending(self, room_id: bytes) -> list[OutgoingClip]:
         """Messages still being delivered, oldest first."""
@@ -173,7 +245,7 @@ class ClipStore:
             c.executemany(
                 "INSERT OR REPLACE INTO outbox_acks (room_id, msg_id, receiver, ack) "
                 "VALUES (?, ?, ?, ?)",
-                [(room_id, msg_id, r, a.pack()) for r, a in acks.items()],
+                [(room_id, msg_id, self._who(room_id, r), a.pack()) for r, a in acks.items()],
             )
 
     def mark_sent(self, room_id: bytes, msg_id: bytes) -> None:
@@ -194,7 +266,7 @@ class ClipStore:
             c.execute(
                 "INSERT OR REPLACE INTO inbox_offers (room_id, sender, msg_id, offer) "
                 "VALUES (?, ?, ?, ?)",
-                (room_id, sender, offer.msg_id, offer.pack()),
+                (room_id, self._who(room_id, sender), offer.msg_id, offer.pack()),
             )
 
     def save_piece(
@@ -204,17 +276,24 @@ class ClipStore:
             c.execute(
                 "INSERT OR IGNORE INTO inbox_pieces (room_id, sender, msg_id, idx, data) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (room_id, sender, msg_id, index, data),
+                (
+                    room_id,
+                    self._who(room_id, sender),
+                    msg_id,
+                    index,
+                    self._seal(data, b"piece", room_id, sender, msg_id, b"%d" % index),
+                ),
             )
 
     def drop_partial(self, room_id: bytes, sender: bytes, msg_id: bytes) -> None:
         """Forget a partial message that did not verify (it starts over)."""
         with self._tx() as c:
             for table in ("inbox_pieces", "inbox_offers"):
-                c.execute(
-                    f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
-                    (room_id, sender, msg_id),
-                )
+                for who in self._whos(room_id, sender):
+                    c.execute(
+                        f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                        (room_id, who, msg_id),
+                    )
 
     def complete(
         self, room_id: bytes, sender: bytes, offer: Offer, data: bytes, sender_name: str = ""
@@ -225,27 +304,38 @@ class ClipStore:
                 "INSERT OR IGNORE INTO inbox "
                 "(room_id, sender, msg_id, offer, data, received, sender_name) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (room_id, sender, offer.msg_id, offer.pack(), data, time.time(), sender_name),
+                (
+                    room_id,
+                    self._who(room_id, sender),
+                    offer.msg_id,
+                    offer.pack(),
+                    self._seal(data, b"in", room_id, sender, offer.msg_id),
+                    time.time(),
+                    self._name(room_id, sender, sender_name),
+                ),
             )
             for table in ("inbox_pieces", "inbox_offers"):
-                c.execute(
-                    f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
-                    (room_id, sender, offer.msg_id),
-                )
+                for who in self._whos(room_id, sender):
+                    c.execute(
+                        f"DELETE FROM {table} WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                        (room_id, who, offer.msg_id),
+                    )
         return cur.rowcount == 1
 
     def partials(self, room_id: bytes) -> list[tuple[bytes, bytes, Offer | None, dict[int, bytes]]]:
         """Partly received messages: (sender, msg id, offer or None, pieces)."""
         out: dict[tuple[bytes, bytes], tuple[Offer | None, dict[int, bytes]]] = {}
         with _disk(self.path):
-            for sender, msg_id, raw in self._conn.execute(
+            for stored, msg_id, raw in self._conn.execute(
                 "SELECT sender, msg_id, offer FROM inbox_offers WHERE room_id = ?", (room_id,)
-            ):
-                out[(sender, msg_id)] = (_offer(raw), {})
-            for sender, msg_id, idx, data in self._conn.execute(
+            ).fetchall():
+                out[(self._whom(room_id, stored), bytes(msg_id))] = (_offer(raw), {})
+            for stored, msg_id, idx, data in self._conn.execute(
                 "SELECT sender, msg_id, idx, data FROM inbox_pieces WHERE room_id = ?", (room_id,)
-            ):
-                out.setdefault((sender, msg_id), (None, {}))[1][idx] = data
+            ).fetchall():
+                sender, msg_id = self._whom(room_id, stored), bytes(msg_id)
+                piece = self._open(data, b"piece", room_id, sender, msg_id, b"%d" % idx)
+                out.setdefault((sender, msg_id), (None, {}))[1][idx] = piece
         return [(s, m, o, p) for (s, m), (o, p) in out.items()]
 
     def inbox(self, room_id: bytes | None = None) -> list[InboxClip]:
@@ -261,19 +351,23 @@ class ClipStore:
         with _disk(self.path):
             rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
         out = []
-        for room, sender, raw, data, received, name in rows:
-            offer = Offer.parse(raw)
-            out.append(InboxClip(offer.msg_id.hex(), room, sender, offer, data, received, name))
+        for room, stored, raw, blob, received, name in rows:
+            room, offer = bytes(room), Offer.parse(raw)
+            sender = self._whom(room, stored)
+            data = self._open(blob, b"in", room, sender, offer.msg_id)
+            shown = self._unname(room, sender, name)
+            out.append(InboxClip(offer.msg_id.hex(), room, sender, offer, data, received, shown))
         return out
 
     def erase(self, clip: InboxClip) -> None:
         """Overwrite a message's speech; its row stays, so a retransmission is not collected
         again as new."""
         with self._tx() as c:
-            c.execute(
-                "UPDATE inbox SET data = x'' WHERE room_id = ? AND sender = ? AND msg_id = ?",
-                (clip.room_id, clip.sender, clip.offer.msg_id),
-            )
+            for who in self._whos(clip.room_id, clip.sender):
+                c.execute(
+                    "UPDATE inbox SET data = x'' WHERE room_id = ? AND sender = ? AND msg_id = ?",
+                    (clip.room_id, who, clip.offer.msg_id),
+                )
         with _disk(self.path):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 

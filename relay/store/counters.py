@@ -20,7 +20,7 @@ import os
 import sqlite3
 
 from relay.errors import UsageError
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 
 
 class CounterStore:
@@ -29,6 +29,7 @@ class CounterStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._db = connect(path, durable=True)
+        self._db.execute("PRAGMA secure_delete=ON")  # names carry room key ids: zero them
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, next INTEGER NOT NULL)"
         )
@@ -61,6 +62,35 @@ class CounterStore:
                 self._db.execute("ROLLBACK")
             raise UsageError(f"cannot reserve send counters in {self.path}: {exc}") from None
         return start
+
+    def forget(self, prefixes: list[str]) -> int:
+        """Erase the counters whose names start with one of ``prefixes`` (a room left)
+        without ever letting a nonce come back: the floor every counter starts from is
+        raised to the highest erased one first, in the same transaction. The file then
+        keeps a number, not which room keys it counted for. How many rows went."""
+        gone = 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            floor = int(self._meta("floor") or 0)
+            for prefix in prefixes:
+                rows = self._db.execute(
+                    "SELECT name, next FROM counters WHERE substr(name, 1, ?) = ?",
+                    (len(prefix), prefix),
+                ).fetchall()
+                for name, nxt in rows:
+                    floor = max(floor, nxt)
+                    self._db.execute("DELETE FROM counters WHERE name = ?", (name,))
+                    gone += 1
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('floor', ?)", (str(floor),)
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise UsageError(f"cannot update send counters in {self.path}: {exc}") from None
+        vacuum(self._db)
+        return gone
 
     def peek(self, name: str) -> int:
         """The next counter a reservation would start at (for tests and status)."""

@@ -41,3 +41,15 @@ def _create_private(path: Path) -> None:
             os.chmod(path, 0o600)
     else:
         os.close(fd)
+
+
+def vacuum(conn: sqlite3.Connection) -> bool:
+    """Rewrite the file and empty the WAL so erased rows leave no copy in free pages; False
+    if another process holds the database (what it erased is zeroed, not compacted)."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError:
+        return False
+    return True

@@ -10,6 +10,11 @@ counters below it that were never received are still open.
 
 WAL with ``synchronous=NORMAL`` makes a save a cheap write that survives ``kill -9`` (a power
 cut may lose the last few marks).
+
+Marks name the speakers a member has heard: with a sealer (``REPLAY_LABEL`` of the home's
+keys) the speaker's key is stored sealed (AES-SIV, deterministic so it stays part of the
+row's key) and the room key's id as a keyed hash, so a seized, locked device does not say
+whom its owner heard in which room.
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ import os
 from collections.abc import Iterable
 
 from relay.core.session import MAX_SESSIONS, SessionMark
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
+from relay.store.keystore import Sealer
+
+REPLAY_LABEL = b"replay"
 
 
 class ReplayStore:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], sealer: Sealer | None = None) -> None:
+        self._sealer = sealer
         self._db = connect(path, durable=False)
+        # Marks name speakers (their public keys): what is replaced or erased is zeroed.
+        self._db.execute("PRAGMA secure_delete=ON")
         # (The table "replay" of earlier versions held marks of keys derived without a
         # session; no packet can be opened under those keys any more, so it is ignored.)
         self._db.execute(
@@ -33,15 +44,26 @@ class ReplayStore:
             "PRIMARY KEY (key_id, sender, session))"
         )
 
+    def _kid(self, key_id: str) -> str:
+        return key_id if self._sealer is None else self._sealer.name(key_id)
+
+    def _who(self, kid: str, sender: bytes) -> bytes:
+        return sender if self._sealer is None else self._sealer.seal_fixed(sender, kid.encode())
+
+    def _whom(self, kid: str, stored: bytes) -> bytes:
+        stored = bytes(stored)
+        return stored if self._sealer is None else self._sealer.open_fixed(stored, kid.encode())
+
     def load(self, key_id: str) -> list[SessionMark]:
+        kid = self._kid(key_id)
         rows = self._db.execute(
             "SELECT sender, session, introduced, highest, bits, anchor, floor FROM sessions "
             "WHERE key_id = ?",
-            (key_id,),
-        )
+            (kid,),
+        ).fetchall()
         return [
             SessionMark(
-                bytes(sender),
+                self._whom(kid, sender),
                 bytes(session),
                 introduced,
                 highest,
@@ -56,6 +78,7 @@ class ReplayStore:
         """Save ``marks`` (merging: a window only moves forward) and forget sessions of the
         same senders that were dropped for newer ones."""
         marks = list(marks)
+        kid = self._kid(key_id)
         with self._db:
             self._db.execute("BEGIN")
             for m in marks:
@@ -69,8 +92,8 @@ class ReplayStore:
                     "bits = CASE WHEN excluded.highest >= highest THEN excluded.bits ELSE bits "
                     "END, highest = max(highest, excluded.highest)",
                     (
-                        key_id,
-                        m.identity,
+                        kid,
+                        self._who(kid, m.identity),
                         m.session,
                         m.intro_time,
                         m.highest,
@@ -82,10 +105,11 @@ class ReplayStore:
             for sender in {m.identity for m in marks}:
                 floor = max(m.floor for m in marks if m.identity == sender)
                 keep = {m.session for m in marks if m.identity == sender}
+                who = self._who(kid, sender)
                 rows = self._db.execute(
                     "SELECT session, introduced FROM sessions WHERE key_id = ? AND sender = ? "
                     "ORDER BY introduced DESC",
-                    (key_id, sender),
+                    (kid, who),
                 ).fetchall()
                 for rank, (session, introduced) in enumerate(rows):
                     if bytes(session) in keep:
@@ -93,8 +117,24 @@ class ReplayStore:
                     if introduced <= floor or rank >= MAX_SESSIONS:
                         self._db.execute(
                             "DELETE FROM sessions WHERE key_id = ? AND sender = ? AND session = ?",
-                            (key_id, sender, session),
+                            (kid, who, session),
                         )
+
+    def forget(self, key_ids: list[str]) -> int:
+        """Erase the marks (and with them the speakers' public keys) of these room keys,
+        and whatever an earlier version kept under them: overwritten, the file vacuumed and
+        the WAL emptied. How many rows went."""
+        gone = 0
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        for key_id in key_ids:
+            for kid in {key_id, self._kid(key_id)}:
+                for table in ("sessions", "replay"):  # "replay": marks of earlier versions
+                    if table in tables:
+                        gone += self._db.execute(
+                            f"DELETE FROM {table} WHERE key_id = ?", (kid,)
+                        ).rowcount
+        vacuum(self._db)
+        return gone
 
     def close(self) -> None:
         self._db.close()

@@ -1,6 +1,12 @@
 """The rooms this identity moderates or has joined, with their keys, moderators and roster.
 
-One SQLite file (rooms.db, 0600). Every change is one transaction, so a crash leaves the old
+One SQLite file (rooms.db, 0600). Every key (room keys, key-tree keys) is stored sealed
+under the home's data key (``Keys.seal_room_key``, a :class:`Sealer`: AES-256-GCM, unlocked
+with the identity), never in clear; so are the room names, the moderators', members' and
+key-tree leaves' public keys and display names (AES-SIV, deterministic, so names stay unique
+and keys stay the rows' keys: the file shows only how many rooms and members there are). A
+home in the old format keeps them in clear until ``relay id passphrase``. Every change is
+one transaction, so a crash leaves the old
 state or the new one, never half of each. Deleted keys are overwritten (``secure_delete``) and
 the WAL is truncated after a key is erased: a seized device should not give up the keys of a
 room its owner left, or of epochs before the last rotation.
@@ -29,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from relay.core.crypto import random_room_key
+from relay.core.crypto import RoomKeys, random_room_key
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import MAX_EPOCH, MAX_MODERATORS, ROOM_ID_LEN, Invite, RoomInfo
 from relay.core.keytree import (
@@ -44,8 +50,11 @@ from relay.core.keytree import (
 from relay.core.room import KeyState
 from relay.errors import UsageError
 from relay.plan import Budget
-from relay.store.db import connect
+from relay.store.db import connect, vacuum
 from relay.store.home import Home
+from relay.store.keystore import Sealer
+
+ROOMS_LABEL = b"rooms"
 
 MODERATOR = "moderator"
 MEMBER = "member"
@@ -75,6 +84,11 @@ CREATE TABLE IF NOT EXISTS moderators (
     signing_key BLOB NOT NULL,
     agreement_key BLOB NOT NULL,
     PRIMARY KEY (room_id, signing_key)
+);
+CREATE TABLE IF NOT EXISTS room_key_ids (
+    room_id BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    key_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, key_id)
 );
 CREATE TABLE IF NOT EXISTS key_steps (
     room_id BLOB PRIMARY KEY REFERENCES rooms(room_id) ON DELETE CASCADE,
@@ -144,6 +158,8 @@ class RoomStore:
 
     def __init__(self, home: Home) -> None:
         home.ensure()
+        self._home = home
+        self._names: Sealer | bool | None = None  # the sealer for names and keys, once asked
         self.path = home.rooms_db
         self._db = connect(self.path, durable=True)
         try:
@@ -211,6 +227,7 @@ class RoomStore:
             budget=budget,
         )
         step = ratchet_step(time.time() if now is None else now)
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
             self._check_name_free(info.name, info.room_id)
             self._insert(db, info, MODERATOR, invite_issued_at=0)
@@ -229,6 +246,7 @@ class RoomStore:
         moderators: a newer key epoch replaces the key, a newer invite the moderator list.
         Joining a room this home moderates changes nothing.
         """
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         info = invite.room
         if name is not None:
             info = RoomInfo(
@@ -299,12 +317,30 @@ class RoomStore:
         return self._info(room_id)
 
     def leave(self, ref: str) -> RoomSummary:
-        """Forget a room and erase its keys."""
+        """Forget a room and erase its keys (only rooms.db: :func:`erase_room` erases the
+        rest of the home too)."""
+        return self._leave(ref)[0]
+
+    def _leave(self, ref: str) -> tuple[RoomSummary, list[str]]:
         summary = self._summary(self._resolve(ref))
+        key_ids = self.key_ids(summary.room_id)
         with self._tx() as db:
             db.execute("DELETE FROM rooms WHERE room_id = ?", (summary.room_id,))
-        self._scrub()
-        return summary
+        vacuum(self._db)  # the name, ids and keys out of every free page
+        return summary, key_ids
+
+    def key_ids(self, room_id: bytes) -> list[str]:
+        """The public names (``RoomKeys.key_id``) of every key this room has had here:
+        what replay marks and send counters are filed under."""
+        rows = self._db.execute(
+            "SELECT key_id FROM room_key_ids WHERE room_id = ?", (room_id,)
+        ).fetchall()
+        ids = {self._open_key_id(room_id, r[0]) for r in rows}
+        if not ids:  # a room stored by an older relay: its current key at least
+            key = self._key(room_id, self._summary(room_id).epoch)
+            if key is not None:
+                ids.add(RoomKeys(key).key_id)
+        return sorted(ids)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -320,9 +356,9 @@ class RoomStore:
 
     def list(self) -> list[RoomSummary]:
         rows = self._db.execute(
-            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms ORDER BY name"
-        )
-        return [RoomSummary(bytes(r[0]), *r[1:]) for r in rows]
+            "SELECT room_id, name, role, preset, mode, epoch, joined_at FROM rooms"
+        ).fetchall()
+        return sorted((self._summary_of(r) for r in rows), key=lambda r: r.name)
 
     def keys(self, room_id: bytes) -> dict[int, bytes]:
         """Every key kept for the room by epoch (only the current one: older ones are erased)."""
@@ -330,15 +366,15 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT epoch, key FROM room_keys WHERE room_id = ? ORDER BY epoch", (room_id,)
         )
-        return {epoch: bytes(key) for epoch, key in rows}
+        return {epoch: self._open(room_id, epoch, bytes(key)) for epoch, key in rows}
 
     def roster(self, room_id: bytes, enrolled_only: bool = False) -> list[PublicIdentity]:
         self._summary(room_id)
         sql = "SELECT signing_key, agreement_key FROM members WHERE room_id = ?"
         if enrolled_only:
             sql += " AND enrolled = 1"
-        rows = self._db.execute(sql + " ORDER BY rowid", (room_id,))
-        return [PublicIdentity(bytes(s), bytes(a)) for s, a in rows]
+        rows = self._db.execute(sql + " ORDER BY rowid", (room_id,)).fetchall()
+        return [self._public(room_id, s, a, b"member") for s, a in rows]
 
     # -- moderation -----------------------------------------------------------------------
 
@@ -357,6 +393,11 @@ class RoomStore:
         the room key are those of the invite's issue hour."""
         self.advance(room_id, time.time() if now is None else now)
         path = None
+        signing = self._pk(room_id, public.signing_key, b"members")
+        agreement = self._pk(room_id, public.agreement_key, b"membera")
+        shown: str | bytes | None = display_name
+        if display_name is not None and self._sealer is not None:
+            shown = self._sealer.seal(display_name.encode("utf-8"), b"display" + room_id)
         with self._tx() as db:
             self._require(room_id)
             state = self._key_state(room_id)
@@ -371,7 +412,7 @@ class RoomStore:
                 " VALUES (?, ?, ?, ?, 1) ON CONFLICT(room_id, signing_key) DO UPDATE SET "
                 "agreement_key = excluded.agreement_key, enrolled = 1, "
                 "display_name = coalesce(excluded.display_name, display_name)",
-                (room_id, public.signing_key, public.agreement_key, display_name),
+                (room_id, signing, agreement, shown),
             )
         return path
 
@@ -379,11 +420,13 @@ class RoomStore:
         """Take a member off the roster; True if they were on it."""
         with self._tx() as db:
             self._require(room_id)
-            cur = db.execute(
-                "DELETE FROM members WHERE room_id = ? AND signing_key = ?",
-                (room_id, signing_key),
-            )
-        return cur.rowcount > 0
+            gone = 0
+            for stored in self._pks(room_id, signing_key, b"members"):
+                gone += db.execute(
+                    "DELETE FROM members WHERE room_id = ? AND signing_key = ?",
+                    (room_id, stored),
+                ).rowcount
+        return gone > 0
 
     def add_moderator(self, room_id: bytes, public: PublicIdentity) -> None:
         with self._tx() as db:
@@ -396,7 +439,12 @@ class RoomStore:
             db.execute(
                 "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
                 "VALUES (?, ?, ?, ?)",
-                (room_id, len(mods), public.signing_key, public.agreement_key),
+                (
+                    room_id,
+                    len(mods),
+                    self._pk(room_id, public.signing_key, b"mods"),
+                    self._pk(room_id, public.agreement_key, b"moda"),
+                ),
             )
 
     def set_key(self, room_id: bytes, epoch: int, key: bytes) -> None:
@@ -410,12 +458,85 @@ class RoomStore:
             raise UsageError("a room key is 32 bytes")
         if not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
             raise UsageError(f"a key epoch is 0..{MAX_EPOCH}")
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
             current = self._summary(room_id).epoch
             if epoch <= current:
                 raise UsageError(f"key epoch {epoch} is not newer than the current {current}")
             self._set_key(db, room_id, epoch, key)
         self._scrub()
+
+    def seal_clear_keys(self) -> int:
+        """Seal every room key still stored in clear (a home moved from the old format) and
+        scrub the clear copies from the file and its WAL; how many were sealed."""
+        keys = self._home.unlock()
+        if keys.data_key is None:
+            return 0
+        rows = self._db.execute(
+            "SELECT room_id, epoch, key FROM room_keys WHERE length(key) = 32"
+        ).fetchall()
+        names = self._db.execute(
+            "SELECT room_id, name FROM rooms WHERE typeof(name) = 'text'"
+        ).fetchall()
+        people = {
+            table: self._db.execute(
+                f"SELECT room_id, signing_key, agreement_key FROM {table} "
+                "WHERE length(signing_key) = 32"
+            ).fetchall()
+            for table in ("moderators", "members")
+        }
+        with self._tx() as db:
+            for room_id, epoch, key in rows:
+                db.execute(
+                    "UPDATE room_keys SET key = ? WHERE room_id = ? AND epoch = ?",
+                    (keys.seal_room_key(bytes(room_id), epoch, bytes(key)), room_id, epoch),
+                )
+            for room_id, name in names:
+                db.execute("UPDATE rooms SET name = ? WHERE room_id = ?", (self._nm(name), room_id))
+            for table, what in (("moderators", b"mod"), ("members", b"member")):
+                for room_id, sk, ak in people[table]:
+                    rid = bytes(room_id)
+                    db.execute(
+                        f"UPDATE {table} SET signing_key = ?, agreement_key = ? "
+                        "WHERE room_id = ? AND signing_key = ?",
+                        (
+                            self._pk(rid, bytes(sk), what + b"s"),
+                            self._pk(rid, bytes(ak), what + b"a"),
+                            room_id,
+                            sk,
+                        ),
+                    )
+            shown = db.execute(
+                "SELECT rowid, room_id, display_name FROM members "
+                "WHERE typeof(display_name) = 'text'"
+            ).fetchall()
+            ids = db.execute(
+                "SELECT rowid, room_id, key_id FROM room_key_ids WHERE typeof(key_id) = 'text'"
+            ).fetchall()
+            sealer = keys.sealer(ROOMS_LABEL)
+            assert sealer is not None
+            for rowid, room_id, key_id in ids:
+                sealed = sealer.seal_fixed(key_id.encode(), b"keyid" + room_id)
+                db.execute("UPDATE room_key_ids SET key_id = ? WHERE rowid = ?", (sealed, rowid))
+            nodes = db.execute(
+                "SELECT rowid, room_id, node, key FROM tree_keys WHERE length(key) = 32"
+            ).fetchall()
+            for rowid, room_id, node, key in nodes:
+                sealed = self._seal_node(bytes(room_id), node, bytes(key))
+                db.execute("UPDATE tree_keys SET key = ? WHERE rowid = ?", (sealed, rowid))
+            leaves = db.execute(
+                "SELECT rowid, room_id, signing_key FROM tree_leaves WHERE length(signing_key) = 32"
+            ).fetchall()
+            for rowid, room_id, who in leaves:
+                sealed = self._pk(bytes(room_id), bytes(who), b"leaf")
+                db.execute(
+                    "UPDATE tree_leaves SET signing_key = ? WHERE rowid = ?", (sealed, rowid)
+                )
+            for rowid, room_id, name in shown:
+                sealed = sealer.seal(name.encode(), b"display" + room_id)
+                db.execute("UPDATE members SET display_name = ? WHERE rowid = ?", (sealed, rowid))
+        vacuum(self._db)  # rewrite every page: no clear key left in free space
+        return len(rows)
 
     # -- keys: ratchet and key tree -----------------------------------------------------------
 
@@ -428,6 +549,7 @@ class RoomStore:
         """Replace every key of the room with ``state`` (a rotation or a ratchet), erasing
         the old ones from the file and its WAL. A state older than the stored one is
         refused (UsageError): keys only move forward."""
+        self._home.unlock()  # before the write lock: unlocking may ask for a passphrase
         with self._tx() as db:
             summary = self._summary(room_id)
             held = self._step(room_id)
@@ -438,7 +560,12 @@ class RoomStore:
                 raise UsageError("refusing to store keys older than those held")
             if state.tree is not None:
                 self.merge_leaves(room_id, state.tree)
-                gone = [(room_id, m) for m in state.tree.known if m not in state.tree.leaves]
+                gone = [
+                    (room_id, form)
+                    for m in state.tree.known
+                    if m not in state.tree.leaves
+                    for form in self._pks(room_id, m, b"members")
+                ]
                 # Removed from the tree: off the roster too, so no key is ever sealed to them.
                 db.executemany("DELETE FROM members WHERE room_id = ? AND signing_key = ?", gone)
             self._set_key(db, room_id, state.epoch, state.key)
@@ -506,11 +633,11 @@ class RoomStore:
         rows = self._db.execute(
             "SELECT node, key FROM tree_keys WHERE room_id = ? ORDER BY node", (room_id,)
         ).fetchall()
-        nodes = [(node, bytes(k)) for node, k in rows]
+        nodes = [(node, self._open_node(room_id, node, bytes(k))) for node, k in rows]
         tree = path = None
         if holder:
             leaves = {
-                bytes(s): leaf_
+                self._unpk(room_id, s, b"leaf"): leaf_
                 for s, leaf_ in self._db.execute(
                     "SELECT signing_key, leaf FROM tree_leaves WHERE room_id = ?", (room_id,)
                 )
@@ -542,22 +669,118 @@ class RoomStore:
         if tree is not None:
             db.executemany(
                 "INSERT INTO tree_keys (room_id, node, key) VALUES (?, ?, ?)",
-                [(room_id, n, k) for n, k in tree.nodes()],
+                [(room_id, n, self._seal_node(room_id, n, k)) for n, k in tree.nodes()],
             )
             db.executemany(
                 "INSERT INTO tree_leaves (room_id, signing_key, leaf) VALUES (?, ?, ?)",
-                [(room_id, ident, pos) for ident, pos in tree.leaves.items()],
+                [
+                    (room_id, self._pk(room_id, ident, b"leaf"), pos)
+                    for ident, pos in tree.leaves.items()
+                ],
             )
         elif path is not None:
             db.executemany(
                 "INSERT INTO tree_keys (room_id, node, key) VALUES (?, ?, ?)",
                 [
-                    (room_id, node_id(lvl, path.position >> lvl), k)
+                    (
+                        room_id,
+                        node_id(lvl, path.position >> lvl),
+                        self._seal_node(room_id, node_id(lvl, path.position >> lvl), k),
+                    )
                     for lvl, k in sorted(path.keys.items())
                 ],
             )
 
     # -- internals ------------------------------------------------------------------------
+
+    @property
+    def _sealer(self) -> Sealer | None:
+        if self._names is None:
+            self._names = self._home.unlock().sealer(ROOMS_LABEL) or False
+        return self._names or None
+
+    def _nm(self, name: str) -> str | bytes:
+        """A room name as stored (sealed, or as it is in a home of the old format)."""
+        sealer = self._sealer
+        return name if sealer is None else sealer.seal_fixed(name.encode("utf-8"), b"name")
+
+    def _names_of(self, name: str) -> tuple[str | bytes, ...]:
+        """Every stored form a name may have (a clear row of the old format too)."""
+        stored = self._nm(name)
+        return (name,) if stored == name else (stored, name)
+
+    def _unnm(self, stored: str | bytes) -> str:
+        if isinstance(stored, str):
+            return stored
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open_fixed(stored, b"name").decode("utf-8")
+
+    def _pk(self, room_id: bytes, key: bytes, what: bytes) -> bytes:
+        sealer = self._sealer
+        return key if sealer is None else sealer.seal_fixed(key, what + room_id)
+
+    def _pks(self, room_id: bytes, key: bytes, what: bytes) -> tuple[bytes, ...]:
+        stored = self._pk(room_id, key, what)
+        return (key,) if stored == key else (stored, key)
+
+    def _unpk(self, room_id: bytes, stored: bytes, what: bytes) -> bytes:
+        stored = bytes(stored)
+        if len(stored) == 32:
+            return stored  # the old format
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open_fixed(stored, what + room_id)
+
+    def _public(self, room_id: bytes, s: bytes, a: bytes, what: bytes) -> PublicIdentity:
+        return PublicIdentity(
+            self._unpk(room_id, s, what + b"s"), self._unpk(room_id, a, what + b"a")
+        )
+
+    def _summary_of(self, row: tuple) -> RoomSummary:
+        return RoomSummary(bytes(row[0]), self._unnm(row[1]), *row[2:])
+
+    def _note_key_id(self, db: sqlite3.Connection, room_id: bytes, key: bytes) -> None:
+        """Remember the key's public id (sealed, deterministically so that it is stored
+        once: it would link this home to the room for anyone who later holds the key) so
+        leaving erases what is filed under it (replay marks, counters)."""
+        key_id = RoomKeys(key).key_id
+        sealer = self._sealer
+        stored = (
+            key_id if sealer is None else sealer.seal_fixed(key_id.encode(), b"keyid" + room_id)
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO room_key_ids (room_id, key_id) VALUES (?, ?)", (room_id, stored)
+        )
+
+    def _open_key_id(self, room_id: bytes, stored: str | bytes) -> str:
+        if isinstance(stored, str):
+            return stored
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed rooms but this identity has no data key")
+        return sealer.open_fixed(stored, b"keyid" + room_id).decode()
+
+    def _seal_node(self, room_id: bytes, node: int, key: bytes) -> bytes:
+        """A key-tree key as stored: sealed under the data key, bound to its room and node."""
+        sealer = self._sealer
+        return key if sealer is None else sealer.seal(key, b"node%d|" % node + room_id)
+
+    def _open_node(self, room_id: bytes, node: int, stored: bytes) -> bytes:
+        if len(stored) == 32:
+            return stored  # the old format
+        sealer = self._sealer
+        if sealer is None:
+            raise UsageError(f"{self.path} holds sealed keys but this identity has no data key")
+        return sealer.open(stored, b"node%d|" % node + room_id)
+
+    def _seal(self, room_id: bytes, epoch: int, key: bytes) -> bytes:
+        return self._home.unlock().seal_room_key(room_id, epoch, key)
+
+    def _open(self, room_id: bytes, epoch: int, stored: bytes) -> bytes:
+        return self._home.unlock().open_room_key(room_id, epoch, stored)
 
     def _insert(self, db: sqlite3.Connection, info: RoomInfo, role: str, invite_issued_at: int):
         db.execute(
@@ -565,7 +788,7 @@ class RoomStore:
             "invite_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 info.room_id,
-                info.name,
+                self._nm(info.name),
                 role,
                 info.preset,
                 info.mode,
@@ -576,8 +799,9 @@ class RoomStore:
         )
         db.execute(
             "INSERT INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
-            (info.room_id, info.epoch, info.key),
+            (info.room_id, info.epoch, self._seal(info.room_id, info.epoch, info.key)),
         )
+        self._note_key_id(db, info.room_id, info.key)
         self._replace_moderators(db, info.room_id, info.moderators)
         self._set_budget(db, info.room_id, info.budget)
 
@@ -588,14 +812,23 @@ class RoomStore:
         db.executemany(
             "INSERT INTO moderators (room_id, position, signing_key, agreement_key) "
             "VALUES (?, ?, ?, ?)",
-            [(room_id, i, m.signing_key, m.agreement_key) for i, m in enumerate(mods)],
+            [
+                (
+                    room_id,
+                    i,
+                    self._pk(room_id, m.signing_key, b"mods"),
+                    self._pk(room_id, m.agreement_key, b"moda"),
+                )
+                for i, m in enumerate(mods)
+            ],
         )
 
     def _set_key(self, db: sqlite3.Connection, room_id: bytes, epoch: int, key: bytes) -> None:
         db.execute(
             "INSERT OR REPLACE INTO room_keys (room_id, epoch, key) VALUES (?, ?, ?)",
-            (room_id, epoch, key),
+            (room_id, epoch, self._seal(room_id, epoch, key)),
         )
+        self._note_key_id(db, room_id, key)
         db.execute(
             "DELETE FROM room_keys WHERE room_id = ? AND epoch != ?",
             (room_id, epoch),
@@ -603,7 +836,10 @@ class RoomStore:
         db.execute("UPDATE rooms SET epoch = ? WHERE room_id = ?", (epoch, room_id))
 
     def _check_name_free(self, name: str, room_id: bytes, hint: str = "") -> None:
-        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (name,)).fetchone()
+        for stored in self._names_of(name):
+            row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (stored,)).fetchone()
+            if row is not None:
+                break
         if row is not None and bytes(row[0]) != room_id:
             raise UsageError(
                 f"there is already a room called {name!r} here; {hint or 'choose another name'}"
@@ -620,20 +856,20 @@ class RoomStore:
         ).fetchone()
         if row is None:
             raise UsageError(f"no room with id {bytes(room_id).hex()} here")
-        return RoomSummary(bytes(row[0]), *row[1:])
+        return self._summary_of(row)
 
     def _key(self, room_id: bytes, epoch: int) -> bytes | None:
         row = self._db.execute(
             "SELECT key FROM room_keys WHERE room_id = ? AND epoch = ?", (room_id, epoch)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else self._open(room_id, epoch, bytes(row[0]))
 
     def _moderators(self, room_id: bytes) -> tuple[PublicIdentity, ...]:
         rows = self._db.execute(
             "SELECT signing_key, agreement_key FROM moderators WHERE room_id = ? ORDER BY position",
             (room_id,),
-        )
-        return tuple(PublicIdentity(bytes(s), bytes(a)) for s, a in rows)
+        ).fetchall()
+        return tuple(self._public(room_id, s, a, b"mod") for s, a in rows)
 
     def _info(self, room_id: bytes) -> RoomInfo:
         s = self._summary(room_id)
@@ -658,10 +894,12 @@ class RoomStore:
 
     def _resolve(self, ref: str) -> bytes:
         ref = ref.strip()
-        row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (ref,)).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        names = [name for (name,) in self._db.execute("SELECT name FROM rooms")]
+        for stored in self._names_of(ref):
+            row = self._db.execute("SELECT room_id FROM rooms WHERE name = ?", (stored,)).fetchone()
+            if row is not None:
+                return bytes(row[0])
+        rows = self._db.execute("SELECT name FROM rooms").fetchall()
+        names = [self._unnm(name) for (name,) in rows]
         folded = [n for n in names if n.casefold() == ref.casefold()]
         if len(folded) == 1:
             return self._resolve(folded[0])
@@ -691,6 +929,47 @@ def _same_key(held: bytes | None, held_step: int, key: bytes, step: int) -> bool
     if step >= held_step:
         return ratchet(held, step - held_step) == key
     return ratchet(key, held_step - step) == held
+
+
+def set_home_passphrase(home: Home, passphrase: str | None) -> int:
+    """Lock the home's keys under ``passphrase`` (None: unprotected), and seal under the data
+    key any room key still in clear (a home from an older relay); how many were sealed."""
+    home.set_passphrase(passphrase)
+    if not home.rooms_db.exists():
+        return 0
+    with RoomStore(home) as rooms:
+        return rooms.seal_clear_keys()
+
+
+def erase_room(home: Home, ref: str) -> RoomSummary:
+    """Leave a room and erase everything of it from the home: its keys, moderators and
+    roster (rooms.db), the replay marks and with them the speakers' public keys
+    (replay.db), its voice messages (clips.db), and the send counters of its keys
+    (counters.db: the floor rises first, so no nonce can come back if it is joined again).
+    """
+    from relay.store.clips import ClipStore
+    from relay.store.counters import CounterStore
+    from relay.store.replay import REPLAY_LABEL, ReplayStore
+
+    with RoomStore(home) as rooms:
+        summary, key_ids = rooms._leave(ref)
+    if home.replay_db.exists():
+        replay = ReplayStore(home.replay_db, home.unlock().sealer(REPLAY_LABEL))
+        try:
+            replay.forget(key_ids)
+        finally:
+            replay.close()
+    if home.counters_db.exists():
+        counters = CounterStore(home.counters_db)
+        try:
+            counters.forget([f"{k}:" for k in key_ids])
+        finally:
+            counters.close()
+    clips_db = home.path / "clips.db"
+    if clips_db.exists():
+        with ClipStore(clips_db) as clips:
+            clips.forget_room(summary.room_id)
+    return summary
 
 
 def find_room(home: Home, ref: str) -> RoomInfo:

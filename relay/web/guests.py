@@ -86,7 +86,8 @@ class Guest:
 
     def home(self, gateway: Home) -> Home:
         """The home holding this person's identity and their membership of the room."""
-        return gateway if self.dir is None else Home(gateway.path / WEB_DIR / self.dir)
+        # Locked like the gateway's own home, with its passphrase (keys at rest).
+        return gateway if self.dir is None else gateway.child(gateway.path / WEB_DIR / self.dir)
 
 
 class Guests:

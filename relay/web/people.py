@@ -68,7 +68,8 @@ def add_person(
             return Seat(guest, me.public, guests.issue_link(guest, hours), moderating)
         if guest is None:
             person = Home(gateway.path / "web" / "new")
-            identity = person.init_identity(force=True)
+            # Locked like the gateway's own keys, under the same passphrase (keys at rest).
+            identity = person.init_identity(force=True, passphrase=gateway.child_passphrase())
             final = Home(gateway.path / "web" / guest_dir(identity.identity))
             person.path.rename(final.path)
             guest = guests.add(info.room_id, name, identity.identity, final.path.name)
