@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,18 @@ def relay_proc(*args: str, out: Path) -> subprocess.Popen:
         stderr=open(out.with_suffix(".err"), "w"),
         env=ENV,
     )
+
+
+def start_ether(*extra: str) -> tuple[subprocess.Popen, str]:
+    """`relay ether --port 0 EXTRA` as a process, and the sim:// URL its nodes join with."""
+    ether = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ether", "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    line = ether.stdout.readline()  # type: ignore[union-attr]
+    match = re.search(r"(sim://127\.0\.0\.1:\d+)", line)
+    assert match, line
+    return ether, match.group(1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from cli_helpers import ENV, invoke, make_homes, ok, refused, relay_proc
+from cli_helpers import ENV, invoke, make_homes, ok, refused, relay_proc, start_ether
 from test_live_voice import PCM, fake_sounddevice
 
 from relay.demo.voice import bundled_sample
@@ -51,17 +51,9 @@ def wait_for_text(path: Path, pattern: str, timeout: float = 15.0) -> str:
 
 @pytest.mark.parametrize("quality", [("--no-dtx",), ("--fec", "--dtx")], ids=["plain", "fec+dtx"])
 def test_a_room_across_processes(homes, tmp_path, quality) -> None:
-    ether = subprocess.Popen(
-        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    ether, url = start_ether("--preset", "SHORT_TURBO")
     procs: list[subprocess.Popen] = []
     try:
-        line = ether.stdout.readline()  # type: ignore[union-attr]
-        url = re.search(r"nodes join with (sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
         wav = tmp_path / "heard.wav"
         mod = relay_proc(
             "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "20",
@@ -448,14 +440,9 @@ def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> Non
     heard of the over to --out and reports it as cut short (before: the whole over was lost)."""
     long_speech = tmp_path / "long.wav"
     soundfile.write(str(long_speech), np.tile(read_audio(SAMPLE), 5), 8000)  # 8 s
-    ether = subprocess.Popen(
-        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    ether, url = start_ether("--preset", "SHORT_TURBO")
     procs: list[subprocess.Popen] = []
     try:
-        line = ether.stdout.readline()  # type: ignore[union-attr]
-        url = re.search(r"nodes join with (sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
         mod = relay_proc(
             "moderate", "market", "--link", f"{url}?node=mod", "--auto-grant", "30",
             "--duration", "40", "--home", homes["mod"], out=tmp_path / "mod",

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from cli_helpers import ENV, make_homes, ok, refused, relay_proc
+from cli_helpers import make_homes, ok, refused, relay_proc, start_ether
 
 from relay.runtime.clip import clip_store
 from relay.store.clips import ClipStore
@@ -37,20 +35,6 @@ def speech_file(path: Path, seconds: float, seed: int = 0) -> Path:
 def homes(tmp_path_factory) -> dict[str, str]:
     """A moderator with room `net` (SHORT_TURBO), members ana and ben enrolled --for."""
     return make_homes(tmp_path_factory.mktemp("clip-homes"), "net")
-
-
-def start_ether(*extra: str) -> tuple[subprocess.Popen, str]:
-    ether = subprocess.Popen(
-        [sys.executable, "-m", "relay", "ether", "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    line = ether.stdout.readline()  # type: ignore[union-attr]
-    match = re.search(r"(sim://127\.0\.0\.1:\d+)", line)
-    assert match, line
-    return ether, match.group(1)
 
 
 def count(db: Path, sql: str) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import ENV, make_homes, ok, refused, relay_proc
+from cli_helpers import ENV, make_homes, ok, refused, relay_proc, start_ether
 from textual.widgets import DataTable, Log, Static
 
 from relay.app.audio import file_source
@@ -224,14 +224,9 @@ def test_relay_mod_reaches_a_running_console(homes) -> None:
 def test_relay_moderate_without_auto_grant_grants_through_relay_mod(homes, tmp_path) -> None:
     """`relay moderate` shows the hand with a hint; `relay mod grant` from another process
     gives the floor; `relay talk` then speaks; `relay mod` says so when none runs."""
-    ether = subprocess.Popen(
-        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    ether, url = start_ether("--preset", "SHORT_TURBO")
     procs: list[subprocess.Popen] = []
     try:
-        line = ether.stdout.readline()  # type: ignore[union-attr]
-        url = re.search(r"(sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
         mod = relay_proc(
             "moderate", "market", "--link", f"{url}?node=mod", "--duration", "40",
             "--home", homes["mod"], out=tmp_path / "mod",
@@ -322,15 +317,10 @@ TMUX = shutil.which("tmux")
 @pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
 def test_console_in_tmux(homes, tmp_path) -> None:
     """The real `relay console` in a terminal: it draws, takes keys and quits cleanly."""
-    ether = subprocess.Popen(
-        [sys.executable, "-m", "relay", "ether", "--port", "0", "--preset", "SHORT_TURBO"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    ether, url = start_ether("--preset", "SHORT_TURBO")
     session = f"relay-console-{os.getpid()}"
     tmux = [TMUX, "-L", session]  # a private tmux server: nothing else is touched
     try:
-        line = ether.stdout.readline()  # type: ignore[union-attr]
-        url = re.search(r"(sim://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
         wav = tmp_path / "heard.wav"
         command = " ".join(
             [
