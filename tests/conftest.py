@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 from mosquitto import MOSQUITTO, Broker
 
+from relay.links.sim.channel import clear_registry
+
 # `relay id init` locks the keys under a passphrase and, with no terminal to ask on, wants one
 # from a script: every test home is locked with this one (so every test runs the locked path).
 TEST_PASSPHRASE = "correct horse battery staple (tests only)"
@@ -25,3 +27,12 @@ def mosquitto(tmp_path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sim_channels() -> Iterator[None]:
+    """Every test starts with no in-process sim:// channel open: two tests naming the same
+    channel (sim://x, sim://room...) never share one, whatever ran before or failed."""
+    clear_registry()
+    yield
+    clear_registry()

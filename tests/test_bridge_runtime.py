@@ -30,7 +30,7 @@ from relay.core.wire import Header, PacketType
 from relay.demo.voice import bundled_sample
 from relay.errors import UsageError
 from relay.links.base import Link
-from relay.links.sim.channel import clear_registry, ethers
+from relay.links.sim.channel import ethers
 from relay.links.url import open_link
 from relay.runtime.bridge import RECV_BACKOFF_MIN, Bridge, BridgeLink, link_kind
 from relay.runtime.clock import run
@@ -44,13 +44,6 @@ from relay.voice.modes import mode_by_name
 MODE = mode_by_name("1600")
 PRESET = "SHORT_TURBO"
 FPP = 6
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ethers():
-    clear_registry()
-    yield
-    clear_registry()
 
 
 def island(name: str, node: str) -> Link:

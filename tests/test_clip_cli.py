@@ -8,13 +8,21 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from cli_helpers import make_homes, ok, refused, relay_proc, start_ether
+from cli_helpers import (
+    make_homes,
+    ok,
+    refused,
+    relay_proc,
+    start_ether,
+    stop_processes,
+    wait_for_text,
+    wait_until,
+)
 
 from relay.runtime.clip import clip_store
 from relay.store.clips import ClipStore
@@ -47,15 +55,6 @@ def count(db: Path, sql: str) -> int:
             return 0
 
 
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # Real processes on a real-time channel: generous limits so a loaded machine is slow, not red.
 @pytest.mark.timeout(420)
 def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_path) -> None:
@@ -64,7 +63,9 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
     resumes (ana re-runs the same command: it resumes rather than sending twice), the
     message arrives once and plays."""
     wav = speech_file(tmp_path / "say.wav", 30.0)
-    ether, url = start_ether("--preset", "SHORT_TURBO", "--loss", "0.1", "--seed", "4")
+    ether, url = start_ether(
+        "--preset", "SHORT_TURBO", "--loss", "0.1", "--seed", "4", log=tmp_path / "ether.log"
+    )
     ben_db = Path(homes["ben"]) / "clips.db"
     ana_db = Path(homes["ana"]) / "clips.db"
     procs: list[subprocess.Popen] = []
@@ -87,17 +88,10 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
 
     try:
         ben = receive("ben1")
-        wait_until(
-            lambda: (
-                (tmp_path / "ben1.err").exists()
-                and "collecting" in (tmp_path / "ben1.err").read_text()
-            ),
-            15,
-            "ben",
-        )
+        wait_for_text(tmp_path / "ben1.err", "collecting")
         ana = send("ana1")
         pieces = "SELECT COUNT(*) FROM inbox_pieces"
-        wait_until(lambda: count(ben_db, pieces) >= 5, 20, "ben to store some pieces")
+        wait_until(lambda: count(ben_db, pieces) >= 5, "ben to store some pieces")
         ben.send_signal(signal.SIGKILL)
         ben.wait()
         held = count(ben_db, pieces)
@@ -105,7 +99,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
         ben = receive("ben2")
         # Ana is killed once ben's acks show progress past what ben held before his crash.
         acks = "SELECT COUNT(*) FROM outbox_acks"
-        wait_until(lambda: count(ana_db, acks) >= 1, 30, "ana to hear an ack")
+        wait_until(lambda: count(ana_db, acks) >= 1, "ana to hear an ack")
         ana.send_signal(signal.SIGKILL)
         ana.wait()
         assert count(ana_db, "SELECT COUNT(*) FROM outbox WHERE state = 'sending'") == 1
@@ -119,12 +113,7 @@ def test_kill_9_of_receiver_and_sender_mid_transfer_loses_nothing(homes, tmp_pat
         assert [m["id"] for m in got["received"]] == [msg["msg_id"]]
         assert got["received"][0]["from"] == homes["ana_fp"]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        ether.terminate()
-        ether.communicate(timeout=5)
+        stop_processes(procs, ether)
     # Exactly once in the inbox; nothing partial left; it plays.
     with clip_store(Home(homes["ben"])) as store:  # sealed under ben's keys
         (clip,) = store.inbox()
@@ -209,7 +198,7 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
     """On MEDIUM_FAST live voice does not fit: `relay talk` says so and sends the over as a
     voice message, which a member collecting with `relay clip receive` gets whole."""
     wav = speech_file(tmp_path / "short.wav", 2.0, seed=3)
-    ether, url = start_ether("--preset", "MEDIUM_FAST")
+    ether, url = start_ether("--preset", "MEDIUM_FAST", log=tmp_path / "ether.log")
     procs: list[subprocess.Popen] = []
     try:
         ben = relay_proc(
@@ -217,14 +206,7 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
             "--duration", "150", "--json", "--home", homes["ben"], out=tmp_path / "ben",
         )  # fmt: skip
         procs.append(ben)
-        wait_until(
-            lambda: (
-                (tmp_path / "ben.err").exists()
-                and "collecting" in (tmp_path / "ben.err").read_text()
-            ),
-            15,
-            "ben",
-        )
+        wait_for_text(tmp_path / "ben.err", "collecting")
         ana = relay_proc(
             "talk", "net", "--link", f"{url}?node=ana", "--input", str(wav), "--json",
             "--home", homes["ana"], out=tmp_path / "ana",
@@ -239,12 +221,7 @@ def test_talk_sends_a_voice_message_where_live_voice_does_not_fit(homes, tmp_pat
         got = json.loads((tmp_path / "ben.out").read_text())
         assert [m["id"] for m in got["received"]] == [report["voice_message"]["msg_id"]]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        ether.terminate()
-        ether.communicate(timeout=5)
+        stop_processes(procs, ether)
 
 
 def test_reading_commands_create_no_state(tmp_path) -> None:

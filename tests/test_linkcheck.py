@@ -3,23 +3,14 @@
 import asyncio
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from relay.cli.main import cli
 from relay.emulate.at import Emulator
 from relay.links.at import link as atmod
 from relay.links.at.profile import profile
-from relay.links.sim.channel import clear_registry
 from relay.radio.lora import LoRaParams
 from relay.runtime.linkcheck import check, classify, percentile, probe
-
-
-@pytest.fixture(autouse=True)
-def _fresh_channels():
-    clear_registry()
-    yield
-    clear_registry()
 
 
 def test_probes_tell_intact_damaged_and_foreign_apart() -> None:

@@ -24,7 +24,6 @@ from relay.bridge.pacer import CONTROL_BURST_PACKETS, DEFAULT_CONTROL_SHARE, FUL
 from relay.core.identity import Identity
 from relay.core.room import Room
 from relay.core.wire import Header, PacketType
-from relay.links.sim.channel import clear_registry
 from relay.links.url import open_link
 from relay.runtime.bridge import Bridge, BridgeLink
 from relay.store.counters import MemoryCounters
@@ -34,13 +33,6 @@ MODE = mode_by_name("1600")
 FPP = 6
 PACKETS = 30  # the over: 30 packets of 6 frames, 7.2 s of speech sent at its own pace
 SPACING = 0.24
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ethers():
-    clear_registry()
-    yield
-    clear_registry()
 
 
 def junk(rng: random.Random, hint: int, ptype: PacketType) -> bytes:

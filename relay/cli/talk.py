@@ -375,6 +375,9 @@ async def _talk(
         report["waited_seconds"] = round(loop.time() - start, 3)
         left = floor_seconds_left(m)
         report["grant_seconds"] = round(left, 1)
+        # The "beep" of push-to-talk: from here on what is said goes out (scripts and
+        # tests wait for this line instead of guessing how long the grant took).
+        _note(f"floor granted for {left:.0f} s: on air")
         budget = left - GRANT_MARGIN - fpp * mode.frame_seconds
         if over is not None:
             most = max(1, int(budget / mode.frame_seconds))
