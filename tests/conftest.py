@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,10 @@ from relay.links.sim.channel import clear_registry
 # from a script: every test home is locked with this one (so every test runs the locked path).
 TEST_PASSPHRASE = "correct horse battery staple (tests only)"
 os.environ.setdefault("RELAY_PASSPHRASE", TEST_PASSPHRASE)
+# A command run without --home uses the platform's data directory: point it at a fresh one
+# for this run, so such a test never shares state with another test run (or the user's own
+# home). Set before the test modules import cli_helpers, whose ENV the processes inherit.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="relay-tests-data-")
 
 
 @pytest.fixture

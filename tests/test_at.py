@@ -42,7 +42,7 @@ def url(emu: Emulator, i: int) -> str:
     return emu.url(emu.modules[i], **extra)
 
 
-async def recv(link, timeout: float = 3.0):
+async def recv(link, timeout: float = 15.0):
     return await asyncio.wait_for(link.recv(), timeout)
 
 

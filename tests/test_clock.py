@@ -15,7 +15,7 @@ def test_long_sleep_costs_no_wall_time() -> None:
 
     wall = time.monotonic()
     start, end = run(main())
-    assert time.monotonic() - wall < 0.5
+    assert time.monotonic() - wall < 5.0  # not an hour; seconds at most on a loaded machine
     assert end - start == 3600
 
 

@@ -42,7 +42,19 @@ async def settle(seconds: float = 0.05) -> None:
     await asyncio.sleep(seconds)
 
 
-async def recv(link: RemoteSimLink, timeout: float = 2.0):
+# Waits for what does happen are generous (a loaded machine is slow, not red); they cost
+# nothing when it comes at once.
+WAIT = 15.0
+
+
+async def until(check, timeout: float = WAIT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def recv(link: RemoteSimLink, timeout: float = WAIT):
     return await asyncio.wait_for(link.recv(), timeout)
 
 
@@ -65,8 +77,9 @@ def test_delivery_to_all_others_with_airtime_delay() -> None:
             await a.send(b"x" * 40)
             got_b, got_c = await asyncio.gather(b.recv(), c.recv())
             assert got_b.data == got_c.data == b"x" * 40
-            for got in (got_b, got_c):  # arrival = send + airtime (+ localhost hops)
-                assert FAST.airtime(40) - 0.002 <= got.time - t0 <= FAST.airtime(40) + 0.15
+            # arrival = send + airtime (+ localhost hops and, on a loaded machine, scheduling)
+            for got in (got_b, got_c):
+                assert FAST.airtime(40) - 0.002 <= got.time - t0 <= FAST.airtime(40) + 0.5
             await c.send(b"from carol")
             assert (await recv(a)).data == (await recv(b)).data == b"from carol"
             await settle()
@@ -76,8 +89,7 @@ def test_delivery_to_all_others_with_airtime_delay() -> None:
             assert server.stats.active == 3
             for link in (a, b, c):
                 await link.close()
-            await settle(0.02)
-            assert server.stats.active == 0 and not server.ether.nodes
+            await until(lambda: server.stats.active == 0 and not server.ether.nodes)
 
     asyncio.run(main())
 
@@ -153,12 +165,12 @@ def test_garbage_client_is_dropped_and_others_carry_on(caplog: pytest.LogCapture
             # a stranger speaking HTTP, and a node that goes bad after joining
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert await asyncio.wait_for(reader.read(), 1) != b"x"  # closed on us
+            assert await asyncio.wait_for(reader.read(), WAIT) != b"x"  # closed on us
             bad = await open_remote(f"{server.url}?node=bad")
             assert bad._writer is not None
             bad._writer.write(b"\x00\x03\x63zz")  # unknown frame type
             with pytest.raises(LinkError, match="protocol error"):
-                await asyncio.wait_for(bad.recv(), 1)
+                await asyncio.wait_for(bad.recv(), WAIT)
             await a.send(b"still here")
             assert (await recv(b)).data == b"still here"
             assert server.stats.garbage == 2
@@ -201,7 +213,7 @@ def test_server_shutdown_gives_clients_link_error() -> None:
         await settle(0.01)
         await server.close()
         with pytest.raises(LinkError, match="shutting down"):
-            await asyncio.wait_for(pending, 1)
+            await asyncio.wait_for(pending, WAIT)
         with pytest.raises(LinkError, match="shutting down"):
             await b.send(b"anyone?")
         await a.close()
@@ -241,7 +253,7 @@ def test_handshake_errors() -> None:
             # a client from the future
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"\x00\x07\x01" + MAGIC + b"\x09\x00")
-            assert b"protocol version 9" in await asyncio.wait_for(reader.read(), 1)
+            assert b"protocol version 9" in await asyncio.wait_for(reader.read(), WAIT)
             writer.close()
             assert server.stats.refused == 2
 
@@ -288,7 +300,7 @@ def test_relay_ether_as_a_real_process() -> None:
 
         async def talk() -> bytes:
             await a.send(b"over the process boundary")
-            got = await asyncio.wait_for(b.recv(), 2)
+            got = await asyncio.wait_for(b.recv(), WAIT)
             await a.close()
             await b.close()
             return got.data

@@ -25,7 +25,7 @@ from relay.links.url import open_link
 PKT = [bytes([i]) * 40 for i in range(1, 60)]  # relay-sized datagrams, easy to tell apart
 
 
-async def until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
@@ -102,7 +102,7 @@ def test_tcp_round_trip_settings_and_airtime() -> None:
                 Frame(Command.DATA, PKT[0], 2),
             ]
             tnc.push(data_frame(PKT[1], port=2))
-            assert (await asyncio.wait_for(link.recv(), 2)).data == PKT[1]
+            assert (await asyncio.wait_for(link.recv(), 10)).data == PKT[1]
             assert link.stats.sent == link.stats.received == 1
             # 9600 bit/s: 100 ms key-up + 20 ms tail + (40 + 3 HDLC bytes) x 8 x 1.016 bits
             assert link.airtime(40) == pytest.approx(0.12 + 43 * 8 * 1.016 / 9600)
@@ -130,7 +130,7 @@ def test_tcp_garbage_is_skipped_and_counted() -> None:
             tnc.push(b"\xc0\x0bzzz\xc0")  # unknown command 11
             tnc.push(data_frame(b"short"))  # shorter than anything on air
             tnc.push(data_frame(PKT[4]))
-            got = [(await asyncio.wait_for(link.recv(), 2)).data for _ in range(2)]
+            got = [(await asyncio.wait_for(link.recv(), 10)).data for _ in range(2)]
             assert got == [PKT[2], PKT[4]]
             extra = link.stats.extra
             assert extra["garbage_bytes"] == len(b"cmd:garbage\r\n")
@@ -157,7 +157,7 @@ def test_ax25_link_drops_frames_that_are_not_ui() -> None:
             assert tnc.data()[0] == encode_ui(Address("RELAY"), Address("N0CALL", 1), b"x")
             tnc.push(data_frame(PKT[5]))  # raw, not AX.25
             tnc.push(data_frame(encode_ui(Address("QST"), Address("W1AW"), PKT[6])))
-            assert (await asyncio.wait_for(link.recv(), 2)).data == PKT[6]
+            assert (await asyncio.wait_for(link.recv(), 10)).data == PKT[6]
             assert link.stats.extra["not_ax25_ui"] == 1
             assert link.airtime(1) == pytest.approx(0.12 + (1 + 16 + 3) * 8 * 1.016 / 9600)
         finally:
@@ -193,7 +193,7 @@ def test_tcp_server_restart_mid_stream_resumes_and_counts() -> None:
             for p in PKT[20:23]:
                 await link.send(p)
             tnc.push(data_frame(PKT[23]))
-            assert (await asyncio.wait_for(link.recv(), 2)).data == PKT[23]
+            assert (await asyncio.wait_for(link.recv(), 10)).data == PKT[23]
             await until(lambda: len(tnc.data()) == 16)
             assert link.stats.sent + link.stats.dropped == 23  # every datagram accounted for
         finally:
@@ -353,7 +353,7 @@ def test_serial_on_a_pty_garbage_unplug_and_replug(tmp_path: Path) -> None:
             await until(lambda: tnc.data() == [PKT[0]])
             assert tnc.frames[0] == Frame(Command.TXTAIL, b"\x01")
             tnc.push(b"\r\nTNC restarted\r\n" + data_frame(PKT[1]) + b"\xc0\x00\xdb")
-            assert (await asyncio.wait_for(link.recv(), 2)).data == PKT[1]
+            assert (await asyncio.wait_for(link.recv(), 10)).data == PKT[1]
             assert link.stats.extra["garbage_bytes"] == len(b"\r\nTNC restarted\r\n")
 
             tnc.unplug()  # the device vanishes (USB cable pulled)
@@ -370,7 +370,7 @@ def test_serial_on_a_pty_garbage_unplug_and_replug(tmp_path: Path) -> None:
             await until(lambda: tnc.data() == PKT[2:6])
             assert link.stats.extra["reconnects"] == 1
             tnc.push(data_frame(PKT[6]))
-            assert (await asyncio.wait_for(link.recv(), 2)).data == PKT[6]
+            assert (await asyncio.wait_for(link.recv(), 10)).data == PKT[6]
             assert link.stats.sent == 5 and link.stats.dropped == 0
         finally:
             await link.close()

@@ -79,7 +79,7 @@ class Heard:
     def on_data(self, packet: dict[str, Any], interface: Any) -> None:
         self.got.append((interface, packet["decoded"]["payload"]))
 
-    def wait(self, n: int, timeout: float = 5) -> list[tuple[Any, bytes]]:
+    def wait(self, n: int, timeout: float = 15) -> list[tuple[Any, bytes]]:
         deadline = time.monotonic() + timeout
         while len(self.got) < n and time.monotonic() < deadline:
             time.sleep(0.01)
