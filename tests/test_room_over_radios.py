@@ -98,11 +98,11 @@ async def run_room(
             moderating = asyncio.create_task(
                 moderator.moderate(auto_grant=GRANT_SECONDS, stop=stop)
             )
-            assert await speaker.wait_for_floor(timeout=8.0), "the speaker was never granted"
+            assert await speaker.wait_for_floor(timeout=30.0), "the speaker was never granted"
         granted = loop.time() - t0
         result = await speaker.speak(MODE, frames, fpp)
         await speaker.link.drain()
-        await wait_for_over(listener, timeout=5.0)
+        await wait_for_over(listener, timeout=30.0)  # real time: generous for a loaded machine
         numbers = {
             "fpp": fpp,
             "granted_after_s": round(granted, 2),
