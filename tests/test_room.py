@@ -6,7 +6,10 @@ import pytest
 
 from relay.core import roommsg as msg
 from relay.core.identity import Identity
+from relay.core.keytree import ratchet_step, step_start
 from relay.core.room import (
+    RATCHET_GRACE,
+    RATCHET_SKEW,
     Clip,
     Dropped,
     FloorChanged,
@@ -52,6 +55,7 @@ class Net:
         self.speakers = [self.rooms[i.identity] for i in self.speaker_ids]
         self.listeners = [self.rooms[i.identity] for i in self.listener_ids]
         self.now = T0
+        self.skew: dict[Room, float] = {}  # seconds a member's clock runs ahead of now
 
     def send(self, packet, sender, *, to=None, lose=()):
         """Deliver one packet to everybody else; returns {room: events}."""
@@ -59,7 +63,7 @@ class Net:
         for room in to if to is not None else self.rooms.values():
             if room is sender or room in lose:
                 continue
-            out[room] = room.receive(packet, self.now)
+            out[room] = room.receive(packet, self.now + self.skew.get(room, 0.0))
         return out
 
     def over(self, speaker, frames=20, fpp=4, *, lose_at=()):
@@ -522,3 +526,74 @@ def test_clip_packets_reach_members_once_and_never_from_the_muted():
     assert _of(listener.receive(forced, net.now), Dropped)[0].reason == "muted"
     with pytest.raises(UsageError):
         a.sender.clip(b"", net.now)
+
+
+def _over_across_the_hour(net, speaker, *, lose=None, skip=0):
+    """An over from a second before the hour to past its key's ratchet grace: the speaker
+    keeps the over's key through the ratchet, then moves to the new hour's key (its counters
+    restart). ``lose``: {room: seconds around the switch it hears nothing}; ``skip``: frames
+    the speaker leaves out (DTX) right at the switch. Returns ({room: events}, what it said
+    as {position: frame})."""
+    switch = step_start(ratchet_step(net.now) + 1) + RATCHET_GRACE - RATCHET_SKEW
+    lose = lose or {}
+    events = {room: [] for room in net.rooms.values()}
+    said, position = {}, 0
+    while net.now < switch + 12:
+        if skip and switch <= net.now < switch + 0.16:
+            position += skip
+        frames = [bytes([position % 251, position // 251 % 251]) * 4] * 4
+        said.update((position + i, f) for i, f in enumerate(frames))
+        packet = speaker.voice(MODE, position, frames, net.now)
+        deaf = [room for room, span in lose.items() if abs(net.now - switch) <= span]
+        for room, ev in net.send(packet, speaker, lose=deaf).items():
+            events[room] += ev
+        position += 4
+        net.now += 0.16
+    assert speaker._over_sender(net.now)[1] is speaker.keys  # it moved to the new key
+    for packet in speaker.end_over(net.now):
+        for room, ev in net.send(packet, speaker).items():
+            events[room] += ev
+    return events, said
+
+
+def _placed_as_said(events, said):
+    """Every frame a listener got is where the speaker said it."""
+    for voice in _of(events, Voice):
+        for i, frame in enumerate(voice.frames.frames):
+            assert said[voice.frames.position + i] == frame
+
+
+def test_an_over_outliving_its_keys_ratchet_grace_is_verified_not_forged():
+    """Listeners place the new key's packets after what they heard under the old key (they
+    used to land back near position 0 and the seal read forged), with clocks in step, 100 s
+    ahead, or 200 s behind (the speaker's new key is then the next hour's to them)."""
+    net = Net(1, 4)
+    (a,) = net.speakers
+    in_step, ahead, behind, lossy = net.listeners
+    net.now = step_start(ratchet_step(T0) + 1) - 1.0
+    for room in net.rooms.values():
+        room.tick(net.now)  # KEY is this hour's key (a room's first time names its step)
+    net.skew = {ahead: 100.0, behind: -200.0}
+    _grant(net, a, seconds=400)
+    events, said = _over_across_the_hour(net, a, lose={lossy: 0.5})
+    for li in (in_step, ahead, behind):
+        assert len(_of(events[li], Voice)) == len(said) // 4
+        _placed_as_said(events[li], said)
+        (ended,) = _of(events[li], OverEnded)
+        assert (ended.verdict, ended.frames) == ("verified", len(said))
+    # It lost the packets on either side of the switch: the rest is placed, nothing forged.
+    _placed_as_said(events[lossy], said)
+    assert _of(events[lossy], OverEnded)[0].verdict == "partial"
+    assert not lossy.stats["forged_over"]
+
+
+def test_a_pause_at_the_keys_switch_leaves_the_over_partial_not_forged():
+    net = Net(1, 2)
+    (a,) = net.speakers
+    net.now = step_start(ratchet_step(T0) + 1) - 1.0
+    _grant(net, a, seconds=400)
+    events, said = _over_across_the_hour(net, a, skip=40)
+    for li in net.listeners:
+        _placed_as_said(events[li], said)
+        # The skip cannot be told from loss across two keys' counters: partial, not forged.
+        assert _of(events[li], OverEnded)[0].verdict == "partial"

@@ -1062,7 +1062,19 @@ class Room:
         # 8-bit positions were unwrapped, which heavy loss around pauses can get wrong. The
         # checkpoints (signed, by counter) decide live.
         listening.conflict = listening.conflict or bool(clashes)
+        self._carry_positions(event, listening.last_end)
         return [Voice(event), *self._live_check(listening, event, now)]
+
+    def _carry_positions(self, event: VoiceFrames, last_end: int) -> None:
+        """Tell the receivers of the other hour's key where the floor holder's over stands.
+
+        Near the hour an over runs under two keys (the speaker keeps its over's key through
+        the ratchet's grace, then moves on; see _over_sender), and each key's receiver
+        unwraps positions from its own history: the one the over moves to must continue it,
+        or the rest of the over lands on positions already said (and the seal reads forged)."""
+        for receiver in (self.receiver, self._next_receiver(event.time)):
+            if receiver is not None and receiver.keys is not self._opened_with:
+                receiver.carry_position(event.sender, event.session, last_end, event.time)
 
     # ------------------------------------------------------------------ live checks
     def _flag(
@@ -1376,15 +1388,25 @@ class Room:
     def _vouch_floor(self, issued_at: int, now: float, what: str) -> None:
         """The moderator named the floor holder's session and counter range (signed, at
         ``issued_at``): open the holder's voice under it. Nothing without a range (it would
-        bound nothing) or a session (an all-zero one is "none")."""
+        bound nothing) or a session (an all-zero one is "none").
+
+        Under our current key, and under the key the grant came in if that is another (the
+        previous hour's, within the ratchet's grace: a speaker whose clock is behind ours
+        starts its over under it, and keeps it)."""
         holder, session, span = self.floor, self.floor_session, self.grant_range
         if holder is None or holder == self.me.identity or span is None:
             return
         if session is None or session == bytes(SESSION_LEN):
             return
-        reason = self.receiver.vouch(holder, session, issued_at, now, span[0], span[1])
-        if reason is not None:
-            self.stats[f"{what}_{reason}"] += 1
+        receivers = [self.receiver]
+        if self._opened_with is not self.keys:
+            previous = self._previous[0] if self._previous is not None else None
+            upcoming = self._next[1] if self._next is not None else None
+            receivers += [r for r in (previous, upcoming) if r and r.keys is self._opened_with]
+        for receiver in receivers:
+            reason = receiver.vouch(holder, session, issued_at, now, span[0], span[1])
+            if reason is not None:
+                self.stats[f"{what}_{reason}"] += 1
 
     def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
         if beacon.issued_at < now - STALE_ACTION:
