@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.core import roommsg as msg
-from relay.core.identity import Identity
+from relay.core.identity import Identity, PublicIdentity
 from relay.core.keytree import ratchet_step, step_start
 from relay.core.room import (
     RATCHET_GRACE,
@@ -597,3 +597,51 @@ def test_a_pause_at_the_keys_switch_leaves_the_over_partial_not_forged():
         _placed_as_said(events[li], said)
         # The skip cannot be told from loss across two keys' counters: partial, not forged.
         assert _of(events[li], OverEnded)[0].verdict == "partial"
+
+
+def test_a_beacon_names_a_muted_stranger_in_full_and_the_mute_holds():
+    """Strangers (known from their HELLO only, not enrolled) named by a beacon's prefixes are
+    the members we know: a listener that missed the mute applies it (it used to keep the
+    prefix only, and played the stranger's clips), and so does one that hears of the
+    stranger only after the beacon; an unmute lifts both."""
+    net = Net(speakers=2, listeners=2)
+    stranger, asking = net.speakers
+    missed, late = net.listeners
+    for sp in (stranger, asking):
+        net.send(sp.introduce(net.now), sp, lose=[late])
+    net.send(asking.raise_hand(net.now), asking, to=[net.mod])
+    net.send(net.mod.mute(stranger.me.identity, net.now), net.mod, lose=[missed, late])
+    net.send(net.mod.beacon(net.now), net.mod, to=[missed, late])
+    assert missed.muted == {stranger.me.identity}
+    assert missed.hands == [asking.me.identity]
+    assert late.muted == {stranger.me.identity[:8]}  # never heard of it: a prefix
+    net.send(stranger.introduce(net.now), stranger, to=[late])
+    for li in (missed, late):
+        assert li.is_muted(stranger.me.identity)
+        forced = stranger.sender.clip(b"words", net.now)
+        assert _of(li.receive(forced, net.now), Dropped)[0].reason == "muted"
+    net.send(stranger.raise_hand(net.now), stranger, to=[missed, late])  # not queued
+    assert stranger.me.identity not in missed.hands + late.hands
+    net.send(net.mod.mute(stranger.me.identity, net.now, unmute=True), net.mod)
+    for li in (missed, late):
+        assert not li.is_muted(stranger.me.identity)
+        assert _of(li.receive(stranger.clip(b"words", net.now), net.now), Clip)
+
+
+def test_a_beacon_prefix_naming_two_known_members_mutes_both_and_grants_neither():
+    net = Net(speakers=1, listeners=0)
+    (stranger,) = net.speakers
+    prefix = stranger.me.identity[:8]
+    twin = PublicIdentity(prefix + bytes(24), Identity.generate().public.agreement_key)
+    co_id = Identity.generate()  # a co-moderator who enrolled the twin
+    moderators = [net.mod_id.public, co_id.public]
+    co = Room(ROOM_ID, KEY, 0, moderators, co_id, MemoryCounters(), roster=[twin])
+    net.rooms[co_id.identity] = co
+    net.send(stranger.raise_hand(net.now), stranger)  # co knows it from its HELLO
+    assert stranger.me.identity in co.hands
+    net.send(net.mod.beacon(net.now), net.mod, to=[co])
+    assert co.hands == [prefix]  # which of the two? Not granted on a guess
+    assert co.next_hand() is None
+    net.send(net.mod.mute(stranger.me.identity, net.now), net.mod, lose=[co])
+    net.send(net.mod.beacon(net.now), net.mod, to=[co])
+    assert co.muted == {stranger.me.identity, twin.identity}

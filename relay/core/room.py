@@ -843,7 +843,7 @@ class Room:
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
         self.tick(now)
-        if self.me.identity in self.muted:
+        if self.is_muted(self.me.identity):
             raise UsageError("a moderator muted you in this room")
         return self.sender.clip(payload, now)
 
@@ -1019,7 +1019,7 @@ class Room:
         return self._on_control(event, now)
 
     def _on_voice(self, event: VoiceFrames, now: float) -> list[RoomEvent]:
-        if event.sender != self.floor or event.sender in self.muted:
+        if event.sender != self.floor or self.is_muted(event.sender):
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
         if listening.last_key is not self._opened_with:
@@ -1224,7 +1224,7 @@ class Room:
             # lost), and this is not a new request. (Once it spoke, its hand asks for
             # another over: queued as usual.)
             return [GrantAsked(ident)] if self.is_moderator else []
-        if raised and ident not in self.hands and ident not in self.muted:
+        if raised and ident not in self.hands and not self.is_muted(ident):
             if ident not in self.roster and self._stranger_hands() >= MAX_STRANGER_HANDS:
                 return [self._drop("hand_queue_full", "too many strangers' hands raised")]
             self.hands.append(ident)
@@ -1250,7 +1250,7 @@ class Room:
             if self._opened_with is self._stale_keys:
                 return "old_key"  # after a removal the old key carries control only
             self._expire(event.time)
-            if sender != self.floor or sender in self.muted:
+            if sender != self.floor or self.is_muted(sender):
                 return "floor_violation"
             if self.floor_session is not None and event.session != self.floor_session:
                 return "floor_violation"
@@ -1265,7 +1265,7 @@ class Room:
         if isinstance(event, ClipData):
             if self._opened_with is self._stale_keys:
                 return "old_key"
-            return "muted" if sender in self.muted else None
+            return "muted" if self.is_muted(sender) else None
         if isinstance(event, ControlMessage) and event.kind not in SIGNED_KINDS:
             return "unknown_kind"  # must not move anybody's replay window
         if isinstance(event, ControlMessage):
@@ -1361,6 +1361,8 @@ class Room:
         if kind in (msg.ModAction.MUTE, msg.ModAction.UNMUTE):
             muting = kind == msg.ModAction.MUTE
             (self.muted.add if muting else self.muted.discard)(target)
+            if not muting:
+                self.muted.discard(target[: msg.PREFIX_LEN])  # as a beacon named it
             events: list[RoomEvent] = [MemberChanged(target, "muted" if muting else "unmuted")]
             if muting and target in self.hands:
                 self.hands.remove(target)
@@ -1426,12 +1428,39 @@ class Room:
         if holder is not None and beacon.session == self.floor_session:
             # Late joiners learn the floor holder's session here (the moderator vouches).
             self._vouch_floor(beacon.issued_at, now, "beacon")
-        by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
-        self.hands = [by_prefix.get(p, p) for p in beacon.hands]
-        self.muted = {by_prefix.get(p, p) for p in beacon.muted}
+        by_prefix = self._by_prefix()
+        # A hand is the one member its prefix names; a prefix naming several stays a prefix
+        # (never granted). A mute silences every member its prefix names, so a colliding
+        # prefix cannot leave the muted one heard. Unknown prefixes stay as they are.
+        self.hands = [g[0] if len(g := by_prefix.get(p, ())) == 1 else p for p in beacon.hands]
+        self.muted = {ident for p in beacon.muted for ident in by_prefix.get(p, (p,))}
         if beacon.loss is not None:
             events.append(LossReport(event.sender, beacon.loss, now))
         return events
+
+    def _by_prefix(self) -> dict[bytes, list[bytes]]:
+        """Every member we know in full (enrolled, introduced by HELLO only, ourselves, the
+        floor holder, hands and mutes named in full), by the prefix beacons name them by."""
+        known = (
+            *self.roster,
+            *self.introduced,
+            self.me.identity,
+            *((self.floor,) if self.floor is not None else ()),
+            *self.hands,
+            *self.muted,
+        )
+        by_prefix: dict[bytes, list[bytes]] = {}
+        for ident in known:
+            if len(ident) == msg.ID_LEN:
+                group = by_prefix.setdefault(ident[: msg.PREFIX_LEN], [])
+                if ident not in group:
+                    group.append(ident)
+        return by_prefix
+
+    def is_muted(self, ident: bytes) -> bool:
+        """A moderator muted ``ident``: by name, or by the prefix a beacon named it by (a
+        member we heard of only after the beacon)."""
+        return ident in self.muted or ident[: msg.PREFIX_LEN] in self.muted
 
     def _on_rekey(
         self, event: ControlMessage, fragment: msg.RekeyFragment, now: float
