@@ -599,6 +599,30 @@ def test_a_pause_at_the_keys_switch_leaves_the_over_partial_not_forged():
         assert _of(events[li], OverEnded)[0].verdict == "partial"
 
 
+@pytest.mark.parametrize("lose_seal", [False, True])
+def test_an_over_right_after_one_that_ended_before_the_hour_starts_afresh(lose_seal):
+    """The over before the hour told the next hour's receiver where it stood; its seal (or,
+    if every copy was lost, the next grant) ends that, so the speaker's next over, under
+    the new key seconds later, is placed from 0 again."""
+    net = Net(1, 2)
+    (a,) = net.speakers
+    edge = step_start(ratchet_step(T0) + 1)
+    net.now = edge - 3.0
+    _grant(net, a)
+    for position in range(0, 48, 4):  # 1.9 s, ending a second before the hour
+        net.send(a.voice(MODE, position, [bytes([position]) * 8] * 4, net.now), a)
+        net.now += 0.16
+    for packet in a.end_over(net.now):
+        net.send(packet, a, lose=net.listeners if lose_seal else ())
+    net.now = edge + 0.5
+    _grant(net, a)
+    events = net.over(a, frames=48)
+    assert a.keys is a._over_sender(net.now)[1]  # the new hour's key
+    for li in net.listeners:
+        assert [v.frames.position for v in _of(events[li], Voice)] == list(range(0, 48, 4))
+        assert _of(events[li], OverEnded)[0].verdict == "verified"
+
+
 def test_a_beacon_names_a_muted_stranger_in_full_and_the_mute_holds():
     """Strangers (known from their HELLO only, not enrolled) named by a beacon's prefixes are
     the members we know: a listener that missed the mute applies it (it used to keep the

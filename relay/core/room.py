@@ -1062,19 +1062,29 @@ class Room:
         # 8-bit positions were unwrapped, which heavy loss around pauses can get wrong. The
         # checkpoints (signed, by counter) decide live.
         listening.conflict = listening.conflict or bool(clashes)
-        self._carry_positions(event, listening.last_end)
+        self._carry_positions(event.sender, event.session, listening.last_end, now)
         return [Voice(event), *self._live_check(listening, event, now)]
 
-    def _carry_positions(self, event: VoiceFrames, last_end: int) -> None:
-        """Tell the receivers of the other hour's key where the floor holder's over stands.
+    def _carry_positions(
+        self, speaker: bytes, session: bytes, last: int | None, now: float
+    ) -> None:
+        """Tell the receivers of a later hour's key where the floor holder's over stands
+        (``last``: its last frame; None: the over ended, or a new grant starts another).
 
         Near the hour an over runs under two keys (the speaker keeps its over's key through
         the ratchet's grace, then moves on; see _over_sender), and each key's receiver
         unwraps positions from its own history: the one the over moves to must continue it,
-        or the rest of the over lands on positions already said (and the seal reads forged)."""
-        for receiver in (self.receiver, self._next_receiver(event.time)):
-            if receiver is not None and receiver.keys is not self._opened_with:
-                receiver.carry_position(event.sender, event.session, last_end, event.time)
+        or the rest of the over lands on positions already said (and the seal reads forged).
+        The next over starts afresh at 0, whatever key it comes under."""
+        if last is None:
+            previous = self._previous[0] if self._previous is not None else None
+            upcoming = self._next[1] if self._next is not None else None
+            receivers = [self.receiver, previous, upcoming]
+        else:
+            receivers = [self.receiver, self._next_receiver(now)]
+        for receiver in receivers:
+            if receiver is not None and (last is None or receiver.keys is not self._opened_with):
+                receiver.carry_position(speaker, session, last, now)
 
     # ------------------------------------------------------------------ live checks
     def _flag(
@@ -1354,6 +1364,8 @@ class Room:
                 self.hands.remove(target)
             self._keep_listening(target)
             self._listening.pop(target, None)
+            if speaker_session is not None:
+                self._carry_positions(target, speaker_session, None, now)
             return [FloorChanged(target, self.floor_until)]
         if kind == msg.ModAction.REVOKE:
             self.floor = None
@@ -1424,6 +1436,7 @@ class Room:
             if holder is not None:
                 self.receiver.add_sender(holder)
                 self._keep_listening(holder)
+                self._carry_positions(holder, beacon.session, None, now)
             events.append(FloorChanged(holder, self.floor_until))
         if holder is not None and beacon.session == self.floor_session:
             # Late joiners learn the floor holder's session here (the moderator vouches).
@@ -1498,6 +1511,7 @@ class Room:
         if self._sealed.get(sealed_key) == seal.grant_seq:
             return []  # a repeated copy of a seal already handled
         self._sealed[sealed_key] = seal.grant_seq
+        self._carry_positions(speaker, event.session, None, event.time)
         listening = self._listening.pop(speaker, _Listening())
         if self.floor == speaker:
             self.floor = None

@@ -692,9 +692,10 @@ class Receiver:
         return None
 
     def carry_position(
-        self, identity: bytes, session: bytes, last_position: int, now: float
+        self, identity: bytes, session: bytes, last_position: int | None, now: float
     ) -> None:
-        """The sender's over, heard under another key, stands at frame ``last_position``.
+        """The sender's over, heard under another key, stands at frame ``last_position``
+        (None: that over ended; forget what was carried here).
 
         At the hourly ratchet a speaker keeps its over's key for a grace, then moves to the
         new one, whose counters restart. Positions are 8 bits on the wire, unwrapped from the
@@ -704,6 +705,10 @@ class Receiver:
         peer = self._peers.get(identity)
         state = peer.sessions.get(session) if peer is not None else None
         if state is None:
+            return
+        if last_position is None:
+            if state.last_counter is None:
+                state.last_position, state.last_counter = None, 0
             return
         if (
             state.last_position is not None
