@@ -304,8 +304,8 @@ def test_a_key_rotation_mid_over_neither_crashes_the_speaker_nor_flags_it() -> N
     assert t.ana.epoch == t.ben.epoch == 1
     events = t.speak(14)
     assert _of(events, SpeechVerified) and not _of(events, SpeechFlagged)
-    t.seal()  # (its verdict is not asserted: an over outliving its key's grace shows forged
-    # at the seal, on main too: positions restart with the new key's counters)
+    (ended,) = _of(t.seal(), OverEnded)  # the new key's receiver continued the positions
+    assert ended.verdict == "verified"
     assert not t.ben.stats["flagged_speech"]
 
 
@@ -384,8 +384,8 @@ def test_an_over_across_the_hourly_ratchet_is_checked_without_false_flags() -> N
     assert t.ana._over_sender(t.now)[1] is t.ana.keys  # it moved to the new hour's key
     verified = sum(len(e.packets) for e in _of(events, SpeechVerified))
     assert not _of(events, SpeechFlagged) and verified >= 1300 - 2 * 11
-    t.seal()  # (its verdict is not asserted: an over outliving its key's grace shows forged
-    # at the seal, on main too: positions restart with the new key's counters)
+    (ended,) = _of(t.seal(), OverEnded)  # the new key's receiver continued the positions
+    assert ended.verdict == "verified"
     assert not t.ben.stats["flagged_speech"]
 
 
