@@ -58,7 +58,7 @@ class Broker:
         self.logfile = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 5.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:  # a poll: generous for a loaded machine
         assert self.proc is None
         deadline = time.monotonic() + timeout
         with self.logfile.open("ab") as out:
