@@ -462,7 +462,7 @@ def test_a_listener_stopped_mid_over_keeps_what_it_heard(homes, tmp_path) -> Non
         )  # fmt: skip
         procs.append(talk)
         wait_for_text(tmp_path / "ana.err", "on air")  # the talker's first words go out now
-        time.sleep(2.5)  # about 2.5 s of the 8 s over have been said
+        time.sleep(2.0)  # about 2 s of the 8 s over have been said
         for sig, proc in listeners.items():
             proc.send_signal(sig)
         for sig, proc in listeners.items():
