@@ -40,7 +40,6 @@ from relay.runtime.voice import (
     RoomClock,
     TalkResult,
     batches,
-    send_checkpoint,
     speak,
 )
 from relay.voice.adapt import ModePolicy
@@ -358,7 +357,7 @@ class RoomNode:
             self.clock,
             redundant,
             positions,
-            self.room.checkpoint,
+            self.room.live_packets,
         )
 
     async def speak_over(self, over: EncodedOver, frames_per_packet: int) -> TalkResult:
@@ -411,7 +410,9 @@ class RoomNode:
             packet = self.room.voice(mode, first, batch, self.clock(), copies)
             await self.link.send(packet)
             result.count(packet, len(batch), mode.bytes_per_frame)
-            await send_checkpoint(self.link, self.room.checkpoint, self.clock(), result)
+            for extra in self.room.live_packets():
+                await self.link.send(extra)
+                result.count(extra)
 
     # ---------------------------------------------------------------- moderating
     async def grant_floor(self, member: bytes, seconds: int) -> None:
