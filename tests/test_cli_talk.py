@@ -425,7 +425,7 @@ def test_listen_verified_only_flags_injected_words(tmp_path, capsys) -> None:
         return said, heard, round(loop.time())
 
     said, heard, _ = run(scenario(), virtual=True)
-    assert said["granted"] and said["checkpoints"] >= 3
+    assert said["granted"] and said["live_bytes"] >= 2 * said["voice_packets"]
     assert heard["verified_only"] and heard["verified_packets"] >= said["voice_packets"] - 2, heard[
         "dropped"
     ]

@@ -32,7 +32,7 @@ from relay.core.room import (
     Voice,
 )
 from relay.core.roommsg import PREFIX_LEN
-from relay.core.wire import VOICE_PACKET_OVERHEAD
+from relay.core.wire import VOICE_PACKET_MAX_OVERHEAD
 from relay.links.base import Datagram, Link
 from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import (
@@ -145,7 +145,7 @@ def quiet_limit(link: Link) -> float:
     comes from radios even where the link is MQTT with a larger MTU) and twice its airtime
     (one more packet may be ahead of it on the channel)."""
     size = min(link.mtu, LORA_MAX_PAYLOAD)
-    room = max(0, size - VOICE_PACKET_OVERHEAD)
+    room = max(0, size - VOICE_PACKET_MAX_OVERHEAD)
     capture = max((room // m.bytes_per_frame) * m.frame_seconds for m in MODES)
     return MAX_SKIP + capture + 2 * link.airtime(size)
 
