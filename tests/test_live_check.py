@@ -436,7 +436,8 @@ def test_a_key_rotation_mid_over_neither_crashes_the_speaker_nor_flags_it() -> N
     # The speaker's signed rebase carries its intervals on under the new key: all but the
     # packet before it and the last interval (the seal's) are verified live.
     assert sum(len(e.packets) for e in _of(events, SpeechVerified)) >= 14 - 1 - 4
-    assert _of(t.seal(), OverEnded)[0].verdict == "verified"
+    (ended,) = _of(t.seal(), OverEnded)  # the new key's receiver continued the positions
+    assert ended.verdict == "verified"
     assert not t.ben.stats["flagged_speech"]
 
 
@@ -511,7 +512,8 @@ def test_an_over_across_the_hourly_ratchet_is_checked_without_false_flags() -> N
     assert t.ana._over_sender(t.now)[1] is t.ana.keys  # it moved to the new hour's key
     verified = sum(len(e.packets) for e in _of(events, SpeechVerified))
     assert not _of(events, SpeechFlagged) and verified >= 1300 - 12
-    t.seal()
+    (ended,) = _of(t.seal(), OverEnded)  # the new key's receiver continued the positions
+    assert ended.verdict == "verified"
     assert not t.ben.stats["flagged_speech"]
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from relay.core import roommsg as msg
-from relay.core.identity import Identity
+from relay.core.identity import Identity, PublicIdentity
+from relay.core.keytree import ratchet_step, step_start
 from relay.core.room import (
+    RATCHET_GRACE,
+    RATCHET_SKEW,
     Clip,
     Dropped,
     FloorChanged,
@@ -52,6 +55,7 @@ class Net:
         self.speakers = [self.rooms[i.identity] for i in self.speaker_ids]
         self.listeners = [self.rooms[i.identity] for i in self.listener_ids]
         self.now = T0
+        self.skew: dict[Room, float] = {}  # seconds a member's clock runs ahead of now
 
     def send(self, packet, sender, *, to=None, lose=()):
         """Deliver one packet to everybody else; returns {room: events}."""
@@ -59,7 +63,7 @@ class Net:
         for room in to if to is not None else self.rooms.values():
             if room is sender or room in lose:
                 continue
-            out[room] = room.receive(packet, self.now)
+            out[room] = room.receive(packet, self.now + self.skew.get(room, 0.0))
         return out
 
     def over(self, speaker, frames=20, fpp=4, *, lose_at=()):
@@ -529,3 +533,146 @@ def test_clip_packets_reach_members_once_and_never_from_the_muted():
     assert _of(listener.receive(forced, net.now), Dropped)[0].reason == "muted"
     with pytest.raises(UsageError):
         a.sender.clip(b"", net.now)
+
+
+def _over_across_the_hour(net, speaker, *, lose=None, skip=0):
+    """An over from a second before the hour to past its key's ratchet grace: the speaker
+    keeps the over's key through the ratchet, then moves to the new hour's key (its counters
+    restart). ``lose``: {room: seconds around the switch it hears nothing}; ``skip``: frames
+    the speaker leaves out (DTX) right at the switch. Returns ({room: events}, what it said
+    as {position: frame})."""
+    switch = step_start(ratchet_step(net.now) + 1) + RATCHET_GRACE - RATCHET_SKEW
+    lose = lose or {}
+    events = {room: [] for room in net.rooms.values()}
+    said, position = {}, 0
+    while net.now < switch + 12:
+        if skip and switch <= net.now < switch + 0.16:
+            position += skip
+        frames = [bytes([position % 251, position // 251 % 251]) * 4] * 4
+        said.update((position + i, f) for i, f in enumerate(frames))
+        packet = speaker.voice(MODE, position, frames, net.now)
+        deaf = [room for room, span in lose.items() if abs(net.now - switch) <= span]
+        for room, ev in net.send(packet, speaker, lose=deaf).items():
+            events[room] += ev
+        position += 4
+        net.now += 0.16
+    assert speaker._over_sender(net.now)[1] is speaker.keys  # it moved to the new key
+    for packet in speaker.end_over(net.now):
+        for room, ev in net.send(packet, speaker).items():
+            events[room] += ev
+    return events, said
+
+
+def _placed_as_said(events, said):
+    """Every frame a listener got is where the speaker said it."""
+    for voice in _of(events, Voice):
+        for i, frame in enumerate(voice.frames.frames):
+            assert said[voice.frames.position + i] == frame
+
+
+def test_an_over_outliving_its_keys_ratchet_grace_is_verified_not_forged():
+    """Listeners place the new key's packets after what they heard under the old key (they
+    used to land back near position 0 and the seal read forged), with clocks in step, 100 s
+    ahead, or 200 s behind (the speaker's new key is then the next hour's to them)."""
+    net = Net(1, 4)
+    (a,) = net.speakers
+    in_step, ahead, behind, lossy = net.listeners
+    net.now = step_start(ratchet_step(T0) + 1) - 1.0
+    for room in net.rooms.values():
+        room.tick(net.now)  # KEY is this hour's key (a room's first time names its step)
+    net.skew = {ahead: 100.0, behind: -200.0}
+    _grant(net, a, seconds=400)
+    events, said = _over_across_the_hour(net, a, lose={lossy: 0.5})
+    for li in (in_step, ahead, behind):
+        assert len(_of(events[li], Voice)) == len(said) // 4
+        _placed_as_said(events[li], said)
+        (ended,) = _of(events[li], OverEnded)
+        assert (ended.verdict, ended.frames) == ("verified", len(said))
+    # It lost the packets on either side of the switch: the rest is placed, nothing forged.
+    _placed_as_said(events[lossy], said)
+    assert _of(events[lossy], OverEnded)[0].verdict == "partial"
+    assert not lossy.stats["forged_over"]
+
+
+def test_a_pause_at_the_keys_switch_leaves_the_over_partial_not_forged():
+    net = Net(1, 2)
+    (a,) = net.speakers
+    net.now = step_start(ratchet_step(T0) + 1) - 1.0
+    _grant(net, a, seconds=400)
+    events, said = _over_across_the_hour(net, a, skip=40)
+    for li in net.listeners:
+        _placed_as_said(events[li], said)
+        # The skip cannot be told from loss across two keys' counters: partial, not forged.
+        assert _of(events[li], OverEnded)[0].verdict == "partial"
+
+
+@pytest.mark.parametrize("lose_seal", [False, True])
+def test_an_over_right_after_one_that_ended_before_the_hour_starts_afresh(lose_seal):
+    """The over before the hour told the next hour's receiver where it stood; its seal (or,
+    if every copy was lost, the next grant) ends that, so the speaker's next over, under
+    the new key seconds later, is placed from 0 again."""
+    net = Net(1, 2)
+    (a,) = net.speakers
+    edge = step_start(ratchet_step(T0) + 1)
+    net.now = edge - 3.0
+    _grant(net, a)
+    for position in range(0, 48, 4):  # 1.9 s, ending a second before the hour
+        net.send(a.voice(MODE, position, [bytes([position]) * 8] * 4, net.now), a)
+        net.now += 0.16
+    for packet in a.end_over(net.now):
+        net.send(packet, a, lose=net.listeners if lose_seal else ())
+    net.now = edge + 0.5
+    _grant(net, a)
+    events = net.over(a, frames=48)
+    assert a.keys is a._over_sender(net.now)[1]  # the new hour's key
+    for li in net.listeners:
+        assert [v.frames.position for v in _of(events[li], Voice)] == list(range(0, 48, 4))
+        assert _of(events[li], OverEnded)[0].verdict == "verified"
+
+
+def test_a_beacon_names_a_muted_stranger_in_full_and_the_mute_holds():
+    """Strangers (known from their HELLO only, not enrolled) named by a beacon's prefixes are
+    the members we know: a listener that missed the mute applies it (it used to keep the
+    prefix only, and played the stranger's clips), and so does one that hears of the
+    stranger only after the beacon; an unmute lifts both."""
+    net = Net(speakers=2, listeners=2)
+    stranger, asking = net.speakers
+    missed, late = net.listeners
+    for sp in (stranger, asking):
+        net.send(sp.introduce(net.now), sp, lose=[late])
+    net.send(asking.raise_hand(net.now), asking, to=[net.mod])
+    net.send(net.mod.mute(stranger.me.identity, net.now), net.mod, lose=[missed, late])
+    net.send(net.mod.beacon(net.now), net.mod, to=[missed, late])
+    assert missed.muted == {stranger.me.identity}
+    assert missed.hands == [asking.me.identity]
+    assert late.muted == {stranger.me.identity[:8]}  # never heard of it: a prefix
+    net.send(stranger.introduce(net.now), stranger, to=[late])
+    for li in (missed, late):
+        assert li.is_muted(stranger.me.identity)
+        forced = stranger.sender.clip(b"words", net.now)
+        assert _of(li.receive(forced, net.now), Dropped)[0].reason == "muted"
+    net.send(stranger.raise_hand(net.now), stranger, to=[missed, late])  # not queued
+    assert stranger.me.identity not in missed.hands + late.hands
+    net.send(net.mod.mute(stranger.me.identity, net.now, unmute=True), net.mod)
+    for li in (missed, late):
+        assert not li.is_muted(stranger.me.identity)
+        assert _of(li.receive(stranger.clip(b"words", net.now), net.now), Clip)
+
+
+def test_a_beacon_prefix_naming_two_known_members_mutes_both_and_grants_neither():
+    net = Net(speakers=1, listeners=0)
+    (stranger,) = net.speakers
+    prefix = stranger.me.identity[:8]
+    twin = PublicIdentity(prefix + bytes(24), Identity.generate().public.agreement_key)
+    co_id = Identity.generate()  # a co-moderator who enrolled the twin
+    moderators = [net.mod_id.public, co_id.public]
+    co = Room(ROOM_ID, KEY, 0, moderators, co_id, MemoryCounters(), roster=[twin])
+    net.rooms[co_id.identity] = co
+    net.send(stranger.raise_hand(net.now), stranger)  # co knows it from its HELLO
+    assert stranger.me.identity in co.hands
+    net.send(net.mod.beacon(net.now), net.mod, to=[co])
+    assert co.hands == [prefix]  # which of the two? Not granted on a guess
+    assert co.next_hand() is None
+    net.send(net.mod.mute(stranger.me.identity, net.now), net.mod, lose=[co])
+    net.send(net.mod.beacon(net.now), net.mod, to=[co])
+    assert co.muted == {stranger.me.identity, twin.identity}

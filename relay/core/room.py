@@ -871,7 +871,7 @@ class Room:
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
         self.tick(now)
-        if self.me.identity in self.muted:
+        if self.is_muted(self.me.identity):
             raise UsageError("a moderator muted you in this room")
         return self.sender.clip(payload, now)
 
@@ -1034,7 +1034,7 @@ class Room:
         return self._on_control(event, now)
 
     def _on_voice(self, event: VoiceFrames, now: float) -> list[RoomEvent]:
-        if event.sender != self.floor or event.sender in self.muted:
+        if event.sender != self.floor or self.is_muted(event.sender):
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
         if listening.last_key is not self._opened_with:
@@ -1078,7 +1078,29 @@ class Room:
         # 8-bit positions were unwrapped, which heavy loss around pauses can get wrong. The
         # live MACs (by counter, low position bits) decide live.
         listening.conflict = listening.conflict or bool(clashes)
+        self._carry_positions(event.sender, event.session, listening.last_end, now)
         return [Voice(event), *self._live_check(listening, event, now)]
+
+    def _carry_positions(
+        self, speaker: bytes, session: bytes, last: int | None, now: float
+    ) -> None:
+        """Tell the receivers of a later hour's key where the floor holder's over stands
+        (``last``: its last frame; None: the over ended, or a new grant starts another).
+
+        Near the hour an over runs under two keys (the speaker keeps its over's key through
+        the ratchet's grace, then moves on; see _over_sender), and each key's receiver
+        unwraps positions from its own history: the one the over moves to must continue it,
+        or the rest of the over lands on positions already said (and the seal reads forged).
+        The next over starts afresh at 0, whatever key it comes under."""
+        if last is None:
+            previous = self._previous[0] if self._previous is not None else None
+            upcoming = self._next[1] if self._next is not None else None
+            receivers = [self.receiver, previous, upcoming]
+        else:
+            receivers = [self.receiver, self._next_receiver(now)]
+        for receiver in receivers:
+            if receiver is not None and (last is None or receiver.keys is not self._opened_with):
+                receiver.carry_position(speaker, session, last, now)
 
     # ------------------------------------------------------------------ live checks
     def _flag(
@@ -1237,7 +1259,7 @@ class Room:
             # lost), and this is not a new request. (Once it spoke, its hand asks for
             # another over: queued as usual.)
             return [GrantAsked(ident)] if self.is_moderator else []
-        if raised and ident not in self.hands and ident not in self.muted:
+        if raised and ident not in self.hands and not self.is_muted(ident):
             if ident not in self.roster and self._stranger_hands() >= MAX_STRANGER_HANDS:
                 return [self._drop("hand_queue_full", "too many strangers' hands raised")]
             self.hands.append(ident)
@@ -1263,7 +1285,7 @@ class Room:
             if self._opened_with is self._stale_keys:
                 return "old_key"  # after a removal the old key carries control only
             self._expire(event.time)
-            if sender != self.floor or sender in self.muted:
+            if sender != self.floor or self.is_muted(sender):
                 return "floor_violation"
             if self.floor_session is not None and event.session != self.floor_session:
                 return "floor_violation"
@@ -1278,7 +1300,7 @@ class Room:
         if isinstance(event, ClipData):
             if self._opened_with is self._stale_keys:
                 return "old_key"
-            return "muted" if sender in self.muted else None
+            return "muted" if self.is_muted(sender) else None
         if isinstance(event, ControlMessage) and event.kind not in SIGNED_KINDS:
             return "unknown_kind"  # must not move anybody's replay window
         if isinstance(event, ControlMessage):
@@ -1368,6 +1390,8 @@ class Room:
                 self.hands.remove(target)
             self._keep_listening(target)
             self._listening.pop(target, None)
+            if speaker_session is not None:
+                self._carry_positions(target, speaker_session, None, now)
             return [FloorChanged(target, self.floor_until)]
         if kind == msg.ModAction.REVOKE:
             self.floor = None
@@ -1375,6 +1399,8 @@ class Room:
         if kind in (msg.ModAction.MUTE, msg.ModAction.UNMUTE):
             muting = kind == msg.ModAction.MUTE
             (self.muted.add if muting else self.muted.discard)(target)
+            if not muting:
+                self.muted.discard(target[: msg.PREFIX_LEN])  # as a beacon named it
             events: list[RoomEvent] = [MemberChanged(target, "muted" if muting else "unmuted")]
             if muting and target in self.hands:
                 self.hands.remove(target)
@@ -1402,15 +1428,25 @@ class Room:
     def _vouch_floor(self, issued_at: int, now: float, what: str) -> None:
         """The moderator named the floor holder's session and counter range (signed, at
         ``issued_at``): open the holder's voice under it. Nothing without a range (it would
-        bound nothing) or a session (an all-zero one is "none")."""
+        bound nothing) or a session (an all-zero one is "none").
+
+        Under our current key, and under the key the grant came in if that is another (the
+        previous hour's, within the ratchet's grace: a speaker whose clock is behind ours
+        starts its over under it, and keeps it)."""
         holder, session, span = self.floor, self.floor_session, self.grant_range
         if holder is None or holder == self.me.identity or span is None:
             return
         if session is None or session == bytes(SESSION_LEN):
             return
-        reason = self.receiver.vouch(holder, session, issued_at, now, span[0], span[1])
-        if reason is not None:
-            self.stats[f"{what}_{reason}"] += 1
+        receivers = [self.receiver]
+        if self._opened_with is not self.keys:
+            previous = self._previous[0] if self._previous is not None else None
+            upcoming = self._next[1] if self._next is not None else None
+            receivers += [r for r in (previous, upcoming) if r and r.keys is self._opened_with]
+        for receiver in receivers:
+            reason = receiver.vouch(holder, session, issued_at, now, span[0], span[1])
+            if reason is not None:
+                self.stats[f"{what}_{reason}"] += 1
 
     def _on_beacon(self, event: ControlMessage, beacon: msg.Beacon, now: float) -> list[RoomEvent]:
         if beacon.issued_at < now - STALE_ACTION:
@@ -1427,16 +1463,44 @@ class Room:
             if holder is not None:
                 self.receiver.add_sender(holder)
                 self._keep_listening(holder)
+                self._carry_positions(holder, beacon.session, None, now)
             events.append(FloorChanged(holder, self.floor_until))
         if holder is not None and beacon.session == self.floor_session:
             # Late joiners learn the floor holder's session here (the moderator vouches).
             self._vouch_floor(beacon.issued_at, now, "beacon")
-        by_prefix = {ident[: msg.PREFIX_LEN]: ident for ident in self.roster}
-        self.hands = [by_prefix.get(p, p) for p in beacon.hands]
-        self.muted = {by_prefix.get(p, p) for p in beacon.muted}
+        by_prefix = self._by_prefix()
+        # A hand is the one member its prefix names; a prefix naming several stays a prefix
+        # (never granted). A mute silences every member its prefix names, so a colliding
+        # prefix cannot leave the muted one heard. Unknown prefixes stay as they are.
+        self.hands = [g[0] if len(g := by_prefix.get(p, ())) == 1 else p for p in beacon.hands]
+        self.muted = {ident for p in beacon.muted for ident in by_prefix.get(p, (p,))}
         if beacon.loss is not None:
             events.append(LossReport(event.sender, beacon.loss, now))
         return events
+
+    def _by_prefix(self) -> dict[bytes, list[bytes]]:
+        """Every member we know in full (enrolled, introduced by HELLO only, ourselves, the
+        floor holder, hands and mutes named in full), by the prefix beacons name them by."""
+        known = (
+            *self.roster,
+            *self.introduced,
+            self.me.identity,
+            *((self.floor,) if self.floor is not None else ()),
+            *self.hands,
+            *self.muted,
+        )
+        by_prefix: dict[bytes, list[bytes]] = {}
+        for ident in known:
+            if len(ident) == msg.ID_LEN:
+                group = by_prefix.setdefault(ident[: msg.PREFIX_LEN], [])
+                if ident not in group:
+                    group.append(ident)
+        return by_prefix
+
+    def is_muted(self, ident: bytes) -> bool:
+        """A moderator muted ``ident``: by name, or by the prefix a beacon named it by (a
+        member we heard of only after the beacon)."""
+        return ident in self.muted or ident[: msg.PREFIX_LEN] in self.muted
 
     def _on_rekey(
         self, event: ControlMessage, fragment: msg.RekeyFragment, now: float
@@ -1474,6 +1538,7 @@ class Room:
         if self._sealed.get(sealed_key) == seal.grant_seq:
             return []  # a repeated copy of a seal already handled
         self._sealed[sealed_key] = seal.grant_seq
+        self._carry_positions(speaker, event.session, None, event.time)
         listening = self._listening.pop(speaker, _Listening())
         if self.floor == speaker:
             self.floor = None

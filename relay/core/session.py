@@ -278,7 +278,9 @@ class _Session:
     anchor: int = -1  # highest counter the sender signed (or a moderator vouched for)
     vouched: int = -1  # highest counter of a range a moderator granted
     last_position: int | None = None  # absolute index of the last frame received
-    last_counter: int = 0
+    # Counter of that frame's packet; None: last_position was carried over from another
+    # key's receiver (see carry_position), whose counters say nothing about ours.
+    last_counter: int | None = 0
     last_time: float = 0.0
 
 
@@ -691,6 +693,33 @@ class Receiver:
             return None
         return None
 
+    def carry_position(
+        self, identity: bytes, session: bytes, last_position: int | None, now: float
+    ) -> None:
+        """The sender's over, heard under another key, stands at frame ``last_position``
+        (None: that over ended; forget what was carried here).
+
+        At the hourly ratchet a speaker keeps its over's key for a grace, then moves to the
+        new one, whose counters restart. Positions are 8 bits on the wire, unwrapped from the
+        session's history under this key; without one, the first packet here would be placed
+        back near 0, onto words already said. So the next voice of ``session`` here follows
+        ``last_position``, whatever its counter, until it has a history of its own."""
+        peer = self._peers.get(identity)
+        state = peer.sessions.get(session) if peer is not None else None
+        if state is None:
+            return
+        if last_position is None:
+            if state.last_counter is None:
+                state.last_position, state.last_counter = None, 0
+            return
+        if (
+            state.last_position is not None
+            and state.last_counter is not None
+            and now - state.last_time <= STREAM_GAP
+        ):
+            return  # voice of that session placed under this key already
+        state.last_position, state.last_counter, state.last_time = last_position, None, now
+
     def forget_sender(self, identity: bytes) -> None:
         """Stop accepting a member's packets (removed from the room, or evicted)."""
         peer = self._peers.pop(identity, None)
@@ -767,6 +796,8 @@ class Receiver:
     def _unwrap(session: _Session, counter: int, n: int, low: int, now: float) -> int:
         if session.last_position is None or now - session.last_time > STREAM_GAP:
             return low
+        if session.last_counter is None:  # carried over from another key: follows it
+            return wire.unwrap_position(low, session.last_position + 1, session.last_position + 1)
         expected = session.last_position + 1 + (counter - session.last_counter - 1) * n
         # The estimate above assumes no DTX pause among the packets between, so it may be off
         # by a pause or two. A later counter starts after the last packet (floor), an earlier
