@@ -273,6 +273,14 @@ class Checker(Generic[T]):
         self._arrived: list[int] = []  # counters heard, sorted (the latest MAX_PENDING)
         self._genuine: set[int] = set()  # counters whose MAC the speaker's key confirmed
         self._fake: set[int] = set()  # counters whose MAC or link it contradicted
+        # Packets kept under the key before a rebase (other counters): checked by MAC when
+        # their key comes; verified only if nothing of the next interval came before them.
+        self._carried: list[_Pending[T]] = []
+
+    def adopt(self, old: Checker[T]) -> None:
+        """Take over what the checker of the same over under the key before still kept."""
+        self._carried += [*old._carried, *old._pending.values(), *old._deferred.values()]
+        del self._carried[: max(0, len(self._carried) - MAX_PENDING)]
 
     @property
     def known(self) -> tuple[int, bytes]:
@@ -364,6 +372,16 @@ class Checker(Generic[T]):
                     out.forged.append(pending.item)
                 else:
                     self._deferred[counter] = pending
+        carried, self._carried = self._carried, []
+        for pending in carried:
+            if pending.interval + 1 > known:
+                self._carried.append(pending)
+            elif mac(self._derive(pending.interval + 1), pending.fields) != pending.mac:
+                out.forged.append(pending.item)
+            elif pending.after:
+                out.late += 1  # its evidence is under the old key's counters: no verdict
+            else:
+                out.verified.append(pending.item)
         self._resolve(out)
 
     def _resolve(self, out: Verdicts[T]) -> None:
@@ -394,6 +412,10 @@ class Checker(Generic[T]):
         """(counter, item) of the packets not verified yet (nor found forged or late)."""
         waiting = [*self._pending.items(), *self._deferred.items()]
         return [(c, p.item) for c, p in waiting]
+
+    def carried_items(self) -> list[T]:
+        """Packets kept from under the key before a rebase, not verified yet."""
+        return [p.item for p in self._carried]
 
     def drop(self, counter: int) -> None:
         self._pending.pop(counter, None)

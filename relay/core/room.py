@@ -286,7 +286,10 @@ class _Listening:
     # tell a second packet under one counter; positions verified; whether anything was
     # flagged.
     live: live.Checker[VoiceFrames] | None = None
-    unchecked: dict[int, VoiceFrames] = field(default_factory=dict)  # no checker: for the seal
+    # Packets no checker took (by key id and counter: keys change mid-over), for the seal;
+    # the checker of the key before a key change, until the speaker's rebase adopts it.
+    unchecked: dict[tuple[str, int], VoiceFrames] = field(default_factory=dict)
+    retired: live.Checker[VoiceFrames] | None = None
     seen: dict[int, tuple[tuple[int, ...], bytes]] = field(default_factory=dict)
     verified: set[int] = field(default_factory=set)
     flagged: bool = False
@@ -1042,7 +1045,8 @@ class Room:
             # (under the grant's key only: another key's counters are not the grant's).
             listening.last_key, listening.last_counter = self._opened_with, None
             listening.seen.clear()
-            listening.unchecked.clear()
+            if listening.live is not None:
+                listening.retired = listening.live
             listening.live = self._live_checker(event.sender)
         clashes: list[int] = []
         if (
@@ -1129,12 +1133,16 @@ class Room:
         if listening.last_key is not self._opened_with:
             listening.last_key, listening.last_counter = self._opened_with, None
             listening.seen.clear()
+        if listening.retired is not None:
+            checker.adopt(listening.retired)  # the old key's packets still await their keys
+            listening.retired = None
         listening.live = checker
         # Packets under this key that came before the rebase: checked now.
         events: list[RoomEvent] = []
-        for counter, heard in sorted(listening.unchecked.items()):
-            if checker.interval(counter) is not None:
-                del listening.unchecked[counter]
+        key_id = self._opened_with.key_id
+        for (kid, counter), heard in list(listening.unchecked.items()):
+            if kid == key_id and checker.interval(counter) is not None:
+                del listening.unchecked[(kid, counter)]
                 events += self._live_check(listening, heard, event.time)
         return events
 
@@ -1155,8 +1163,9 @@ class Room:
         _cap(listening.seen, MAX_PENDING)
         checker = listening.live
         if checker is None:
-            listening.unchecked[event.counter] = event
-            _cap(listening.unchecked, MAX_PENDING)
+            listening.unchecked[(self._opened_with.key_id, event.counter)] = event
+            while len(listening.unchecked) > MAX_PENDING:  # the oldest go first
+                del listening.unchecked[next(iter(listening.unchecked))]
             return []
         if event.redundant_mode is not None and len(event.redundant) != len(event.frames):
             # The receiver dropped FEC copies it placed before the over's start: it can only
@@ -1569,12 +1578,13 @@ class Room:
         # The packets no revealed key covered (the last ones, or all of an over without live
         # checks): the seal verifies their frames where they are the frames it checked (not
         # their FEC copies: it does not cover them).
-        waiting = dict(listening.unchecked)
-        if listening.live is not None:
-            waiting.update(listening.live.pending_items())
+        waiting = list(listening.unchecked.values())
+        for checker in (listening.live, listening.retired):
+            if checker is not None:
+                waiting += [h for _, h in checker.pending_items()] + checker.carried_items()
         tail = tuple(
             replace(heard, redundant=(), redundant_mode=None)
-            for _, heard in sorted(waiting.items())
+            for heard in sorted(waiting, key=lambda h: h.position)
             if all(
                 p in sealed and listening.frames.get(p) == frame
                 for p, frame in zip(_positions(heard), heard.frames, strict=True)
