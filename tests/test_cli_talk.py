@@ -383,7 +383,7 @@ def test_an_introduction_is_remembered_at_once_not_only_on_exit(homes) -> None:
 def test_listen_verified_only_flags_injected_words(tmp_path, capsys) -> None:
     """`relay listen --verified-only` (in-process, virtual time): a key holder injects a
     packet in the speaker's name mid-over; the listener flags it on stderr and in its JSON,
-    and plays only what the speaker's checkpoints and seal verified."""
+    and plays only what the speaker's live keys and seal verified."""
     from relay.cli.talk import _listen, _talk
     from relay.core.session import Sender
     from relay.links.url import open_link
