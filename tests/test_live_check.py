@@ -527,3 +527,4 @@ def test_the_adversary_bench_row_runs_and_no_injected_frame_plays_verified_only(
     assert live_injection in ATTACKS
     row = live_injection(True)
     assert row.tried > 0 and row.played == 0 and row.rejected <= row.tried
+    assert 0 < row.memory_bytes < 4_000_000  # the pending checks are bounded (MAX_PENDING)
