@@ -25,7 +25,7 @@ about one packet in four: :mod:`relay.core.live`), so the voice overhead is
 position byte, N primary frames, then N lower-rate copies of the N frames before the first
 primary, in the mode :data:`FEC_PAIRS` pairs with the primary (sizes make N unambiguous). It is
 sealed and checked exactly like voice; the first packet of an over is plain voice (nothing
-precedes it), so plain voice keeps its 16 bytes. A control packet's plaintext is a kind byte
+precedes it), so plain voice keeps its 18 bytes. A control packet's plaintext is a kind byte
 and a payload. A clip packet's plaintext belongs to the voice-message layer
 (:mod:`relay.clip`); its type is in the clear so that relays can send it after live voice and
 control without reading it.
