@@ -20,6 +20,7 @@ from relay.core.identity import Identity
 from relay.core.keytree import ratchet_step, step_start
 from relay.core.room import (
     MAX_PENDING,
+    Dropped,
     OverEnded,
     Room,
     SpeechFlagged,
@@ -27,6 +28,7 @@ from relay.core.room import (
     Voice,
 )
 from relay.core.session import Sender
+from relay.core.wire import ControlKind
 from relay.demo.live_attack import LiveAttackSettings, run_live_attack
 from relay.errors import PacketError, UsageError
 from relay.radio.profiles import preset
@@ -83,6 +85,16 @@ def test_the_hand_parser_takes_any_bytes(data) -> None:
         assert exc.reason == "malformed"
     else:
         assert msg.pack_hand(raised, anchor) == data or data[1:] == live.NO_ANCHOR
+
+
+@given(st.binary(max_size=30))
+def test_the_rebase_parser_takes_any_bytes(data) -> None:
+    try:
+        base = live.Base.parse(data)
+    except PacketError as exc:
+        assert exc.reason == "malformed"
+    else:
+        assert base.pack() == data
 
 
 def test_impossible_values_are_refused() -> None:
@@ -439,6 +451,22 @@ def test_a_key_rotation_mid_over_neither_crashes_the_speaker_nor_flags_it() -> N
     (ended,) = _of(t.seal(), OverEnded)  # the new key's receiver continued the positions
     assert ended.verdict == "verified"
     assert not t.ben.stats["flagged_speech"]
+
+
+def test_a_rebase_from_another_over_moves_nothing() -> None:
+    """A recorded rebase (signed by the speaker, from an earlier over: another anchor) is
+    refused; the speaker's own rebase after the key change carries the checks on."""
+    t = Trio()
+    t.speak(5)
+    for packet in t.mod.remove(t.eve_id.identity, t.now):
+        t.send(packet, to=[t.ana, t.ben])
+    stale = live.Base(t.ana.sender.next_counter, 0, os.urandom(8))
+    recorded = t.ana.sender.control_signed(ControlKind.LIVE_BASE, stale.pack(), t.ana_id, t.now)
+    (dropped,) = _of(t.send(recorded, to=[t.ben]), Dropped)
+    assert dropped.reason == "stale_live_base"
+    events = t.speak(10)
+    assert not _of(events, SpeechFlagged)
+    assert sum(len(e.packets) for e in _of(events, SpeechVerified)) >= 10 - 1 - 4
 
 
 @settings(max_examples=40, deadline=None)

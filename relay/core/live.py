@@ -199,10 +199,12 @@ class Chain:
 class Base:
     """Where intervals start counting under one room key: the grant's first counter is
     interval 0; after a key change mid-over (a removal, the hourly ratchet), where the
-    speaker's signed rebase says (counters restart under every key)."""
+    speaker's signed rebase says (counters restart under every key). A rebase names the
+    anchor of its over, so a recording of one from another over cannot move this one's."""
 
     counter: int
     interval: int = 0
+    anchor: bytes = bytes(LINK_LEN)  # L_0 of the over's chain (in a rebase)
 
     def interval_of(self, counter: int, per_interval: int) -> int | None:
         if counter < self.counter:
@@ -216,16 +218,20 @@ class Base:
     def pack(self) -> bytes:
         if not 0 <= self.counter < 1 << 24 or not 0 <= self.interval < 1 << 16:
             raise UsageError("a live rebase is a 24-bit counter and a 16-bit interval")
-        return self.counter.to_bytes(3, "big") + self.interval.to_bytes(2, "big")
+        if len(self.anchor) != LINK_LEN:
+            raise UsageError(f"a chain link is {LINK_LEN} bytes")
+        return self.counter.to_bytes(3, "big") + self.interval.to_bytes(2, "big") + self.anchor
 
     @classmethod
     def parse(cls, body: bytes) -> Base:
         if len(body) != BASE_LEN:
             raise PacketError("malformed", f"live rebase of {len(body)} bytes")
-        return cls(int.from_bytes(body[:3], "big"), int.from_bytes(body[3:], "big"))
+        return cls(
+            int.from_bytes(body[:3], "big"), int.from_bytes(body[3:5], "big"), bytes(body[5:])
+        )
 
 
-BASE_LEN = 5
+BASE_LEN = 3 + 2 + LINK_LEN
 
 
 @dataclass

@@ -848,7 +848,7 @@ class Room:
             return live.Base(span[0])
         if self._live_base is not None and self._live_base[0] is keys:
             return self._live_base[1]
-        base = live.Base(sender.next_counter + 2, chain.next_interval)
+        base = live.Base(sender.next_counter + 2, chain.next_interval, chain.anchor.link)
         rebase = sender.control_signed(ControlKind.LIVE_BASE, base.pack(), self.me, now)
         self._live_out.append(rebase)
         self.live_bytes += len(rebase)
@@ -1121,13 +1121,16 @@ class Room:
         if speaker != self.floor or event.session != self.floor_session:
             return [self._drop("floor_violation", "live rebase from a member without the floor")]
         anchor = self.floor_anchor
+        if anchor is None or base.anchor != anchor.link:
+            return [self._drop("stale_live_base", "live rebase of another over")]
+        if self._opened_with is self._grant_keys or self._opened_with is not self.keys:
+            return []  # the grant's own key (its base is the grant's), or not our key now
         listening = self._listening.setdefault(speaker, _Listening())
-        if anchor is None or self._opened_with is self._grant_keys:
-            return []  # no live checks, or the grant's own key (its base is the grant's)
         old = listening.live
         if old is not None and old.base == base and listening.last_key is self._opened_with:
             return []  # a copy
-        known = old.known if old is not None else None
+        source = old if old is not None else listening.retired
+        known = source.known if source is not None else None
         session = self.floor_session or b""
         checker: live.Checker[VoiceFrames] = live.Checker(speaker, session, anchor, base, known)
         if listening.last_key is not self._opened_with:
