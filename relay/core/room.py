@@ -418,6 +418,7 @@ class Room:
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
         self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
+        self._rekey_regranted: int | None = None  # epoch whose rekey a grant sent again
         # Our over in progress keeps the key it started under, through the hour's ratchet
         # (until the grace ends), so its counters run on and listeners can tell DTX skips:
         # (sender, keys, until).
@@ -596,7 +597,8 @@ class Room:
         self._last_issued[key] = max(self._last_issued.get(key, 0), issued_at)
 
     def grant(self, member: bytes, seconds: int, now: float) -> bytes:
-        """Give ``member`` the floor for at most ``seconds``."""
+        """Give ``member`` the floor for at most ``seconds``. After a removal, send what
+        :meth:`due` then holds (a copy of the rekey) before the grant."""
         self._require_moderator()
         self.tick(now)
         if member in self.removed:
@@ -616,6 +618,7 @@ class Room:
         else:
             raise UsageError("that member has not raised a hand (their counter is unknown)")
         extra = first.to_bytes(3, "big") + session + (anchor.pack() if anchor else b"")
+        self._rekey_before_grant(now)
         return self._moderate(
             msg.ModMessage(msg.ModAction.GRANT, member, seconds, int(now), extra), now
         )
@@ -650,6 +653,18 @@ class Room:
         if self._rotates_keys():
             packets += self._rekey(member, now, copies)
         return packets
+
+    def _rekey_before_grant(self, now: float) -> None:
+        """The first grant after a removal, while copies of its rekey are still due, is
+        preceded by one more copy (out of :meth:`due` now): a member that lost the first
+        copy would otherwise lose the next over whole, as the next copy may come only
+        REKEY_DELAYS[1] s later. The later copies keep their times (bursts of loss)."""
+        pending = [item for item in self._scheduled if item[1] == self.epoch]
+        if not pending or self._rekey_regranted == self.epoch:
+            return
+        self._rekey_regranted = self.epoch
+        copy = [(now, epoch, packet) for when, epoch, packet in pending if when == pending[0][0]]
+        self._scheduled = sorted(copy + self._scheduled, key=lambda item: item[0])
 
     def _rotates_keys(self) -> bool:
         """We hold the tree, or (a room without one) we know members' X25519 keys."""

@@ -416,8 +416,12 @@ class RoomNode:
 
     # ---------------------------------------------------------------- moderating
     async def grant_floor(self, member: bytes, seconds: int) -> None:
-        """Grant ``member`` the floor (the grant followed by beacons repeating it)."""
-        await self.announce(self.room.grant(member, seconds, self.clock()))
+        """Grant ``member`` the floor (the grant followed by beacons repeating it). A copy
+        of a recent removal's rekey goes first (see :meth:`Room.grant`): a member that
+        missed the new key cannot read the grant nor the over."""
+        grant = self.room.grant(member, seconds, self.clock())
+        await self.send_due()
+        await self.announce(grant)
 
     async def announce(self, *actions: bytes) -> None:
         """Send moderation ``actions``, then beacons repeating the room's state: a listener
