@@ -397,7 +397,7 @@ def test_a_broker_restart_mid_over_is_survived(tmp_path: Path, mosquitto, monkey
     assert expected > 0.3 * spoken, (after, spoken, marks)
     heard_after = sum(1 for p in real if p >= after) - over.frames_late
     # (0.7: on a loaded 2-core machine a reconnect's backlog arrives late and counts as
-    # missing; alone the test hears 0.9 and more.)
+    # missing: 0.76 was seen once under load.)
     assert heard_after >= 0.7 * expected, (heard_after, expected, ctx)
     # The gap is accounted for. Bridge A heard its island while the broker was down and
     # queued it (its link dropped nothing: the queue is far from full); every packet bridge
