@@ -439,8 +439,8 @@ def live_injection(quick: bool) -> Row:
     """Words injected as the floor holder mid-over. Over the simulated SHORT_FAST channel at
     10 % loss (bench/live_verify.py): how soon listeners flag them, how many injected frames
     a --verified-only listener plays (and a plain one). Sans-I/O: a flood of injected voice
-    under the speaker's session, between its real packets and checkpoints, for what the
-    listener's pending live checks grow by and cost."""
+    under the speaker's session, between its real packets, for what the listener's pending
+    live checks grow by and cost."""
     from bench.live_verify import adversary_row
 
     measured = adversary_row(quick)
@@ -461,9 +461,7 @@ def live_injection(quick: bool) -> Row:
         forger._next, forger._limit = counter + 1 + i % 200, counter + 2 + i % 200
         fake = forger.voice(MODE, 4 * i + 4, [b"\x66" * 8] * 4, cast.now)
         cast.now += 0.16
-        for packet in (real, fake, speaker.checkpoint(cast.now)):
-            if packet is None:
-                continue
+        for packet in (real, fake):
             t = time.process_time()
             events = listener.receive(packet, cast.now)
             if packet is fake:
@@ -472,7 +470,7 @@ def live_injection(quick: bool) -> Row:
         if i % 100 == 99:  # what the live checks hold for it (bounded by MAX_PENDING)
             held = listener._listening.get(cast.sp_id.identity)
             if held is not None:
-                peak = max(peak, deep_size((held.heard, held.expected)))
+                peak = max(peak, deep_size((held.live, held.seen)))
     measured["memory_bytes"] = peak
     measured["cpu_us_per_packet"] = cpu / total * 1e6
     measured["notes"] = (

@@ -1,12 +1,13 @@
-"""Live verification of overs: what checkpoints cost and what they catch.
+"""Live verification of overs: what the live keys cost and what they catch.
 
 For the default configurations (Codec2 1600 at the planner's frames per packet on
 SHORT_FAST and SHORT_TURBO), with and without 10 % random loss: a speaker talks 20 s over the
 simulated channel (virtual time, relay.demo.live_attack) while a key holder injects a packet
-in its name early in four checkpoint intervals. Reported, means over seeds:
+in its name early in four intervals of the speaker's key chain (right after a key reveal).
+Reported, means over seeds:
 
-* bytes the checkpoints add per voice packet (sealed packet bytes; and with the radio's
-  framing, 22 B per packet on Meshtastic);
+* bytes the live checks add per voice packet: trailers and revealed keys on voice packets,
+  the anchor on hand raises, grants and beacons (they add no packets, so no radio framing);
 * seconds from an injected frame's speech time to the listener's flag: a listener that also
   hears the speaker's packet (*raced*) and one that never does (*substituted*);
 * injected frames played by a listener, and by one with --verified-only playout;
@@ -78,9 +79,6 @@ def measure(profile: str, loss: float, fec: bool, dtx: bool, seeds: list[int]) -
         "fec_dtx": fec and dtx,
         "seeds": len(seeds),
         "added_bytes_per_voice_packet": mean([r["added_bytes_per_voice_packet"] for r in runs]),
-        "added_air_bytes_per_voice_packet": mean(
-            [r["added_air_bytes_per_voice_packet"] for r in runs]
-        ),
         "injections_received": received,
         "unflagged": sum(1 for t in raced + substituted if t is None) + unflagged_far,
         "injections_received_far_ahead": len(far_flags),
@@ -117,7 +115,7 @@ def adversary_row(quick: bool) -> dict[str, Any]:
         "notes": (
             f"tried: injected packets received by listeners; rejected: flagged live (max "
             f"{max(r['flag_s_raced_max'], r['flag_s_substituted_max']):.2f} s after their "
-            f"speech time, {r['unflagged']} only at the seal: checkpoint lost); played: "
+            f"speech time, {r['unflagged']} only at the seal: keys lost); played: "
             f"injected frames played with --verified-only ({r['injected_frames_played']} "
             "without); CPU: per datagram a listener took (all of them, decoding included); "
             "memory not measured here (pending checks bounded by MAX_PENDING, tested)"
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rows": rows}))
         return 0
     print(
-        "| preset (fpp) | loss | B/voice packet (+framing) | flag s: raced max / substituted "
+        "| preset (fpp) | loss | B/voice packet | flag s: raced max / substituted "
         "mean, max / counter far ahead max | flagged within 2 s | injected frames played: "
         "plain / verified-only | verified | verified-only plays | mouth-to-ear p50 ms: plain / "
         "verified-only |"
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = f"{r['loss']:.0%}" + (" FEC+DTX" if r["fec_dtx"] else "")
         print(
             f"| {r['preset']} ({r['frames_per_packet']}) | {loss} | "
-            f"{r['added_bytes_per_voice_packet']:.2f} ({r['added_air_bytes_per_voice_packet']:.2f})"
+            f"{r['added_bytes_per_voice_packet']:.2f}"
             f" | {r['flag_s_raced_max']:.2f} / {r['flag_s_substituted_mean']:.2f}, "
             f"{r['flag_s_substituted_max']:.2f} / {r['flag_s_far_ahead_max']:.2f} | "
             f"{r['flagged_within_2s']:.0%} | "

@@ -12,7 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD  # header + tag bytes per packet
+from relay.core.wire import (
+    FEC_PAIRS,
+    LIVE_LINK_LEN,
+    VOICE_PACKET_OVERHEAD,
+)  # header + tag bytes per packet
 from relay.errors import UsageError
 from relay.radio.profiles import RadioProfile
 from relay.voice.modes import MODES, CodecMode, mode_by_name
@@ -240,8 +244,9 @@ class Plan:
 def max_frames_per_packet(
     profile: RadioProfile, mode: CodecMode, overhead: int = VOICE_PACKET_OVERHEAD
 ) -> int:
-    """How many frames of ``mode`` one datagram can carry (0 if not even one)."""
-    return max(0, (profile.mtu - overhead) // mode.bytes_per_frame)
+    """How many frames of ``mode`` one datagram can carry (0 if not even one), with room
+    for the live key one voice packet an interval reveals (relay.core.live)."""
+    return max(0, (profile.mtu - overhead - LIVE_LINK_LEN) // mode.bytes_per_frame)
 
 
 def evaluate(

@@ -62,7 +62,7 @@ def test_demo_json_is_exactly_one_object_with_the_promised_keys(tmp_path):
     ]
     assert set(keys) <= set(report)
     assert set(report["latency_ms"]) >= {"p50", "max"}
-    assert report["overhead_bytes_per_packet"] <= 16
+    assert report["overhead_bytes_per_packet"] <= 18
     assert report["packets_received"] == report["packets_sent"]
     assert report["fits_live"] is True
     info = sf.info(out_wav)

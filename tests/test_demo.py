@@ -162,15 +162,17 @@ def test_talk_sends_one_packet_per_batch_and_an_end_marker():
 
     result, received = run(scenario())
     assert result.packets_sent == 4  # 4 + 4 + 2 frames, then the end marker
-    assert result.datagram_sizes == [48, 48, 32, 28]  # end marker: session, kind, 4-byte count
-    assert [len(d.data) for d in received] == [48, 48, 32, 28]
+    # 18 B a voice packet (2 of them the live trailer, unused outside rooms); end marker:
+    # session, kind, 4-byte count
+    assert result.datagram_sizes == [50, 50, 34, 28]
+    assert [len(d.data) for d in received] == [50, 50, 34, 28]
 
 
 def test_fec_and_dtx_in_the_demo(tmp_path):
     lossy = run_demo(settings(loss=0.15, seed=4), bundled_sample(), tmp_path / "f.wav")
     assert lossy["fec"] is True  # the planner's choice for a lossy link
     assert lossy["packets_lost"] > 0 and lossy["frames_from_fec"] > 0
-    assert lossy["overhead_bytes_per_packet"] == 16  # the first packet is plain voice
+    assert lossy["overhead_bytes_per_packet"] == 18  # the first packet is plain voice
     off = run_demo(settings(loss=0.15, seed=4, fec=False), bundled_sample(), tmp_path / "n.wav")
     assert off["fec"] is False and off["frames_from_fec"] == 0
     assert off["air_bytes"] < lossy["air_bytes"]

@@ -91,12 +91,12 @@ def test_fec_packet_building_refuses_caller_mistakes():
 
 
 # ------------------------------------------------------------------------------ session
-def test_fec_round_trip_and_plain_voice_keeps_16_bytes():
+def test_fec_round_trip_and_plain_voice_keeps_18_bytes():
     sender, receiver = _pair()
     plain = sender.voice(M1600, 0, _frames(M1600, 5), NOW)
-    assert len(plain) == 16 + 40
+    assert len(plain) == 18 + 40
     fec = sender.voice(M1600, 5, _frames(M1600, 5, 9), NOW, _frames(M700, 5, 3))
-    assert len(fec) == 16 + 40 + 20
+    assert len(fec) == 18 + 40 + 20
     assert wire.Header.parse(fec).ptype == wire.PacketType.VOICE_FEC
     receiver.receive(plain, NOW)
     event = receiver.receive(fec, NOW)

@@ -98,6 +98,7 @@ KINDS = [
     str(int(ControlKind.BEACON)),
     str(int(ControlKind.REKEY)),
     str(int(ControlKind.OVER_END)),
+    str(int(ControlKind.LIVE_BASE)),
     "9",  # a kind nobody defined
 ]
 

@@ -89,7 +89,9 @@ class TreeNet:
     def over(self, speaker, frames=12, fpp=4):
         """Raise a hand, get the floor, speak, seal; returns everyone's events."""
         self.send(speaker.raise_hand(self.now), speaker)
-        self.send(self.mod.grant(speaker.me.identity, 30, self.now), self.mod)
+        grant = self.mod.grant(speaker.me.identity, 30, self.now)
+        for packet in [*self.mod.due(self.now), grant]:  # as a moderator's node sends them
+            self.send(packet, self.mod)
         events = {room: [] for room in self.everyone()}
         for first in range(0, frames, fpp):
             packet = speaker.voice(MODE, first, [bytes([first + 1]) * 8] * fpp, self.now)
@@ -184,6 +186,30 @@ def test_lost_wraps_are_recovered_from_later_copies_without_transmitting():
     # The members never produced a packet: receive() only returns events.
     events = net.over(net.speakers[0])
     assert all(_heard(events[m]) == ["verified"] for m in unlucky)
+
+
+def test_a_member_that_lost_the_first_rekey_copy_still_hears_the_next_over():
+    """The floor is granted a second after a removal, long before the rekey's next copy is
+    due (REKEY_DELAYS[1]): the grant goes out after one more copy, so members that lost the
+    first one read the grant and the over (before: they lost the whole over; found by
+    bench/room_latency at 5 % loss). The later copies keep their times, and only the first
+    grant after the removal brings a copy."""
+    net = TreeNet(listeners=30)
+    gone, unlucky = net.listeners[0], net.listeners[1:6]
+    net.send(net.mod.beacon(net.now), net.mod)
+    for p in net.mod.remove(gone.me.identity, net.now):
+        net.send(p, net.mod, lose=unlucky)
+    assert all(m.epoch == 0 for m in unlucky)
+    net.now += 1.0
+    events = net.over(net.speakers[0])
+    assert all(m.epoch == 1 for m in unlucky)
+    assert all(_heard(events[m]) == ["verified"] for m in unlucky)
+    assert not _of(events[gone], Voice)
+    events = net.over(net.speakers[0])  # a second grant: no copy of its own
+    assert all(_heard(events[m]) == ["verified"] for m in net.listeners[1:])
+    net.now = T0 + REKEY_DELAYS[2]
+    assert len(net.mod.due(net.now)) == 2 * 2  # the 10 s and 40 s copies, 2 fragments each
+    assert net.mod.next_due is None
 
 
 def test_a_member_that_missed_every_copy_stays_on_the_old_key_and_says_nothing():

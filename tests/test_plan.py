@@ -19,7 +19,7 @@ M1600 = mode_by_name("1600")
 
 
 def test_overhead_default() -> None:
-    assert VOICE_PACKET_OVERHEAD == 16
+    assert VOICE_PACKET_OVERHEAD == 18  # 16 B of header, position and tag, 2 B live MAC
 
 
 def test_short_fast_fits_live_1600() -> None:
@@ -47,7 +47,7 @@ def test_mode_restricts_rows() -> None:
     result = plan(profile, mode="1600")
     assert {r.mode for r in result.rows} == {M1600}
     fpps = [r.frames_per_packet for r in result.rows]
-    assert fpps == list(range(1, (profile.mtu - 16) // 8 + 1))
+    assert fpps == list(range(1, (profile.mtu - 18 - 8) // 8 + 1))  # room for a live key
     assert result.best is not None and result.best.mode is M1600
     assert plan(profile, mode=M1600).rows == result.rows
     assert {r.mode for r in plan(profile).rows} == set(MODES)
@@ -56,13 +56,13 @@ def test_mode_restricts_rows() -> None:
 def test_row_arithmetic() -> None:
     profile = preset("SHORT_FAST")
     row = evaluate(profile, M1600, 5)
-    assert row.datagram_bytes == 16 + 5 * 8
-    assert row.airtime_per_packet == profile.airtime(56)
+    assert row.datagram_bytes == 18 + 5 * 8
+    assert row.airtime_per_packet == profile.airtime(58)
     # 1600 has 25 frames per second: 5 packets of 5 frames.
-    assert row.airtime_per_second == pytest.approx(5 * profile.airtime(56))
+    assert row.airtime_per_second == pytest.approx(5 * profile.airtime(58))
     assert row.occupancy == row.airtime_per_second
     assert row.relay_occupancy == pytest.approx(2 * row.occupancy)
-    assert row.latency == pytest.approx(6 * 0.04 + profile.airtime(56))
+    assert row.latency == pytest.approx(6 * 0.04 + profile.airtime(58))
 
 
 def test_rows_never_exceed_mtu() -> None:
@@ -111,8 +111,9 @@ def test_latency_bound_advice() -> None:
 
 def test_overhead_argument() -> None:
     profile = preset("SHORT_FAST")
-    assert max_frames_per_packet(profile, M1600, overhead=16) == 27
-    assert max_frames_per_packet(profile, M1600, overhead=33) == 25
+    # (233 - overhead - 8 B for a revealed live key) // 8
+    assert max_frames_per_packet(profile, M1600, overhead=16) == 26
+    assert max_frames_per_packet(profile, M1600, overhead=33) == 24
     assert plan(profile, overhead=33).rows[0].datagram_bytes == 33 + 8
 
 

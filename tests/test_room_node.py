@@ -10,15 +10,19 @@ import asyncio
 import time
 from itertools import pairwise
 
+import numpy as np
 import pytest
 
 from relay.core.identity import Identity
-from relay.core.room import Room
+from relay.core.keytree import KeyTree, ratchet_step
+from relay.core.room import REKEY_DELAYS, Room
 from relay.links.sim.channel import Ether
 from relay.radio.profiles import preset
 from relay.runtime.clock import run
 from relay.runtime.room import RAISE_MAX, RoomNode
 from relay.store.counters import MemoryCounters
+from relay.voice.codec import Encoder
+from relay.voice.modes import mode_by_name
 
 PROFILE = preset("SHORT_FAST")
 
@@ -116,3 +120,84 @@ def test_an_over_may_go_quiet_for_a_pause_and_a_packet_on_its_link() -> None:
     assert 4.0 < quiet_limit(Ether(preset("SHORT_FAST")).attach()) < 5.0
     assert 6.5 < quiet_limit(Ether(preset("LONG_FAST")).attach()) < 10.0
     assert quiet_limit(open_link("mqtt://127.0.0.1:1")) < 5.0  # not opened: no I/O
+
+
+def test_a_listener_that_lost_the_first_rekey_copy_hears_the_over_granted_next() -> None:
+    """The moderator removes a member and grants the floor a second later (as the room demo
+    does): its node sends a copy of the rekey before the grant, so a listener that lost the
+    first copy plays the over instead of refusing it all as `unknown_sender` until the copy
+    REKEY_DELAYS[1] s later (found by bench/room_latency at 5 % loss)."""
+    mode = mode_by_name("1600")
+
+    async def scenario() -> tuple[RoomNode, int]:
+        loop = asyncio.get_running_loop()
+        epoch = time.time() - loop.time()
+
+        def clock() -> float:
+            return epoch + loop.time()
+
+        ether = Ether(PROFILE, seed=1, lbt=True)
+        room_id, key = bytes(range(8)), bytes(range(32))
+        mod_id, sp_id, li_id, gone_id = (Identity.generate() for _ in range(4))
+        step = ratchet_step(clock())
+        tree = KeyTree(step)
+
+        def node(ident: Identity, roster=(), holder: bool = False) -> RoomNode:
+            path = None if holder else tree.add(ident.identity)
+            room = Room(
+                room_id,
+                key,
+                0,
+                [mod_id.public],
+                ident,
+                MemoryCounters(),
+                roster=roster,
+                step=step,
+                tree=tree if holder else None,
+                path=path,
+            )
+            return RoomNode(room, ether.attach(), clock, seed=2)
+
+        mod = node(mod_id, [sp_id.public, li_id.public, gone_id.public], holder=True)
+        speaker, listener, gone = node(sp_id), node(li_id), node(gone_id)
+        first_copy: set[bytes] = set()
+        real_remove, real_handle = mod.room.remove, listener.handle
+
+        def remove(member: bytes, now: float, **options) -> list[bytes]:
+            packets = real_remove(member, now, **options)
+            first_copy.update(packets[1:])  # the removal itself, then the rekey
+            return packets
+
+        def handle(data: bytes, arrival: float) -> None:
+            if data not in first_copy:  # this listener loses the first copy of the rekey
+                real_handle(data, arrival)
+
+        mod.room.remove = remove  # type: ignore[method-assign]
+        listener.handle = handle  # type: ignore[method-assign]
+        nodes = [mod, speaker, listener, gone]
+        tasks = [asyncio.create_task(n.run()) for n in nodes]
+        stop = asyncio.Event()
+        moderating = asyncio.create_task(mod.moderate(auto_grant=30, stop=stop))
+        await mod.remove(gone_id.identity)
+        await mod.link.drain()
+        await asyncio.sleep(1.0)
+        assert listener.room.epoch == 0  # it has not got the new key
+        frames = Encoder(mode).encode(np.zeros(16000, dtype=np.int16))[:50]
+        assert await speaker.wait_for_floor(timeout=30.0)
+        await speaker.speak(mode, frames, 4)
+        await speaker.link.drain()
+        await asyncio.sleep(2.0)
+        ended_at = loop.time()
+        stop.set()
+        await moderating
+        for n in nodes:
+            await n.link.close()
+        await asyncio.gather(*tasks)
+        assert ended_at < REKEY_DELAYS[1]  # all of it before the rekey's next scheduled copy
+        return listener, gone.log.voice_packets
+
+    listener, removed_heard = run(scenario(), virtual=True)
+    assert listener.room.epoch == 1
+    assert [o.verdict for o in listener.log.overs] == ["verified"]
+    assert listener.log.voice_frames == 50
+    assert removed_heard == 0

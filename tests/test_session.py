@@ -29,7 +29,7 @@ def room(tmp_path):
 def test_voice_round_trip(room):
     _, sender, receiver = room
     packet = sender.voice(DEFAULT_MODE, 0, FRAMES, NOW)
-    assert len(packet) == 16 + 5 * 8
+    assert len(packet) == 18 + 5 * 8
     event = receiver.receive(packet, NOW)
     assert isinstance(event, VoiceFrames)
     assert event.frames == tuple(FRAMES)

@@ -18,8 +18,9 @@ headers = st.builds(
 )
 
 
-def test_voice_overhead_is_at_most_16_bytes_with_a_64_bit_tag():
-    assert wire.VOICE_PACKET_OVERHEAD == 16
+def test_voice_overhead_is_18_bytes_with_a_64_bit_tag_and_a_live_mac():
+    assert wire.VOICE_PACKET_OVERHEAD == 18
+    assert wire.VOICE_PACKET_MAX_OVERHEAD == 26  # with a revealed live key
     assert wire.TAG_LEN * 8 >= 64
 
 

@@ -379,19 +379,19 @@ async def _talk(
         # tests wait for this line instead of guessing how long the grant took).
         _note(f"floor granted for {left:.0f} s: on air")
         budget = left - GRANT_MARGIN - fpp * mode.frame_seconds
+        live_before = m.room.live_bytes
         if over is not None:
             most = max(1, int(budget / mode.frame_seconds))
             report["truncated"] = over.total > most
             over = over.head(most)
             frames = over.frames
-            sent_before, checkpoints_before = m.link.stats.sent, m.room.checkpoints_sent
+            sent_before = m.link.stats.sent
             speaking = asyncio.ensure_future(m.node.speak_over(over, fpp))
             await _race(stop, speaking)
             if speaking.done():
                 result = speaking.result()
                 report["frames_sent"] = result.frames_sent
-                report["voice_packets"] = result.packets_sent - SEAL_COPIES - result.checkpoints
-                report["checkpoints"] = result.checkpoints
+                report["voice_packets"] = result.packets_sent - SEAL_COPIES
                 report["speech_seconds"] = round(over.seconds, 3)
             else:
                 speaking.cancel()
@@ -399,8 +399,6 @@ async def _talk(
                     await speaking
                 report["interrupted"] = True
                 voice_packets = m.link.stats.sent - sent_before
-                report["checkpoints"] = m.room.checkpoints_sent - checkpoints_before
-                voice_packets -= report["checkpoints"]
                 report["frames_sent"] = min(len(frames), voice_packets * fpp)
                 await m.node.send(*m.room.end_over(m.clock()))
         else:
@@ -418,8 +416,7 @@ async def _talk(
                     until=lambda: stop.is_set() or loop.time() >= deadline,
                 )
             report["frames_sent"] = live.frames_sent
-            report["voice_packets"] = live.packets_sent - SEAL_COPIES - live.checkpoints
-            report["checkpoints"] = live.checkpoints
+            report["voice_packets"] = live.packets_sent - SEAL_COPIES
             report["speech_seconds"] = round(live.positions * mode.frame_seconds, 3)
             report["interrupted"] = stop.is_set()
         await m.link.drain()
@@ -428,6 +425,7 @@ async def _talk(
         if not report["speech_seconds"]:
             report["speech_seconds"] = round(report["frames_sent"] * mode.frame_seconds, 3)
         report["relay_notices"] = list(m.node.log.notices)
+        report["live_bytes"] = m.room.live_bytes - live_before
         return report
 
 
@@ -449,9 +447,9 @@ async def _talk(
 @click.option(
     "--verified-only",
     is_flag=True,
-    help="Play only words the speaker's signature covers (a signed checkpoint every ~1.7 s "
-    "of speech, or the seal): nothing injected is played, at about 1.7 s more delay; what "
-    "loss leaves unverifiable is concealed like a lost packet.",
+    help="Play only words the speaker is known to have said (checked by the keys it reveals "
+    "about 0.6 s later, or by its seal): nothing injected is played, at about 1 s more "
+    "delay; what loss leaves unverifiable is concealed like a lost packet.",
 )
 @home_option
 @_json_option
@@ -464,11 +462,11 @@ def listen_cmd(room, url, out_path, speaker, duration, overs, verified_only, hom
     verified (the speaker's signature covers every word played), partial (some frames lost,
     nothing contradicted), forged (words the speaker did not say) or unsigned (the seal
     never came). Words injected in a speaker's name are flagged on stderr while the over
-    goes on, within about 2 s (the speaker signs checkpoints as it talks); --verified-only
-    plays only what is verified. Runs until --overs, --duration, Ctrl-C or SIGTERM; an over
-    still being spoken then is kept (written to --out, reported as cut short). A link that
-    cannot be reached (a dead TNC or broker port) is an error at the start, exit code 1; a
-    refused MQTT login or a missing CA file, exit code 2.
+    goes on, within about 1 s (the speaker reveals the keys of its words as it talks);
+    --verified-only plays only what is verified. Runs until --overs, --duration, Ctrl-C or
+    SIGTERM; an over still being spoken then is kept (written to --out, reported as cut
+    short). A link that cannot be reached (a dead TNC or broker port) is an error at the
+    start, exit code 1; a refused MQTT login or a missing CA file, exit code 2.
 
     \b
     Examples:

@@ -24,6 +24,9 @@ class VoiceFrames:
     redundant: tuple[bytes, ...] = ()
     redundant_mode: CodecMode | None = None
     session: bytes = b""  # the sender session it was opened under (see crypto.py)
+    # The speaker's live MAC and the chain link the packet reveals, if any (core.live).
+    live_mac: int = 0
+    live_link: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

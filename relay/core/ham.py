@@ -16,7 +16,7 @@ Sans-I/O: bytes and ``now`` in, events out. Layout (packet type 6, :data:`Packet
     64    Ed25519 signature over HAM_DOMAIN + everything above
 
 **Cost.** A voice packet carries 7 + 1 + 1 + n + 1 + 64 bytes around its frames: 80 bytes
-for a 6-character callsign, against 16 for an encrypted packet. The 16-byte goal does not
+for a 6-character callsign, against 18 for an encrypted packet. The 16-byte goal does not
 apply here: the signature is what replaces the AEAD tag, and Ed25519's is 64 bytes. It is
 amortised by carrying more frames per packet (Codec2 1600 at 10 frames per packet: 80 bytes
 of codec and 80 of overhead per 400 ms); an intro (callsign + public key, 138 bytes) opens

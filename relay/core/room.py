@@ -17,7 +17,9 @@ Rules every receiver enforces:
   past the sender's last signed counter or granted range (see relay.core.session), so a
   member holding the room key cannot silence another with a forged counter.
 * Each over ends with the speaker's signature over digests of its frames: listeners mark it
-  verified, partial (some frames lost, nothing contradicted) or forged.
+  verified, partial (some frames lost, nothing contradicted) or forged. During the over,
+  keys the speaker reveals one interval late (relay.core.live, anchored in its signed hand
+  raise) verify or flag its words within about a second.
 * Removing a member rotates the room key. The moderator holding the room's key tree
   (relay.core.keytree) replaces the keys on the removed member's path and sends about
   log2(N) wraps, named by tree node; members enrolled without a leaf get the key sealed to
@@ -37,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from relay.core import live
 from relay.core import roommsg as msg
 from relay.core.crypto import RoomKeys
 from relay.core.events import ClipData, ControlMessage, Hello, Rejected, VoiceFrames
@@ -75,7 +78,7 @@ SIGNED_KINDS = frozenset(
         ControlKind.MOD,
         ControlKind.BEACON,
         ControlKind.REKEY,
-        ControlKind.CHECKPOINT,
+        ControlKind.LIVE_BASE,
     )
 )
 REPLAY_WINDOW = 4096
@@ -97,13 +100,13 @@ MAX_STEPS_AHEAD = 1  # a rekey made at most this many hours ahead of our clock i
 DEFAULT_MTU = 233
 BEACON_SHARE = 0.02  # beacons may use at most this share of the channel's airtime
 BEACON_MIN_INTERVAL = 5.0
-# Live verification: the floor holder signs digests of its packets every this many seconds
-# of speech, so a listener flags injected words within about 2 s of when they were "said"
-# (the interval, plus a packet's and the checkpoint's airtime). See README "Verified overs".
-CHECKPOINT_SECONDS = 1.7
-# Voice packets a listener keeps waiting for a checkpoint, and digests of packets it has not
-# heard yet: what a key holder injecting inside the grant's counter range can make it hold.
-MAX_PENDING = 1024
+# Live checks (relay.core.live): an interval of the speaker's key chain lasts about this
+# much speech, so a listener flags injected words about two intervals after they were
+# "said" at worst (well within 2 s), even when it lost the packet revealing one key.
+LIVE_INTERVAL_SECONDS = 0.64
+# Fingerprints of the floor holder's latest packets a listener keeps, by counter, to tell
+# a second packet under one counter: what an injector can make it hold.
+MAX_PENDING = live.MAX_PENDING
 # Raised hands of members the moderator has not enrolled (strangers: anyone holding the room
 # key can mint them) wait in a queue at most this long; enrolled members' hands always get in
 # and are granted first.
@@ -144,10 +147,11 @@ class OverEnded:
 
 @dataclass(frozen=True, slots=True)
 class SpeechVerified:
-    """Voice packets of the floor holder that its own signature now covers: a checkpoint
-    (every ~1.7 s of speech) or, for the last packets of an over, the seal. These frames at
-    these positions are the speaker's words; a listener that plays only what is verified
-    (``relay listen --verified-only``) plays exactly these. ``by``: checkpoint | seal."""
+    """Voice packets of the floor holder that it is now known to have sent: their live MACs
+    checked out under a key it revealed afterwards (``live``, about an interval after the
+    words) or, for the last packets of an over, its signed seal covers them (``seal``).
+    These frames at these positions are the speaker's words; a listener that plays only what
+    is verified (``relay listen --verified-only``) plays exactly these."""
 
     speaker: bytes
     packets: tuple[VoiceFrames, ...]
@@ -156,11 +160,11 @@ class SpeechVerified:
 
 @dataclass(frozen=True, slots=True)
 class SpeechFlagged:
-    """Words were received in the floor holder's name that it did not say: its signed
-    checkpoint contradicts packets we accepted (``checkpoint``), they came under a counter
-    the speaker reached only after it had said those positions (``ahead``), or two authentic
-    packets came under one counter (``counter``: one of them was injected). ``positions``:
-    the over positions concerned."""
+    """Words were received in the floor holder's name that it did not say: a key it revealed
+    contradicts their live MAC (``live``) or they revealed a key that is not its (``link``),
+    they came under a counter the speaker reached only after it had said those positions
+    (``ahead``), or two authentic packets came under one counter (``counter``: one of them
+    was injected). ``positions``: the over positions concerned."""
 
     speaker: bytes
     positions: tuple[int, ...]
@@ -277,31 +281,39 @@ class _Listening:
     # seal covers primaries only, so a copy that may have been played leaves the over partial.
     copies: set[int] = field(default_factory=set)
     unkept: int = 0  # frames played but not kept (past MAX_KEPT_FRAMES): not verifiable
-    # Live checks (checkpoints): packets heard but not yet covered, by counter, with our own
-    # digest of each; digests a checkpoint gave for counters not heard yet; positions of
-    # packets a checkpoint verified; whether anything was flagged.
-    heard: dict[int, tuple[VoiceFrames, bytes]] = field(default_factory=dict)
-    expected: dict[int, bytes] = field(default_factory=dict)
+    # Live checks (relay.core.live): the checker of this over (None: no anchor, or another
+    # key than the grant's); (positions, fingerprint) of the latest packets by counter, to
+    # tell a second packet under one counter; positions verified; whether anything was
+    # flagged.
+    live: live.Checker[VoiceFrames] | None = None
+    # Packets no checker took (by key id and counter: keys change mid-over), for the seal;
+    # the checker of the key before a key change, until the speaker's rebase adopts it.
+    unchecked: dict[tuple[str, int], VoiceFrames] = field(default_factory=dict)
+    retired: live.Checker[VoiceFrames] | None = None
+    seen: dict[int, tuple[tuple[int, ...], bytes]] = field(default_factory=dict)
     verified: set[int] = field(default_factory=set)
     flagged: bool = False
-    # Counters of the speaker's checkpoints: a voice packet right after one still follows
-    # the previous voice packet directly (for telling DTX skips from loss).
-    checkpoints: set[int] = field(default_factory=set)
 
     def follows(self, counter: int) -> bool:
-        """Nothing but checkpoints was sent between the last voice packet and ``counter``."""
-        last = self.last_counter
-        if last is None or counter <= last or counter - last - 1 > len(self.checkpoints):
-            return False
-        return all(c in self.checkpoints for c in range(last + 1, counter))
+        """``counter`` directly follows the last voice packet's (the speaker sent nothing
+        between: for telling DTX skips from loss)."""
+        return self.last_counter is not None and counter == self.last_counter + 1
 
 
 def _positions(event: VoiceFrames) -> tuple[int, ...]:
     return tuple(range(event.position, event.position + len(event.frames)))
 
 
+def _fingerprint(event: VoiceFrames) -> bytes:
+    """What a voice packet says (for telling two packets under one counter apart)."""
+    red = 0xFF if event.redundant_mode is None else event.redundant_mode.wire_index
+    return live.voice_fields(
+        "", b"", 0, event.mode.wire_index, event.position, event.frames, red, event.redundant
+    )
+
+
 def _note_verified(listening: _Listening, event: VoiceFrames) -> None:
-    """Positions a checkpoint verified, for the seal's verdict (kept as the frames are)."""
+    """Positions a live check verified, for the seal's verdict (kept as the frames are)."""
     if len(listening.verified) < MAX_KEPT_FRAMES:
         listening.verified.update(_positions(event))
 
@@ -320,11 +332,13 @@ def _grant_range(first: int, seconds: int) -> tuple[int, int] | None:
     return first, first + span
 
 
-def _grant_extra(extra: bytes) -> tuple[int, bytes | None]:
-    """A grant's first voice counter and the speaker's session (NO_COUNTER, None: absent)."""
-    if len(extra) != 3 + SESSION_LEN:
-        return msg.NO_COUNTER, None
-    return int.from_bytes(extra[:3], "big"), bytes(extra[3:])
+def _grant_extra(extra: bytes) -> tuple[int, bytes | None, live.Anchor | None]:
+    """A grant's first voice counter, the speaker's session and its live anchor
+    (NO_COUNTER, None, None: absent)."""
+    if len(extra) < 3 + SESSION_LEN:
+        return msg.NO_COUNTER, None, None
+    anchor = live.Anchor.parse(extra[3 + SESSION_LEN :]) if len(extra) > 3 + SESSION_LEN else None
+    return int.from_bytes(extra[:3], "big"), bytes(extra[3 : 3 + SESSION_LEN]), anchor
 
 
 class Room:
@@ -365,6 +379,7 @@ class Room:
         self.grant_seq = 0
         self.grant_range: tuple[int, int] | None = None  # voice counters the grant admits
         self.floor_session: bytes | None = None  # the session the floor holder speaks under
+        self.floor_anchor: live.Anchor | None = None  # the live anchor of its over
         self.hands: list[bytes] = []
         self.muted: set[bytes] = set()
         self.removed: set[bytes] = set()
@@ -378,16 +393,17 @@ class Room:
         self._listening: dict[bytes, _Listening] = {}
         self._my_over: dict[int, bytes] = {}
         self._my_fpp = 1
-        # Live checkpoints of our own over: digests of voice packets not yet covered (by
-        # counter), the first counter the next checkpoint covers, and the speech time (s)
-        # from which it covers, up to the end of the last packet sent.
-        self.checkpoint_seconds = CHECKPOINT_SECONDS
-        self.checkpoints_sent = 0
-        self._ck: dict[int, bytes] = {}
-        self._ck_from: int | None = None
-        self._ck_since = 0.0
-        self._ck_until = 0.0
-        self._ck_key: str | None = None  # key id of the digests in _ck
+        # Live checks of our own next over: the key chain our hand raise announced, and
+        # the speech one packet of ours lasts (the driver sets it; intervals last about
+        # LIVE_INTERVAL_SECONDS). live_bytes: what the checks added to our voice packets.
+        self._chain: live.Chain | None = None
+        # After a key change mid-over: the key our intervals now count under and where they
+        # start, and the signed rebase that tells listeners so (see live_packets).
+        self._live_base: tuple[RoomKeys, live.Base] | None = None
+        self._live_out: list[bytes] = []
+        self.packet_seconds = 0.16
+        self.live_interval = LIVE_INTERVAL_SECONDS
+        self.live_bytes = 0
         # (key id, speaker) -> grant of the last seal handled: grants restart with each key.
         self._sealed: dict[tuple[str, bytes], int] = {}
         # Called with the new KeyState whenever a key changes (our own removal of a member, a
@@ -402,12 +418,15 @@ class Room:
         self._next: tuple[int, Receiver] | None = None  # next hour's key, near the hour
         self._scheduled: list[tuple[float, int, bytes]] = []  # (when, epoch, rekey copy)
         self._queued_removals: list[bytes] = []  # removals by co-moderators to rekey for
+        self._rekey_regranted: int | None = None  # epoch whose rekey a grant sent again
         # Our over in progress keeps the key it started under, through the hour's ratchet
         # (until the grace ends), so its counters run on and listeners can tell DTX skips:
         # (sender, keys, until).
         self._over_key: tuple[Sender, RoomKeys, float] | None = None
-        # (session, counter) of each member's signed hand raise: a grant names both.
+        # (session, counter) of each member's signed hand raise: a grant names both, and
+        # repeats the live anchor the hand carried.
         self._hand_counter: dict[bytes, tuple[bytes, int]] = {}
+        self._hand_anchor: dict[bytes, live.Anchor | None] = {}
         self.introduced: dict[bytes, PublicIdentity] = {}  # said HELLO; not enrolled
         self._previous: tuple[Receiver, float] | None = None
         self._gated_body = b""
@@ -449,6 +468,7 @@ class Room:
         # a grant's range, except (``keep_range``, the hourly ratchet) for packets still
         # arriving under the key it was given in (see _grant_keys).
         self._hand_counter.clear()
+        self._hand_anchor.clear()
         if not keep_range:
             self.grant_range = None
 
@@ -536,7 +556,16 @@ class Room:
         self.tick(now)
         if self.me.identity not in self.hands:
             self.hands.append(self.me.identity)
-        return self.sender.hello(ControlKind.HAND, msg.pack_hand(True), self.me, now)
+        anchor = self._own_chain().anchor
+        return self.sender.hello(ControlKind.HAND, msg.pack_hand(True, anchor), self.me, now)
+
+    def _own_chain(self) -> live.Chain:
+        """The key chain of our next over: one per over, the same for every repeat of the
+        hand that asks for it (the moderator may grant any of them)."""
+        if self._chain is None or self._chain.session != self.sender.session:
+            per = live.per_interval_for(self.packet_seconds, self.live_interval)
+            self._chain = live.Chain(self.me.identity, self.sender.session, per)
+        return self._chain
 
     def lower_hand(self, now: float) -> bytes:
         self.tick(now)
@@ -568,7 +597,8 @@ class Room:
         self._last_issued[key] = max(self._last_issued.get(key, 0), issued_at)
 
     def grant(self, member: bytes, seconds: int, now: float) -> bytes:
-        """Give ``member`` the floor for at most ``seconds``."""
+        """Give ``member`` the floor for at most ``seconds``. After a removal, send what
+        :meth:`due` then holds (a copy of the rekey) before the grant."""
         self._require_moderator()
         self.tick(now)
         if member in self.removed:
@@ -577,14 +607,18 @@ class Room:
             raise UsageError("a floor grant lasts 1 to 65535 seconds")
         if member == self.me.identity:
             session, first = self.sender.session, self.sender.next_counter
+            anchor: live.Anchor | None = self._own_chain().anchor
         elif member in self._hand_counter:
             # The session and counter of the member's own signed hand raise: nobody else
-            # can move them. Listeners open the speaker's voice under that session.
+            # can move them. Listeners open the speaker's voice under that session, and
+            # check it live against the anchor the hand carried.
             session, hand = self._hand_counter[member]
             first = hand + 1
+            anchor = self._hand_anchor.get(member)
         else:
             raise UsageError("that member has not raised a hand (their counter is unknown)")
-        extra = first.to_bytes(3, "big") + session
+        extra = first.to_bytes(3, "big") + session + (anchor.pack() if anchor else b"")
+        self._rekey_before_grant(now)
         return self._moderate(
             msg.ModMessage(msg.ModAction.GRANT, member, seconds, int(now), extra), now
         )
@@ -619,6 +653,18 @@ class Room:
         if self._rotates_keys():
             packets += self._rekey(member, now, copies)
         return packets
+
+    def _rekey_before_grant(self, now: float) -> None:
+        """The first grant after a removal, while copies of its rekey are still due, is
+        preceded by one more copy (out of :meth:`due` now): a member that lost the first
+        copy would otherwise lose the next over whole, as the next copy may come only
+        REKEY_DELAYS[1] s later. The later copies keep their times (bursts of loss)."""
+        pending = [item for item in self._scheduled if item[1] == self.epoch]
+        if not pending or self._rekey_regranted == self.epoch:
+            return
+        self._rekey_regranted = self.epoch
+        copy = [(now, epoch, packet) for when, epoch, packet in pending if when == pending[0][0]]
+        self._scheduled = sorted(copy + self._scheduled, key=lambda item: item[0])
 
     def _rotates_keys(self) -> bool:
         """We hold the tree, or (a room without one) we know members' X25519 keys."""
@@ -747,6 +793,7 @@ class Room:
             else msg.NO_COUNTER,
             self._loss_percent(),
             (self.floor_session or bytes(SESSION_LEN)) if self.floor else bytes(SESSION_LEN),
+            self.floor_anchor.pack() if self.floor and self.floor_anchor else live.NO_ANCHOR,
         )
         packet = self.sender.control_signed(ControlKind.BEACON, beacon.pack(), self.me, now)
         counter = int.from_bytes(packet[4:7], "big")
@@ -784,25 +831,50 @@ class Room:
             self._my_over[position + i] = frame
         self._my_fpp = max(self._my_fpp, len(frames))
         sender, keys = self._over_sender(now)
-        packet = sender.voice(mode, position, frames, now, redundant)
-        counter = int.from_bytes(packet[4:7], "big")
-        if self._ck_key != keys.key_id:  # a new over, or its key changed: counters restart
-            self._ck, self._ck_from, self._ck_key = {}, None, keys.key_id
-        red_index = None if redundant is None else fec_mode(mode).wire_index
-        self._ck[counter] = msg.live_digest(
-            keys.key_id,
-            self.me.identity,
-            counter,
-            mode.wire_index,
-            position,
-            frames,
-            red_index,
-            redundant or (),
-        )
-        if self._ck_from is None:
-            self._ck_from, self._ck_since = counter, position * mode.frame_seconds
-        self._ck_until = max(self._ck_until, (position + len(frames)) * mode.frame_seconds)
-        return packet
+        trailer = live.NO_TRAILER
+        base = self._own_base(sender, keys, now)
+        if base is not None:
+            assert self._chain is not None
+            counter = sender.next_counter
+            red_index = None if redundant is None else fec_mode(mode).wire_index
+            fields = live.voice_fields(
+                keys.key_id,
+                self.me.identity,
+                counter,
+                mode.wire_index,
+                position,
+                frames,
+                red_index,
+                redundant or (),
+            )
+            trailer = self._chain.trailer(base, counter, fields)
+            self.live_bytes += len(trailer)
+        return sender.voice(mode, position, frames, now, redundant, trailer)
+
+    def _own_base(self, sender: Sender, keys: RoomKeys, now: float) -> live.Base | None:
+        """Where our live intervals count from under ``keys`` (None: this packet goes
+        without live checks). Under the grant's key, its first counter; under a key that
+        changed mid-over, a signed rebase (queued for :meth:`live_packets`) whose counter
+        is the packet after it, so this one packet goes unchecked."""
+        chain, span = self._chain, self.grant_range
+        if chain is None or self.floor_anchor != chain.anchor:
+            return None
+        if keys is self._grant_keys and span is not None:
+            return live.Base(span[0])
+        if self._live_base is not None and self._live_base[0] is keys:
+            return self._live_base[1]
+        base = live.Base(sender.next_counter + 2, chain.next_interval, chain.anchor.link)
+        rebase = sender.control_signed(ControlKind.LIVE_BASE, base.pack(), self.me, now)
+        self._live_out.append(rebase)
+        self.live_bytes += len(rebase)
+        self._live_base = (keys, base)
+        return None
+
+    def live_packets(self) -> list[bytes]:
+        """Packets our live checks need sent after the voice packet just made (a rebase
+        after a key change mid-over, rarely): the driver sends them at once."""
+        out, self._live_out = self._live_out, []
+        return out
 
     def _over_sender(self, now: float) -> tuple[Sender, RoomKeys]:
         """The sender (and keys) of our over: the key it started under, while receivers
@@ -813,32 +885,6 @@ class Room:
             self._over_key = (self.sender, self.keys, until)
         sender, keys, until = self._over_key
         return (self.sender, self.keys) if now > until else (sender, keys)
-
-    def checkpoint(self, now: float, *, force: bool = False) -> bytes | None:
-        """Our signed checkpoint, when ``checkpoint_seconds`` of speech (pauses included)
-        went out since the last one (``force``: whenever a voice packet is uncovered); else
-        None. Call it after each voice packet. It covers every counter from the previous
-        checkpoint's own (as "no voice") to just below its own, so a packet injected under
-        any of our counters, the checkpoint's included, is contradicted by the next one.
-        It goes out under our over's key and counters, as the voice it covers did."""
-        if self._ck_from is None or not self._ck or not self.holds_floor(now):
-            return None
-        if not force and self._ck_until - self._ck_since < self.checkpoint_seconds - 1e-9:
-            return None
-        sender, keys = self._over_sender(now)
-        own = sender.next_counter
-        first = max(self._ck_from, own - msg.MAX_CHECKPOINT_PACKETS)
-        if keys.key_id != self._ck_key or first >= own:  # the key changed under us
-            self._ck, self._ck_from = {}, None
-            return None
-        key_id, me = keys.key_id, self.me.identity
-        body = msg.Checkpoint(
-            tuple(self._ck.get(c) or msg.live_none(key_id, me, c) for c in range(first, own))
-        ).pack()
-        packet = sender.control_signed(ControlKind.CHECKPOINT, body, self.me, now)
-        self._ck, self._ck_from, self._ck_since = {}, own, self._ck_until
-        self.checkpoints_sent += 1
-        return packet
 
     def clip(self, payload: bytes, now: float) -> bytes:
         """One voice-message packet; refused while we are muted (as receivers would)."""
@@ -859,9 +905,9 @@ class Room:
         # Positions we skipped (DTX) are sealed as skipped: listeners check that too.
         frames = [self._my_over.get(p, SKIPPED) for p in range(max(self._my_over, default=-1) + 1)]
         self._my_over, fpp, self._my_fpp = {}, self._my_fpp, 1
-        # The seal covers what the last checkpoint did not (listeners verify the tail by it).
-        self._ck, self._ck_from, self._ck_since, self._ck_until = {}, None, 0.0, 0.0
-        self._ck_key = None
+        # The seal covers what no revealed key did (listeners verify the tail by it); the
+        # next over gets a new chain.
+        self._chain, self._live_base, self._live_out = None, None, []
         seal = self._seal_over(self.me.identity, self.grant_seq, frames, fpp, keys.key_id).pack()
         packets = [
             sender.control_signed(ControlKind.OVER_END, seal, self.me, now)
@@ -947,10 +993,7 @@ class Room:
 
     def _on_reused_counter(self, packet: bytes, now: float) -> list[RoomEvent]:
         """A packet under a counter of the floor holder we already accepted: if it is
-        authentic and says something else, one of the two was injected. A signed checkpoint
-        proves the voice we took under its counter was not the speaker's (a key holder raced
-        it to hide the checkpoint), and is still checked; two different voice packets are a
-        conflict."""
+        authentic and says something else, one of the two was injected (a conflict)."""
         listening = self._listening.get(self.floor) if self.floor is not None else None
         if listening is None or listening.last_key is None:
             return []
@@ -962,22 +1005,12 @@ class Room:
         if event is None or getattr(event, "sender", None) != self.floor:
             return []
         self._opened_with = receiver.keys
-        got = listening.heard.get(event.counter)
-        if isinstance(event, ControlMessage) and event.kind == ControlKind.CHECKPOINT:
-            if event.counter in listening.checkpoints:
-                return []  # a copy of one we checked (a repeater, a second path)
-            body = self._verified_body(event)  # PacketError if not the speaker's
-            events: list[RoomEvent] = []
-            if got is not None:
-                del listening.heard[event.counter]
-                events.append(
-                    self._flag(listening, event.sender, _positions(got[0]), "counter", now)
-                )
-            return events + self._on_checkpoint(event, body, now)
-        mine = self._digest(event) if isinstance(event, VoiceFrames) else None
-        if isinstance(event, VoiceFrames) and got is not None and mine not in (None, got[1]):
+        got = listening.seen.get(event.counter)
+        if isinstance(event, VoiceFrames) and got is not None and _fingerprint(event) != got[1]:
             listening.conflict = True
-            both = (*_positions(got[0]), *_positions(event))
+            if listening.live is not None:
+                listening.live.drop(event.counter)  # neither can be verified now
+            both = (*got[0], *_positions(event))
             return [self._flag(listening, event.sender, both, "counter", now)]
         return []
 
@@ -1023,11 +1056,13 @@ class Room:
             return [self._drop("floor_violation", "voice from a member without the floor")]
         listening = self._listening.setdefault(event.sender, _Listening())
         if listening.last_key is not self._opened_with:
-            # Counters restart under another key: live checks by counter start afresh too.
+            # Counters restart under another key: live checks by counter start afresh too
+            # (under the grant's key only: another key's counters are not the grant's).
             listening.last_key, listening.last_counter = self._opened_with, None
-            listening.heard.clear()
-            listening.expected.clear()
-            listening.checkpoints.clear()
+            listening.seen.clear()
+            if listening.live is not None:
+                listening.retired = listening.live
+            listening.live = self._live_checker(event.sender)
         clashes: list[int] = []
         if (
             listening.follows(event.counter)
@@ -1060,7 +1095,7 @@ class Room:
                 clashes.append(event.position + i)  # two different frames for one position
         # A clash makes the over forged at its seal, but is no live flag: it rests on where
         # 8-bit positions were unwrapped, which heavy loss around pauses can get wrong. The
-        # checkpoints (signed, by counter) decide live.
+        # live MACs (by counter, low position bits) decide live.
         listening.conflict = listening.conflict or bool(clashes)
         self._carry_positions(event.sender, event.session, listening.last_end, now)
         return [Voice(event), *self._live_check(listening, event, now)]
@@ -1094,14 +1129,68 @@ class Room:
         self.stats["flagged_speech"] += 1
         return SpeechFlagged(speaker, tuple(sorted(set(positions))), why, now)
 
-    def _digest(self, event: VoiceFrames) -> bytes | None:
-        """Our live digest of a received voice packet, as the speaker computed it; None if
-        the receiver dropped FEC copies it placed before the over's start (it can only have
-        misplaced the packet: we cannot check it, and must not flag it)."""
-        if event.redundant_mode is not None and len(event.redundant) != len(event.frames):
+    def _on_live_base(self, event: ControlMessage, base: live.Base) -> list[RoomEvent]:
+        """The floor holder's key changed mid-over: its live intervals go on under the new
+        key from where it says (signed), with the chain links we already trust."""
+        speaker = event.sender
+        if speaker != self.floor or event.session != self.floor_session:
+            return [self._drop("floor_violation", "live rebase from a member without the floor")]
+        anchor = self.floor_anchor
+        if anchor is None or base.anchor != anchor.link:
+            return [self._drop("stale_live_base", "live rebase of another over")]
+        if self._opened_with is self._grant_keys or self._opened_with is not self.keys:
+            return []  # the grant's own key (its base is the grant's), or not our key now
+        listening = self._listening.setdefault(speaker, _Listening())
+        old = listening.live
+        if old is not None and old.base == base and listening.last_key is self._opened_with:
+            return []  # a copy
+        source = old if old is not None else listening.retired
+        known = source.known if source is not None else None
+        session = self.floor_session or b""
+        checker: live.Checker[VoiceFrames] = live.Checker(speaker, session, anchor, base, known)
+        if listening.last_key is not self._opened_with:
+            listening.last_key, listening.last_counter = self._opened_with, None
+            listening.seen.clear()
+        if listening.retired is not None:
+            checker.adopt(listening.retired)  # the old key's packets still await their keys
+            listening.retired = None
+        listening.live = checker
+        # Packets under this key that came before the rebase: checked now.
+        events: list[RoomEvent] = []
+        key_id = self._opened_with.key_id
+        for (kid, counter), heard in list(listening.unchecked.items()):
+            if kid == key_id and checker.interval(counter) is not None:
+                del listening.unchecked[(kid, counter)]
+                events += self._live_check(listening, heard, event.time)
+        return events
+
+    def _live_checker(self, speaker: bytes) -> live.Checker[VoiceFrames] | None:
+        """A checker for the floor holder's over, if its grant named an anchor and the
+        packets come under the grant's key (whose counters the grant counts)."""
+        anchor, span, session = self.floor_anchor, self.grant_range, self.floor_session
+        if anchor is None or span is None or session is None:
             return None
+        if self._opened_with is not self._grant_keys:
+            return None  # until the speaker's rebase says where its intervals go on
+        return live.Checker(speaker, session, anchor, live.Base(span[0]))
+
+    def _live_check(self, listening: _Listening, event: VoiceFrames, now: float) -> list[RoomEvent]:
+        """Check a voice packet's live MAC (now, if its key is out; else when it is), and
+        every kept packet the key it reveals covers."""
+        listening.seen[event.counter] = (_positions(event), _fingerprint(event))
+        _cap(listening.seen, MAX_PENDING)
+        checker = listening.live
+        if checker is None:
+            listening.unchecked[(self._opened_with.key_id, event.counter)] = event
+            while len(listening.unchecked) > MAX_PENDING:  # the oldest go first
+                del listening.unchecked[next(iter(listening.unchecked))]
+            return []
+        if event.redundant_mode is not None and len(event.redundant) != len(event.frames):
+            # The receiver dropped FEC copies it placed before the over's start: it can only
+            # have misplaced the packet. We cannot check it, and must not flag it.
+            return []
         red = None if event.redundant_mode is None else event.redundant_mode.wire_index
-        return msg.live_digest(
+        fields = live.voice_fields(
             self._opened_with.key_id,
             event.sender,
             event.counter,
@@ -1111,73 +1200,34 @@ class Room:
             red,
             event.redundant,
         )
-
-    def _live_check(self, listening: _Listening, event: VoiceFrames, now: float) -> list[RoomEvent]:
-        """Check a voice packet against a checkpoint that already covered its counter, or
-        keep it (and our digest of it) for the checkpoint to come."""
-        mine = self._digest(event)
-        if mine is None:
-            return []
-        said = listening.expected.pop(event.counter, None)
-        if said is None:
-            listening.heard[event.counter] = (event, mine)
-            _cap(listening.heard, MAX_PENDING)
-            return []
-        if said != mine:
-            return [self._flag(listening, event.sender, _positions(event), "checkpoint", now)]
-        _note_verified(listening, event)
-        return [SpeechVerified(event.sender, (event,), "checkpoint")]
-
-    def _on_checkpoint(self, event: ControlMessage, body: bytes, now: float) -> list[RoomEvent]:
-        speaker = event.sender
-        if speaker != self.floor:
-            return [self._drop("floor_violation", "checkpoint from a member without the floor")]
-        if self.grant_range and not self.grant_range[0] <= event.counter <= self.grant_range[1]:
-            return [self._drop("floor_violation", "checkpoint outside the grant's counters")]
-        checkpoint = msg.Checkpoint.parse(body)
-        first = event.counter - len(checkpoint.digests)
-        if first < 0:
-            raise PacketError("malformed", "checkpoint covers counters below zero")
-        listening = self._listening.setdefault(speaker, _Listening())
-        if listening.last_key is None:
-            listening.last_key = self._opened_with
-        elif listening.last_key is not self._opened_with:
-            return []  # another key's counters: not the voice we hold (a ratchet mid-over)
-        listening.checkpoints.add(event.counter)
-        key_id = self._opened_with.key_id
-        verified: list[VoiceFrames] = []
-        forged: list[int] = []
-        for counter, said in enumerate(checkpoint.digests, first):
-            got = listening.heard.pop(counter, None)
-            if got is None:
-                if said != msg.live_none(key_id, speaker, counter):
-                    listening.expected[counter] = said  # checked if it arrives late
-                continue
-            heard, mine = got
-            if mine == said:
-                verified.append(heard)
-                _note_verified(listening, heard)
-            else:
-                forged += _positions(heard)
-        _cap(listening.expected, MAX_PENDING)
-        # The speaker's counters and positions grow together: voice under a counter past this
-        # checkpoint's, at a position the speaker had already passed before it, was not the
-        # speaker's (a key holder took a counter ahead, to stay unchecked for seconds while
-        # its words play now). Flag it now.
-        said_to = max((h.position + len(h.frames) - 1 for h in verified), default=-1)
-        ahead = [
-            c
-            for c, (h, _) in listening.heard.items()
-            if c > event.counter and h.position <= said_to
-        ]
-        early = [p for c in ahead for p in _positions(listening.heard.pop(c)[0])]
+        verdicts = checker.receive(event.counter, fields, event.live_mac, event.live_link, event)
+        self.stats["live_late"] += verdicts.late
         events: list[RoomEvent] = []
-        if verified:
-            events.append(SpeechVerified(speaker, tuple(verified), "checkpoint"))
-        if forged:
-            events.append(self._flag(listening, speaker, forged, "checkpoint", now))
-        if early:
-            events.append(self._flag(listening, speaker, early, "ahead", now))
+        if verdicts.verified:
+            for heard in verdicts.verified:
+                _note_verified(listening, heard)
+            events.append(SpeechVerified(event.sender, tuple(verdicts.verified), "live"))
+            # The speaker's counters and positions grow together: voice kept under a later
+            # counter, at a position the speaker had already passed, was not the speaker's
+            # (a key holder took a counter ahead, to stay unchecked while its words play
+            # now). Flag it now.
+            ahead = [
+                (c, h)
+                for c, h in checker.pending_items()
+                if any(
+                    v.counter < c and h.position <= v.position + len(v.frames) - 1
+                    for v in verdicts.verified
+                )
+            ]
+            for c, _ in ahead:
+                checker.drop(c)
+            early = [p for _, h in ahead for p in _positions(h)]
+            if early:
+                events.append(self._flag(listening, event.sender, early, "ahead", now))
+        if verdicts.forged:
+            why = "link" if event in verdicts.forged and event.live_link is not None else "live"
+            forged = [p for h in verdicts.forged for p in _positions(h)]
+            events.append(self._flag(listening, event.sender, forged, why, now))
         return events
 
     def _on_hello(self, event: Hello, now: float) -> list[RoomEvent]:
@@ -1190,9 +1240,10 @@ class Room:
             self.introduced[ident] = event.public
             events.append(MemberChanged(ident, "introduced"))
         if event.kind == ControlKind.HAND:
-            raised = msg.parse_hand(event.payload)
+            raised, anchor = msg.parse_hand(event.payload)
             if raised and self._opened_with is self.keys:  # (see _on_control)
                 self._hand_counter[ident] = (event.session, event.counter)
+                self._hand_anchor[ident] = anchor
             events += self._on_hand(ident, raised, event.time)
         return events
 
@@ -1204,6 +1255,7 @@ class Room:
             return  # evicted by the previous key's receiver only
         self.introduced.pop(ident, None)
         self._hand_counter.pop(ident, None)
+        self._hand_anchor.pop(ident, None)
         if ident in self.hands:
             self.hands.remove(ident)
         self._listening.pop(ident, None)
@@ -1312,14 +1364,15 @@ class Room:
         body = self._gated_body  # the gate verified the signature
         if kind == ControlKind.OVER_END:
             return self._on_over_end(event, body)
-        if kind == ControlKind.CHECKPOINT:
-            return self._on_checkpoint(event, body, now)
+        if kind == ControlKind.LIVE_BASE:
+            return self._on_live_base(event, live.Base.parse(body))
         if kind == ControlKind.HAND:
-            raised = msg.parse_hand(body)
+            raised, anchor = msg.parse_hand(body)
             # A grant names the hand's counter as the first the speaker may use: only a hand
             # under our current key counts (another hour's key has other counters).
             if raised and self._opened_with is self.keys:
                 self._hand_counter[event.sender] = (event.session, event.counter)
+                self._hand_anchor[event.sender] = anchor
             return self._on_hand(event.sender, raised, now)
         key_id = self._opened_with.key_id
         seq_key = (key_id, event.sender, event.session)
@@ -1354,7 +1407,7 @@ class Room:
         target, kind = action.target, action.action
         if kind == msg.ModAction.GRANT:
             self.floor, self.floor_until, self.grant_seq = target, now + action.arg, counter
-            first, speaker_session = _grant_extra(action.extra)
+            first, speaker_session, self.floor_anchor = _grant_extra(action.extra)
             self.grant_range = _grant_range(first, action.arg)
             self._grant_keys = self._opened_with
             self.floor_session = speaker_session
@@ -1433,6 +1486,7 @@ class Room:
             self.grant_range = _grant_range(beacon.first_counter, beacon.remaining)
             self._grant_keys = self._opened_with
             self.floor_session = beacon.session if holder is not None else None
+            self.floor_anchor = live.Anchor.parse(beacon.anchor) if holder is not None else None
             if holder is not None:
                 self.receiver.add_sender(holder)
                 self._keep_listening(holder)
@@ -1527,7 +1581,7 @@ class Room:
             positions = range(start, min(start + seal.segment_frames, seal.frames))
             have = [p for p in positions if p in listening.frames]
             if len(have) < len(positions):
-                # Played, but its segment cannot be checked (unless a checkpoint did).
+                # Played, but its segment cannot be checked (unless a live check did).
                 unverifiable += sum(1 for p in have if p not in listening.verified)
                 continue
             frames = [listening.frames[p] for p in positions]
@@ -1539,11 +1593,16 @@ class Room:
             sealed.update(positions)
         if any(p >= seal.frames or p < 0 for p in listening.frames):
             forged = True
-        # The packets no checkpoint covered (the last ones): the seal verifies their frames
-        # where they are the frames it checked (not their FEC copies: it does not cover them).
+        # The packets no revealed key covered (the last ones, or all of an over without live
+        # checks): the seal verifies their frames where they are the frames it checked (not
+        # their FEC copies: it does not cover them).
+        waiting = list(listening.unchecked.values())
+        for checker in (listening.live, listening.retired):
+            if checker is not None:
+                waiting += [h for _, h in checker.pending_items()] + checker.carried_items()
         tail = tuple(
             replace(heard, redundant=(), redundant_mode=None)
-            for _, (heard, _) in sorted(listening.heard.items())
+            for heard in sorted(waiting, key=lambda h: h.position)
             if all(
                 p in sealed and listening.frames.get(p) == frame
                 for p, frame in zip(_positions(heard), heard.frames, strict=True)
@@ -1555,8 +1614,8 @@ class Room:
             return [*events, OverEnded(speaker, "forged", seal.frames, ok, len(seal.digests))]
         unverifiable += len(listening.copies)  # FEC copies are not sealed: maybe played
         unverifiable += listening.unkept
-        # Verified: every frame that was played is covered by a verified segment or
-        # checkpoint (frames that never arrived were concealment, not words).
+        # Verified: every frame that was played is covered by a verified segment or a live
+        # check (frames that never arrived were concealment, not words).
         verdict = "partial" if unverifiable else "verified"
         self._heard(listening, seal.frames)
         events.append(OverEnded(speaker, verdict, seal.frames, ok, len(seal.digests)))

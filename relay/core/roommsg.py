@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.core.live import ANCHOR_LEN, NO_ANCHOR, Anchor
 from relay.errors import PacketError, UsageError
 
 ID_LEN = 32  # an identity (Ed25519 public key)
@@ -29,8 +29,8 @@ REKEY_HEAD_LEN = 2 + 3 + 4 + 1  # epoch, step, index, count, depth, n; m
 MAX_TREE_DEPTH = 12
 SESSION_LEN = 8  # a sender session (relay.core.wire.SESSION_LEN)
 # A beacon's fixed part: epoch, floor flag, holder, remaining, grant seq, issued at, first
-# counter, the holder's session.
-BEACON_FIXED_LEN = 2 + 1 + ID_LEN + 2 + 3 + 4 + 3 + SESSION_LEN
+# counter, the holder's session and its live anchor.
+BEACON_FIXED_LEN = 2 + 1 + ID_LEN + 2 + 3 + 4 + 3 + SESSION_LEN + ANCHOR_LEN
 
 
 def _need(data: bytes, n: int, what: str) -> None:
@@ -69,7 +69,11 @@ class ModAction(enum.IntEnum):
 # GRANT names the first packet counter the speaker will use and the session it speaks under
 # (from its signed hand raise), so receivers open its voice under that session and accept it
 # only from that counter on; APPOINT carries the new moderator's key.
-_EXTRA_LENGTHS = {ModAction.GRANT: (0, 3 + SESSION_LEN), ModAction.APPOINT: (32,)}
+# A grant names the speaker's first counter and session [and the live anchor of its hand].
+_EXTRA_LENGTHS = {
+    ModAction.GRANT: (0, 3 + SESSION_LEN, 3 + SESSION_LEN + ANCHOR_LEN),
+    ModAction.APPOINT: (32,),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +121,23 @@ class ModMessage:
         )
 
 
-def parse_hand(body: bytes) -> bool:
-    _exact(body, 1, "hand message")
+def parse_hand(body: bytes) -> tuple[bool, Anchor | None]:
+    """(raised, the live anchor of the over it asks for). A raise may carry no anchor (its
+    over then has no live checks); a lowered hand never does."""
+    _need(body, 1, "hand message")
     if body[0] not in (0, 1):
         raise PacketError("malformed", "hand message is neither raise (1) nor lower (0)")
-    return body[0] == 1
+    if len(body) == 1:
+        return body[0] == 1, None
+    if body[0] != 1 or len(body) != 1 + ANCHOR_LEN:
+        raise PacketError("malformed", f"hand message of {len(body)} bytes")
+    return True, Anchor.parse(body[1:])
 
 
-def pack_hand(raised: bool) -> bytes:
-    return b"\x01" if raised else b"\x00"
+def pack_hand(raised: bool, anchor: Anchor | None = None) -> bytes:
+    if not raised:
+        return b"\x00"
+    return b"\x01" + (anchor.pack() if anchor is not None else b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,7 @@ class Beacon:
     first_counter: int = NO_COUNTER  # first voice counter the grant admits (NO_COUNTER: none)
     loss: int | None = None  # optional trailing byte: the moderator's packet loss, percent
     session: bytes = bytes(SESSION_LEN)  # the session the floor holder speaks under
+    anchor: bytes = NO_ANCHOR  # the live anchor of its over (relay.core.live)
 
     def pack(self) -> bytes:
         if len(self.hands) > 255 or len(self.muted) > 255:
@@ -156,6 +169,9 @@ class Beacon:
         if len(self.session) != SESSION_LEN:
             raise UsageError(f"a sender session is {SESSION_LEN} bytes")
         out += self.session
+        if len(self.anchor) != ANCHOR_LEN:
+            raise UsageError(f"a live anchor is {ANCHOR_LEN} bytes")
+        out += self.anchor
         for group in (self.hands, self.muted):
             out.append(len(group))
             for prefix in group:
@@ -175,7 +191,9 @@ class Beacon:
         grant_seq = int.from_bytes(body[5 + ID_LEN : 8 + ID_LEN], "big")
         issued_at = int.from_bytes(body[8 + ID_LEN : 12 + ID_LEN], "big")
         first_counter = int.from_bytes(body[12 + ID_LEN : 15 + ID_LEN], "big")
-        session = bytes(body[15 + ID_LEN : fixed])
+        session = bytes(body[15 + ID_LEN : 15 + ID_LEN + SESSION_LEN])
+        anchor = bytes(body[15 + ID_LEN + SESSION_LEN : fixed])
+        Anchor.parse(anchor)  # malformed anchors are refused here, not where they are used
         pos = fixed
         groups: list[tuple[bytes, ...]] = []
         for what in ("hands", "muted"):
@@ -204,6 +222,7 @@ class Beacon:
             first_counter,
             loss,
             session,
+            anchor,
         )
 
 
@@ -276,79 +295,6 @@ def segment_digest(
             h.update(len(frame).to_bytes(1, "big"))
         h.update(frame)
     return h.digest()[:DIGEST_LEN]
-
-
-# Live checkpoints (see Room.checkpoint): a short digest per packet counter. Two bytes: a
-# key holder injecting blind (before the speaker's packet for that counter exists) passes
-# with probability 2^-16 per packet, and every injected word spans several packets.
-LIVE_DIGEST_LEN = 2
-MAX_CHECKPOINT_PACKETS = 255
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """The floor holder's signed word on its latest packets, sent every ~1.7 s of speech.
-
-    It covers the ``len(digests)`` packet counters just below its own (signed) counter: one
-    digest per counter, of the voice packet sent under it, or :func:`live_none` for a counter
-    that carried no voice (an earlier checkpoint). No positions: they are in the digests."""
-
-    digests: tuple[bytes, ...]
-
-    def pack(self) -> bytes:
-        if not 1 <= len(self.digests) <= MAX_CHECKPOINT_PACKETS:
-            raise UsageError(f"a checkpoint covers 1..{MAX_CHECKPOINT_PACKETS} packets")
-        if any(len(d) != LIVE_DIGEST_LEN for d in self.digests):
-            raise UsageError(f"checkpoint digests are {LIVE_DIGEST_LEN} bytes")
-        return bytes((len(self.digests),)) + b"".join(self.digests)
-
-    @classmethod
-    def parse(cls, body: bytes) -> Checkpoint:
-        _need(body, 1, "checkpoint")
-        count = body[0]
-        if count < 1:
-            raise PacketError("malformed", "checkpoint covers no packets")
-        _exact(body[1:], count * LIVE_DIGEST_LEN, "checkpoint digests")
-        return cls(
-            tuple(
-                bytes(body[1 + i * LIVE_DIGEST_LEN : 1 + (i + 1) * LIVE_DIGEST_LEN])
-                for i in range(count)
-            )
-        )
-
-
-def _live_hash(key_id: str, speaker: bytes, counter: int) -> hashlib._Hash:
-    h = hashlib.sha256(b"relay/v1 live")
-    h.update(bytes.fromhex(key_id) + speaker + counter.to_bytes(3, "big"))
-    return h
-
-
-def live_digest(
-    key_id: str,
-    speaker: bytes,
-    counter: int,
-    mode_index: int,
-    position: int,
-    frames: Sequence[bytes],
-    redundant_index: int | None = None,
-    redundant: Sequence[bytes] = (),
-) -> bytes:
-    """Digest of one voice packet as its plaintext says it: counter, codec mode, the low 8
-    bits of its position, its frames and any FEC copies (so verified copies are the
-    speaker's too). Every field has a fixed or stated length: no two packets hash alike."""
-    h = _live_hash(key_id, speaker, counter)
-    red = 0xFF if redundant_index is None else redundant_index
-    h.update(bytes((1, mode_index, position % 256, len(frames), red, len(redundant))))
-    for frame in (*frames, *redundant):
-        h.update(len(frame).to_bytes(1, "big") + frame)
-    return h.digest()[:LIVE_DIGEST_LEN]
-
-
-def live_none(key_id: str, speaker: bytes, counter: int) -> bytes:
-    """The digest a checkpoint gives a counter that carried no voice packet."""
-    h = _live_hash(key_id, speaker, counter)
-    h.update(b"\x00")
-    return h.digest()[:LIVE_DIGEST_LEN]
 
 
 @dataclass(frozen=True, slots=True)

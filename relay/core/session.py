@@ -39,7 +39,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 
-from relay.core import wire
+from relay.core import live, wire
 from relay.core.crypto import RoomKeys, SenderCipher, hint_epoch, new_session
 from relay.core.events import ClipData, ControlMessage, Event, Hello, Rejected, VoiceFrames
 from relay.core.identity import (
@@ -164,21 +164,23 @@ class Sender:
         frames: Sequence[bytes],
         now: float,
         redundant: Sequence[bytes] | None = None,
+        trailer: bytes = live.NO_TRAILER,
     ) -> bytes:
         """One sealed voice packet carrying ``frames``, the first at index ``position``.
 
         With ``redundant`` (lower-rate copies of the ``len(frames)`` frames before
         ``position``, in the mode :data:`wire.FEC_PAIRS` names) it is a VOICE_FEC packet.
+        ``trailer``: the room's live MAC (and link) for it, see :mod:`relay.core.live`.
         """
         if position < 0:
             raise UsageError("frame position must not be negative")
         low = position % wire.POSITION_MODULUS
         if redundant is None:
-            body = wire.VoiceBody(low, tuple(frames)).pack(mode)
+            body = wire.VoiceBody(low, tuple(frames)).pack(mode) + trailer
             return self._seal(wire.PacketType.VOICE, mode.wire_index, body, now)
         if position < len(frames):
             raise UsageError("redundant frames need as many frames before the packet")
-        body = wire.VoiceFecBody(low, tuple(frames), tuple(redundant)).pack(mode)
+        body = wire.VoiceFecBody(low, tuple(frames), tuple(redundant)).pack(mode) + trailer
         return self._seal(wire.PacketType.VOICE_FEC, mode.wire_index, body, now)
 
     def control(self, kind: int, payload: bytes, now: float) -> bytes:
@@ -741,11 +743,12 @@ class Receiver:
         if header.ptype in wire.VOICE_TYPES:
             mode = wire.voice_mode(header)
             body: wire.VoiceBody | wire.VoiceFecBody
+            voice, live_mac, live_link = live.split_trailer(plaintext)
             if header.ptype == wire.PacketType.VOICE_FEC:
-                body = wire.VoiceFecBody.parse(plaintext, mode)
+                body = wire.VoiceFecBody.parse(voice, mode)
                 redundant, red_mode = body.redundant, wire.fec_mode(mode)
             else:
-                body = wire.VoiceBody.parse(plaintext, mode)
+                body = wire.VoiceBody.parse(voice, mode)
                 redundant, red_mode = (), None
             position = self._unwrap(session, header.counter, len(body.frames), body.position, now)
             if position < 0:
@@ -764,6 +767,8 @@ class Receiver:
                 redundant,
                 red_mode,
                 value,
+                live_mac,
+                live_link,
             )
         if header.ptype == wire.PacketType.CLIP:
             if not plaintext:

@@ -18,12 +18,14 @@ rotations (8 bytes: they are not voice); voice packets do not -- receivers learn
 the floor holder's session from its signed hand raise, the moderator's grant or a beacon.
 
 A voice packet's plaintext is one byte of frame position (the low 8 bits of the index of its
-first frame in the over) followed by whole Codec2 frames, so the voice overhead is
-7 + 1 + 8 = 16 bytes. A voice-with-FEC packet (type 4, sub = the primary mode) carries the same
+first frame in the over) followed by whole Codec2 frames and a 2-byte live trailer (a flag
+and the speaker's 15-bit live MAC; when the flag is set an 8-byte chain link precedes it, on
+about one packet in four: :mod:`relay.core.live`), so the voice overhead is
+7 + 1 + 2 + 8 = 18 bytes. A voice-with-FEC packet (type 4, sub = the primary mode) carries the same
 position byte, N primary frames, then N lower-rate copies of the N frames before the first
 primary, in the mode :data:`FEC_PAIRS` pairs with the primary (sizes make N unambiguous). It is
 sealed and checked exactly like voice; the first packet of an over is plain voice (nothing
-precedes it), so plain voice keeps its 16 bytes. A control packet's plaintext is a kind byte
+precedes it), so plain voice keeps its 18 bytes. A control packet's plaintext is a kind byte
 and a payload. A clip packet's plaintext belongs to the voice-message layer
 (:mod:`relay.clip`); its type is in the clear so that relays can send it after live voice and
 control without reading it.
@@ -44,7 +46,11 @@ VERSION = 1
 HEADER_LEN = 7
 TAG_LEN = 8
 VOICE_PREFIX_LEN = 1
-VOICE_PACKET_OVERHEAD = HEADER_LEN + VOICE_PREFIX_LEN + TAG_LEN  # 16 bytes, tag 64 bits
+LIVE_TRAILER_LEN = 2  # flag + live MAC (relay.core.live.TRAILER_LEN)
+LIVE_LINK_LEN = 8  # a revealed chain link, on one voice packet an interval
+# 18 bytes, tag 64 bits; a packet that reveals a link carries 8 more (fit MTUs with the max).
+VOICE_PACKET_OVERHEAD = HEADER_LEN + VOICE_PREFIX_LEN + LIVE_TRAILER_LEN + TAG_LEN
+VOICE_PACKET_MAX_OVERHEAD = VOICE_PACKET_OVERHEAD + LIVE_LINK_LEN
 CONTROL_PREFIX_LEN = 1
 SESSION_LEN = 8  # a sender's random session value (bound into its key), see crypto.py
 CONTROL_PACKET_OVERHEAD = HEADER_LEN + SESSION_LEN + CONTROL_PREFIX_LEN + TAG_LEN  # 24 bytes
@@ -90,7 +96,7 @@ class ControlKind(enum.IntEnum):
     MOD = 3  # a moderator's action: grant, revoke, mute, unmute, remove, appoint (signed)
     BEACON = 4  # the moderator's signed snapshot of the room, for late joiners
     REKEY = 5  # a new room key, sealed to each remaining member (signed)
-    CHECKPOINT = 6  # the floor holder's signed digests of its latest voice packets (live check)
+    LIVE_BASE = 6  # the floor holder's live intervals under a key changed mid-over (signed)
 
 
 HELLO_NONCE_LEN = 12

@@ -1,20 +1,20 @@
 """Words injected in the floor holder's name, over the simulated channel (virtual time).
 
 A moderator grants the floor; the speaker says bundled speech (the real path: Codec2, the
-room's sealing and live checkpoints, the simulated LoRa channel). Eve holds the room key but
-not the speaker's signing key: right after the speaker's k-th checkpoint she sends a voice
-packet in the speaker's name under the counter of the speaker's second packet to come, at
-its positions (early in a checkpoint interval: about the latest a checkpoint can flag
-words). Listeners:
+room's sealing and live keys, the simulated LoRa channel). Eve holds the room key but not
+the speaker's signing key or its key chain: right after the speaker's k-th key reveal (the
+first packet of an interval) she sends a voice packet in the speaker's name under the
+counter of the speaker's second packet to come, at its positions (early in an interval:
+about the latest a revealed key can flag words). Listeners:
 
 * ``ben`` hears everything: Eve's packet first, then the speaker's under the same counter;
 * ``cat`` does the same with ``--verified-only`` playout;
 * ``dan`` never hears the speaker's packets Eve replaced (she jammed them at his radio), so
-  only the speaker's next checkpoint can tell him.
+  only the speaker's next key can tell him.
 
 Each listener may also lose the speaker's packets at random (``loss``). The result says when
-each listener flagged each injection, how many injected frames each played, what the
-checkpoints cost per voice packet, what share of the speech each verified, and mouth-to-ear
+each listener flagged each injection, how many injected frames each played, what the live
+checks cost per voice packet, what share of the speech each verified, and mouth-to-ear
 latency with and without verified-only playout. Tests and ``bench/live_verify.py`` use it.
 """
 
@@ -32,8 +32,9 @@ import numpy as np
 
 from relay.core.events import VoiceFrames
 from relay.core.identity import Identity
+from relay.core.live import ANCHOR_LEN
 from relay.core.room import (
-    CHECKPOINT_SECONDS,
+    LIVE_INTERVAL_SECONDS,
     SEAL_COPIES,
     Room,
     RoomEvent,
@@ -62,13 +63,13 @@ class LiveAttackSettings:
     mode: CodecMode
     frames_per_packet: int | None = None  # None: the planner's
     seconds: float = 12.0  # of speech
-    inject_after: tuple[int, ...] = (1, 4)  # inject right after these checkpoints (1 = first)
+    inject_after: tuple[int, ...] = (1, 4)  # inject right after these key reveals (1 = first)
     ahead: int = 2  # Eve's counter: the speaker's last one plus this (2: the packet after next)
     loss: float = 0.0  # each listener loses this share of the speaker's packets, at random
     seed: int = 1
     fec: bool = False
     dtx: bool = False
-    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    interval_seconds: float = LIVE_INTERVAL_SECONDS  # speech one key covers
 
 
 class _RecordingPlayout(Playout):
@@ -110,7 +111,7 @@ class _Radio(RoomNode):
         if isinstance(event, Voice):
             frames = event.frames
             self.accepted.update((frames.position + i, f) for i, f in enumerate(frames.frames))
-        elif isinstance(event, SpeechVerified) and event.by == "checkpoint":
+        elif isinstance(event, SpeechVerified) and event.by == "live":
             fs = event.packets[0].mode.frame_seconds
             for frames in event.packets:
                 end = self.start + (frames.position + len(frames.frames)) * fs
@@ -135,7 +136,8 @@ class _Eve:
 
     last_counter: int = -1
     last_end: int = -1  # last position of the speaker's voice
-    checkpoints: int = 0
+    reveals: int = 0  # voice packets of the speaker that revealed a key
+    anchors: int = 0  # packets that carried the speaker's anchor (hands, grants, beacons)
     seen: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -170,28 +172,34 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
         r = Room(
             room_id, key, 0, [mod_id.public], ident, counters, roster=roster, mtu=ether.profile.mtu
         )
-        r.checkpoint_seconds = s.checkpoint_seconds
+        r.live_interval = s.interval_seconds
+        r.packet_seconds = fpp * s.mode.frame_seconds
         return r
 
     ana_short = room(ana_id).keys.short_id(ana_id.identity)
+    mod_short = room(ana_id).keys.short_id(mod_id.identity)
     eve = _Eve()
 
     def eve_sees(event: RoomEvent) -> None:
         if isinstance(event, Voice) and event.frames.sender == ana_id.identity:
             frames = event.frames
             eve.last_end = max(eve.last_end, frames.position + len(frames.frames) - 1)
+            if frames.live_link is not None:
+                eve.reveals += 1
+                eve.seen.set()
 
     class EveRadio(RoomNode):
         def handle(self, data: bytes, arrival: float) -> None:
             header = split(data)[0]
+            kind = None
+            if header.sender == mod_short and header.ptype == PacketType.CONTROL:
+                kind = getattr(self.room.receiver.reopen(data, clock()), "kind", None)
+            super().handle(data, arrival)
             if header.sender == ana_short and header.ptype != PacketType.HELLO:
                 eve.last_counter = max(eve.last_counter, header.counter)
-                if header.ptype == PacketType.CONTROL:
-                    event = self.room.receiver.reopen(data, clock())
-                    if getattr(event, "kind", None) == ControlKind.CHECKPOINT:
-                        eve.checkpoints += 1
-                        eve.seen.set()
-            super().handle(data, arrival)
+            eve.anchors += header.sender == ana_short and header.ptype == PacketType.HELLO
+            if kind in (ControlKind.MOD, ControlKind.BEACON) and self.room.floor_anchor:
+                eve.anchors += 1
 
     mod = RoomNode(room(mod_id, [i.public for i in everyone]), ether.attach("mod"), clock)
     ana = RoomNode(room(ana_id), ether.attach("ana"), clock, seed=s.seed)
@@ -229,7 +237,7 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
         eve_node.room.keys, ana_id.identity, MemoryCounters(), session=eve_node.room.floor_session
     )
     for k in sorted(s.inject_after):
-        while eve.checkpoints < k and not speaking.done():
+        while eve.reveals < k and not speaking.done():
             eve.seen.clear()
             seen = asyncio.ensure_future(eve.seen.wait())
             await asyncio.wait({seen, speaking}, return_when=asyncio.FIRST_COMPLETED)
@@ -255,8 +263,10 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
     await asyncio.gather(*tasks)
 
     fs = s.mode.frame_seconds
-    voice_packets = said.packets_sent - SEAL_COPIES - said.checkpoints
-    overhead = ether.profile.link_overhead_bytes
+    voice_packets = said.packets_sent - SEAL_COPIES
+    # Live checks add no packets: the trailers and revealed keys of voice packets, and the
+    # anchor in the hand raises, grants and beacons (counted for every one Eve heard).
+    live_bytes = ana.room.live_bytes + ANCHOR_LEN * eve.anchors
     fake = {(p, f) for _, p, f in injected}
     report: dict[str, Any] = {
         "preset": s.profile.name,
@@ -266,14 +276,11 @@ async def _scenario(s: LiveAttackSettings) -> dict[str, Any]:
         "loss": s.loss,
         "fec": s.fec,
         "dtx": s.dtx,
-        "checkpoint_seconds": s.checkpoint_seconds,
+        "interval_seconds": s.interval_seconds,
         "voice_packets": voice_packets,
-        "checkpoints": said.checkpoints,
-        "checkpoint_bytes": said.checkpoint_bytes,
-        "added_bytes_per_voice_packet": round(said.checkpoint_bytes / max(1, voice_packets), 2),
-        "added_air_bytes_per_voice_packet": round(
-            (said.checkpoint_bytes + overhead * said.checkpoints) / max(1, voice_packets), 2
-        ),
+        "key_reveals": eve.reveals,
+        "live_bytes": live_bytes,
+        "added_bytes_per_voice_packet": round(live_bytes / max(1, voice_packets), 2),
         "injections": len(injected) // fpp,
         "listeners": {},
     }

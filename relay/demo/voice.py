@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from relay.core import Receiver, RoomKeys, Sender, random_room_key
-from relay.core.wire import FEC_PAIRS, VOICE_PACKET_OVERHEAD
+from relay.core.wire import FEC_PAIRS, VOICE_PACKET_MAX_OVERHEAD
 from relay.errors import UsageError
 from relay.links.sim.channel import Ether
 from relay.plan import Budget, evaluate, fec_advised, fec_cost, plan
@@ -68,17 +68,17 @@ class DemoSettings:
 
 
 def max_frames_per_packet(profile: RadioProfile, mode: CodecMode) -> int:
-    return (profile.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame
+    return (profile.mtu - VOICE_PACKET_MAX_OVERHEAD) // mode.bytes_per_frame
 
 
 def check_frames_fit(profile: RadioProfile, mode: CodecMode, frames: int) -> None:
     if frames < 1:
         raise UsageError(f"--frames-per-packet must be at least 1, got {frames}")
-    size = VOICE_PACKET_OVERHEAD + frames * mode.bytes_per_frame
+    size = VOICE_PACKET_MAX_OVERHEAD + frames * mode.bytes_per_frame
     if size > profile.mtu:
         raise UsageError(
             f"{frames} frames of {mode.name} ({mode.bytes_per_frame} B each) plus "
-            f"{VOICE_PACKET_OVERHEAD} B of header and tag make {size} B, over the "
+            f"{VOICE_PACKET_MAX_OVERHEAD} B of header, live check and tag make {size} B, over the "
             f"{profile.mtu} B MTU of {profile.name}; use at most "
             f"{max_frames_per_packet(profile, mode)}"
         )

@@ -24,7 +24,7 @@ from relay.links.base import Link
 MAGIC = b"RLCK"
 _HEAD = struct.Struct(">4sIII")  # magic, run id, sequence, CRC-32 of the rest
 MIN_SIZE = _HEAD.size
-DEFAULT_SIZE = 48  # a small voice packet: 16 bytes of overhead + Codec2 frames
+DEFAULT_SIZE = 48  # a small voice packet: 18 bytes of overhead + Codec2 frames
 
 
 @dataclass

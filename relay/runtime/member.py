@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from relay.core.identity import Identity, PublicIdentity
 from relay.core.invite import RoomInfo
 from relay.core.room import KeyState, MemberChanged, OverEnded, Room, RoomEvent
-from relay.core.wire import VOICE_PACKET_OVERHEAD
+from relay.core.wire import VOICE_PACKET_MAX_OVERHEAD
 from relay.demo.voice import choose_frames_per_packet
 from relay.errors import LinkError, UsageError
 from relay.links.base import Link
@@ -115,13 +115,16 @@ class Member:
         link's MTU carries."""
         mode = mode or self.mode
         fpp, fits = choose_frames_per_packet(self.profile, mode, budget=self.budget)
-        most = (self.link.mtu - VOICE_PACKET_OVERHEAD) // mode.bytes_per_frame
+        most = (self.link.mtu - VOICE_PACKET_MAX_OVERHEAD) // mode.bytes_per_frame
         if most < 1:
             raise UsageError(
                 f"the link's MTU of {self.link.mtu} B cannot carry one Codec2 {mode.name} "
-                f"frame after {VOICE_PACKET_OVERHEAD} B of header and tag"
+                f"frame after {VOICE_PACKET_MAX_OVERHEAD} B of header, live check and tag"
             )
-        return min(fpp, most), fits
+        fpp = min(fpp, most)
+        # Our next over's live-check intervals are cut to this packet length (see Room).
+        self.room.packet_seconds = fpp * mode.frame_seconds
+        return fpp, fits
 
     def public_of(self, ident: bytes) -> PublicIdentity | None:
         """A member's public id if we know it: enrolled, a moderator, or introduced by HELLO."""

@@ -32,7 +32,7 @@ from relay.core.room import (
     Voice,
 )
 from relay.core.roommsg import PREFIX_LEN
-from relay.core.wire import VOICE_PACKET_OVERHEAD
+from relay.core.wire import VOICE_PACKET_MAX_OVERHEAD
 from relay.links.base import Datagram, Link
 from relay.radio.lora import MAX_PAYLOAD as LORA_MAX_PAYLOAD
 from relay.runtime.voice import (
@@ -40,7 +40,6 @@ from relay.runtime.voice import (
     RoomClock,
     TalkResult,
     batches,
-    send_checkpoint,
     speak,
 )
 from relay.voice.adapt import ModePolicy
@@ -146,7 +145,7 @@ def quiet_limit(link: Link) -> float:
     comes from radios even where the link is MQTT with a larger MTU) and twice its airtime
     (one more packet may be ahead of it on the channel)."""
     size = min(link.mtu, LORA_MAX_PAYLOAD)
-    room = max(0, size - VOICE_PACKET_OVERHEAD)
+    room = max(0, size - VOICE_PACKET_MAX_OVERHEAD)
     capture = max((room // m.bytes_per_frame) * m.frame_seconds for m in MODES)
     return MAX_SKIP + capture + 2 * link.airtime(size)
 
@@ -358,7 +357,7 @@ class RoomNode:
             self.clock,
             redundant,
             positions,
-            self.room.checkpoint,
+            self.room.live_packets,
         )
 
     async def speak_over(self, over: EncodedOver, frames_per_packet: int) -> TalkResult:
@@ -411,12 +410,18 @@ class RoomNode:
             packet = self.room.voice(mode, first, batch, self.clock(), copies)
             await self.link.send(packet)
             result.count(packet, len(batch), mode.bytes_per_frame)
-            await send_checkpoint(self.link, self.room.checkpoint, self.clock(), result)
+            for extra in self.room.live_packets():
+                await self.link.send(extra)
+                result.count(extra)
 
     # ---------------------------------------------------------------- moderating
     async def grant_floor(self, member: bytes, seconds: int) -> None:
-        """Grant ``member`` the floor (the grant followed by beacons repeating it)."""
-        await self.announce(self.room.grant(member, seconds, self.clock()))
+        """Grant ``member`` the floor (the grant followed by beacons repeating it). A copy
+        of a recent removal's rekey goes first (see :meth:`Room.grant`): a member that
+        missed the new key cannot read the grant nor the over."""
+        grant = self.room.grant(member, seconds, self.clock())
+        await self.send_due()
+        await self.announce(grant)
 
     async def announce(self, *actions: bytes) -> None:
         """Send moderation ``actions``, then beacons repeating the room's state: a listener

@@ -23,8 +23,8 @@ from relay.voice.jitter import JitterBuffer, PlayoutSlot
 from relay.voice.modes import CodecMode
 
 RoomClock = Callable[[], float]
-# Verified-only playout: verified frames come in batches up to a checkpoint interval (plus a
-# DTX keep-alive) apart, so an over is not ended for want of voice as early.
+# Verified-only playout: verified frames come in batches up to a live interval (plus a DTX
+# keep-alive) apart, so an over is not ended for want of voice as early.
 VERIFIED_IDLE_TIMEOUT = 6.0
 
 
@@ -38,8 +38,6 @@ class TalkResult:
     codec_bytes: int = 0
     datagram_bytes: int = 0
     datagram_sizes: list[int] = field(default_factory=list)
-    checkpoints: int = 0  # of packets_sent: signed live checkpoints (rooms)
-    checkpoint_bytes: int = 0
 
     def count(self, packet: bytes, frames: int = 0, bytes_per_frame: int = 0) -> None:
         """One packet sent (``frames`` voice frames in it; 0 for a seal)."""
@@ -51,19 +49,6 @@ class TalkResult:
 
 
 VoiceSealer = Callable[..., bytes]  # (mode, position, frames, now[, redundant]) -> packet
-Checkpointer = Callable[[float], bytes | None]  # now -> a signed checkpoint when one is due
-
-
-async def send_checkpoint(
-    link: Link, checkpoint: Checkpointer | None, now: float, result: TalkResult
-) -> None:
-    """After a voice packet: send the room's live checkpoint if one is due."""
-    packet = checkpoint(now) if checkpoint is not None else None
-    if packet is not None:
-        await link.send(packet)
-        result.count(packet)
-        result.checkpoints += 1
-        result.checkpoint_bytes += len(packet)
 
 
 def batches(
@@ -138,7 +123,7 @@ async def speak(
     room_clock: RoomClock,
     redundant: Sequence[bytes] | None = None,
     positions: Sequence[int] | None = None,
-    checkpoint: Checkpointer | None = None,
+    extra: Callable[[], list[bytes]] | None = None,
 ) -> TalkResult:
     """Send one over as it is spoken: a packet leaves when its last frame has been captured.
 
@@ -146,7 +131,7 @@ async def speak(
     ``end(now)`` the end-of-over packets, so a plain session and a room share the pacing.
     ``redundant``: the over in the FEC mode (see :func:`batches`), or None for no FEC.
     ``positions``: DTX, the over positions of ``frames`` (skipped silence is not sent).
-    ``checkpoint(now)``: rooms, the signed live checkpoint due after a voice packet, if any.
+    ``extra()``: rooms, packets to send right after a voice packet (a live rebase).
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -162,7 +147,9 @@ async def speak(
             packet = seal(mode, first, batch, room_clock(), red)
         await link.send(packet)
         result.count(packet, len(batch), mode.bytes_per_frame)
-        await send_checkpoint(link, checkpoint, room_clock(), result)
+        for packet in extra() if extra is not None else ():
+            await link.send(packet)
+            result.count(packet)
     for packet in end(room_clock()):
         await link.send(packet)
         result.count(packet)
@@ -308,10 +295,10 @@ class Playout:
     ) -> None:
         if conceal not in METHODS:
             raise UsageError(f"unknown concealment {conceal!r} (known: {', '.join(METHODS)})")
-        # Rooms: play only frames the speaker's signature covers (a checkpoint every ~1.7 s
-        # or the seal), as they are verified: every word later, nothing injected. The room
-        # node feeds such a playout verified packets instead of received ones; the jitter
-        # buffer absorbs the batches, and an over is quiet up to a checkpoint interval.
+        # Rooms: play only frames the speaker is known to have sent (its live keys, about an
+        # interval after the words, or its seal), as they are verified: every word later,
+        # nothing injected. The room node feeds such a playout verified packets instead of
+        # received ones; the jitter buffer absorbs the batches of one interval.
         self.verified_only = verified_only
         if verified_only:
             idle_timeout = max(idle_timeout, VERIFIED_IDLE_TIMEOUT)
