@@ -298,22 +298,24 @@ class Checker(Generic[T]):
             return None
         return interval
 
+    def _walk(self, top: int, link: bytes, lowest: int) -> dict[int, bytes]:
+        """Links ``lowest .. top`` by hashing down from L_top = ``link``."""
+        links = {top: link}
+        for i in range(top - 1, lowest - 1, -1):
+            link = _step(self.speaker, self.session, i, link)
+            links[i] = link
+        return links
+
     def _derive(self, index: int) -> bytes:
         """Link ``index`` (at most the highest known) by hashing down from the known one."""
-        known, link = self._known
-        for i in range(known - 1, index - 1, -1):
-            link = _step(self.speaker, self.session, i, link)
-        return link
+        return self._walk(*self._known, index)[index]
 
     def _learn(self, index: int, link: bytes) -> bool:
         """Trust ``link`` as L_index if it hashes down to the link we trust (True)."""
-        known, _ = self._known
+        known, trusted = self._known
         if index <= known:
             return link == self._derive(index)
-        down = link
-        for i in range(index - 1, known - 1, -1):
-            down = _step(self.speaker, self.session, i, down)
-        if down != self._known[1]:
+        if self._walk(index, link, known)[known] != trusted:
             return False
         self._known = (index, link)
         return True
@@ -363,26 +365,23 @@ class Checker(Generic[T]):
     def _settle(self, out: Verdicts[T]) -> None:
         """Check every kept packet whose interval's key is now known (one walk down the
         chain, at most CHAIN_LEN hashes, however many packets were kept)."""
-        known, link = self._known
+        known, _ = self._known
         ready = [c for c, p in self._pending.items() if p.interval + 1 <= known]
-        if ready:
-            lowest = min(self._pending[c].interval + 1 for c in ready)
-            links = {known: link}
-            for i in range(known - 1, lowest - 1, -1):
-                link = _step(self.speaker, self.session, i, link)
-                links[i] = link
-            for counter in sorted(ready):
-                pending = self._pending.pop(counter)
-                if mac(links[pending.interval + 1], pending.fields) != pending.mac:
-                    self._mark(self._fake, counter)
-                    out.forged.append(pending.item)
-                else:
-                    self._deferred[counter] = pending
+        needed = [self._pending[c].interval + 1 for c in ready]
+        needed += [p.interval + 1 for p in self._carried if p.interval + 1 <= known]
+        links = self._walk(*self._known, min(needed, default=known))
+        for counter in sorted(ready):
+            pending = self._pending.pop(counter)
+            if mac(links[pending.interval + 1], pending.fields) != pending.mac:
+                self._mark(self._fake, counter)
+                out.forged.append(pending.item)
+            else:
+                self._deferred[counter] = pending
         carried, self._carried = self._carried, []
         for pending in carried:
             if pending.interval + 1 > known:
                 self._carried.append(pending)
-            elif mac(self._derive(pending.interval + 1), pending.fields) != pending.mac:
+            elif mac(links[pending.interval + 1], pending.fields) != pending.mac:
                 out.forged.append(pending.item)
             elif pending.after:
                 out.late += 1  # its evidence is under the old key's counters: no verdict
